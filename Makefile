@@ -1,0 +1,54 @@
+# vae_dynamics — the commands a user types.
+#   make install   create .venv and install the project (editable) with its dev tools
+#   make test      run the whole test suite (installs first if needed)
+#   make lint      ruff check + ruff format --check + snakemake --lint
+#   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
+#   make bench     CPU benchmarks -> bench/results/cpu.json
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# On a machine without an NVIDIA driver, install the CPU build of torch first so that
+# `torch>=2.4` is already satisfied and pip does not pull a multi-GB CUDA build.
+CPU_TORCH ?= torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install test test-fast lint format demo bench bench-gpu clean
+
+$(BIN)/vae-train: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(HAS_GPU),1)
+	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)" || $(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+endif
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/vae-train
+
+install: $(BIN)/vae-train
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakemake --lint --cores 1
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done
+
+bench: install
+	$(BIN)/python bench/run_cpu.py --out bench/results/cpu.json
+
+bench-gpu: install
+	$(BIN)/python bench/run_gpu.py --out bench/results/gpu.json
+
+clean:
+	rm -rf results .snakemake

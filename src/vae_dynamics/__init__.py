@@ -1,0 +1,3 @@
+"""vae_dynamics: 3D VAEs for BraTS-MEN MRI (Exp1 baseline VAE, Exp2 beta-TCVAE + SBD)."""
+
+__version__ = "0.1.0"

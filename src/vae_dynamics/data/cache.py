@@ -1,0 +1,243 @@
+"""build_persistent_cache: preprocess every split subject once into a MONAI PersistentDataset cache.
+
+The cache directory is named by a hash of the preprocessing contract (every parameter of
+`build_transforms` + the MONAI version + a code version): MONAI keys cache files by the input dict
+only, so changing preprocessing must change the directory or stale tensors would be served.
+
+    python -m vae_dynamics.data.cache --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml \
+        --splits results/splits --cache-dir results/cache --manifest results/cache/manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import monai
+import pandas as pd
+import torch
+from monai.data import PersistentDataset
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from vae_dynamics.data import FILE_KEYS
+from vae_dynamics.data.transforms import transforms_from_config
+from vae_dynamics.io import write_json
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of the preprocessing code changes without a parameter changing.
+PREPROCESSING_VERSION = 1
+CONTRACT_KEYS = ("modalities", "roi_size", "spacing", "orientation", "fov_mm", "intensity_percentile")
+
+
+def preprocessing_contract(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that determines the cached tensors."""
+    return {
+        **{k: data_cfg[k] for k in CONTRACT_KEYS},
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "monai_version": monai.__version__,
+        "dtypes": {"image": "float32", "seg": "uint8"},
+    }
+
+
+def contract_hash(data_cfg: Mapping[str, Any]) -> str:
+    blob = json.dumps(preprocessing_contract(data_cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_dir_for(cache_root: str | os.PathLike[str], data_cfg: Mapping[str, Any]) -> Path:
+    """<cache_root>/<contract hash>/, with contract.json describing what is cached there."""
+    path = Path(cache_root) / contract_hash(data_cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    contract_file = path / "contract.json"
+    if not contract_file.exists():
+        write_json(preprocessing_contract(data_cfg), contract_file)
+    return path
+
+
+def item_hash(item: Mapping[str, Any]) -> bytes:
+    """Cache key of one subject: its id and the path, size and mtime of each of its files."""
+    stamp = [item["subject_id"]]
+    for key in FILE_KEYS:
+        st = os.stat(item[key])
+        stamp.append((str(item[key]), st.st_size, st.st_mtime_ns))
+    return hashlib.md5(pickle.dumps(stamp)).hexdigest().encode()
+
+
+class AtomicPersistentDataset(PersistentDataset):
+    """PersistentDataset whose cache files are written beside their final name and renamed into place.
+
+    MONAI writes into a system temporary directory and `shutil.move`s the file, which is a copy
+    (not atomic) when /tmp is another file system; an unreadable cache file is recomputed.
+    """
+
+    def _cachecheck(self, item_transformed: Mapping[str, Any]) -> Any:
+        hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode()}.pt"
+        if hashfile.is_file():
+            try:
+                return torch.load(hashfile, weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable cache file is rebuilt
+                warnings.warn(
+                    f"cache file {hashfile} of subject {item_transformed.get('subject_id')} is unreadable "
+                    f"({type(exc).__name__}); recomputing it",
+                    stacklevel=2,
+                )
+        item = self._pre_transform(dict(item_transformed))
+        tmp = hashfile.with_name(f".{hashfile.stem}.{os.getpid()}.tmp")
+        torch.save(item, tmp)
+        os.replace(tmp, hashfile)
+        return item
+
+
+def subject_records(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Rows of a subjects/split CSV as MONAI data dicts (subject_id + one path per file key)."""
+    df = pd.read_csv(csv_path, dtype=str)
+    missing = [c for c in ("subject_id", *FILE_KEYS) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}")
+    return df[["subject_id", *FILE_KEYS]].to_dict("records")
+
+
+def make_dataset(
+    records: Sequence[Mapping[str, str]],
+    cache_dir: str | os.PathLike[str],
+    transform: Callable,
+) -> AtomicPersistentDataset:
+    """A PersistentDataset over `records` caching `transform`'s output in `cache_dir`."""
+    return AtomicPersistentDataset(
+        data=list(records), transform=transform, cache_dir=cache_dir, hash_func=item_hash
+    )
+
+
+class RamCachedDataset(Dataset):
+    """Serves the first `n_in_ram` items from memory (loaded from the disk cache once, at setup)."""
+
+    def __init__(self, base: Dataset, n_in_ram: int, progress: bool = False) -> None:
+        self.base = base
+        self.held = [base[i] for i in tqdm(range(n_in_ram), desc="cache -> RAM", disable=not progress)]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.held[index] if index < len(self.held) else self.base[index]
+
+
+def available_memory_bytes() -> int:
+    """Memory available to new allocations (Linux MemAvailable; total physical memory elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def ram_share(n_items: int, cache_rate: float, item_bytes: int, budget_fraction: float = 0.5) -> int:
+    """How many items `cache_rate` asks to hold in RAM, capped to a share of the available memory."""
+    wanted = int(round(cache_rate * n_items))
+    budget = int(available_memory_bytes() * budget_fraction)
+    allowed = min(wanted, budget // max(item_bytes, 1))
+    if allowed < wanted:
+        log.warning(
+            "cache_rate=%.2f asks for %d subjects in RAM (%.1f GB) but only %.1f GB may be used: "
+            "holding %d subjects (%.1f GB) in RAM, the rest is read from the disk cache",
+            cache_rate, wanted, wanted * item_bytes / 1e9, budget / 1e9, allowed, allowed * item_bytes / 1e9,
+        )  # fmt: skip
+    return allowed
+
+
+def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Preprocess (or load) one subject through the cache and describe it for the manifest."""
+    t0 = time.perf_counter()
+    dataset = make_dataset([record], cache_dir, transforms_from_config(data_cfg))
+    try:
+        item = dataset[0]
+    except Exception as exc:
+        raise RuntimeError(f"preprocessing failed for subject {record['subject_id']}: {exc}") from exc
+    image, seg = item["image"], item["seg"]
+    return {
+        "subject_id": record["subject_id"],
+        "cache_file": str(cache_dir / f"{item_hash(record).decode()}.pt"),
+        "image_shape": list(image.shape),
+        "seg_shape": list(seg.shape),
+        "seg_labels": sorted(int(v) for v in torch.unique(seg)),
+        "channel_mean": [float(v) for v in image.mean(dim=(1, 2, 3))],
+        "channel_max": [float(v) for v in image.amax(dim=(1, 2, 3))],
+        "foreground_fraction": float((image != 0).any(0).float().mean()),
+        "megabytes": round(os.path.getsize(cache_dir / f"{item_hash(record).decode()}.pt") / 1e6, 2),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core; no oversubscription
+
+
+def build_cache(
+    data_cfg: Mapping[str, Any],
+    split_csvs: Sequence[str | os.PathLike[str]],
+    cache_root: str | os.PathLike[str],
+    manifest_path: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fill the cache for every subject of the split CSVs (in `workers` processes); write a manifest."""
+    cache_dir = cache_dir_for(cache_root, data_cfg)
+    records = [r for csv in split_csvs for r in subject_records(csv)]
+    bar = dict(total=len(records), desc="build_persistent_cache", unit="subject", disable=not progress)
+    start = time.perf_counter()
+    n = len(records)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+            subjects = list(tqdm(pool.map(_cache_one, records, [cache_dir] * n, [data_cfg] * n), **bar))
+    else:
+        subjects = [_cache_one(r, cache_dir, data_cfg) for r in tqdm(records, **bar)]
+    manifest = {
+        "cache_dir": str(cache_dir),
+        "contract": preprocessing_contract(data_cfg),
+        "n_subjects": len(subjects),
+        "seconds": round(time.perf_counter() - start, 2),
+        "subjects": subjects,
+    }
+    if manifest_path is not None:
+        write_json(manifest, manifest_path)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vae_dynamics.config import load_config
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="experiment YAML (its data section is used)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--splits", required=True, help="folder with train.csv and val.csv")
+    parser.add_argument("--cache-dir", help="cache root (default: data.cache_dir of the config)")
+    parser.add_argument("--manifest", required=True, help="manifest JSON to write")
+    parser.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    splits = Path(args.splits)
+    manifest = build_cache(
+        cfg["data"], [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg["data"]["cache_dir"],
+        args.manifest, workers=args.workers,
+    )  # fmt: skip
+    print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""GroupNorm residual and upsampling blocks, and optional per-block gradient checkpointing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups (the largest count that divides `channels`)."""
+    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation residual block: (GN, SiLU, Conv3d 3³) x2, strided when downsampling."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.act = nn.SiLU()
+        self.shortcut = (
+            nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if stride != 1 or in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv2(self.act(self.norm2(h)))
+        return h + self.shortcut(x)
+
+
+class UpBlock3d(nn.Module):
+    """One stride-2 upsampling stage: ConvTranspose3d(k=2, s=2), GN, SiLU, Conv3d 3³, GN, SiLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
+            group_norm(out_channels),
+            nn.SiLU(),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            group_norm(out_channels),
+            nn.SiLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpointing: bool) -> torch.Tensor:
+    """Apply blocks in order; with checkpointing, each block's activations are recomputed in backward."""
+    active = use_checkpointing and torch.is_grad_enabled()
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if active else block(x)
+    return x
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, I)."""
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

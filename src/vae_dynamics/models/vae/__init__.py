@@ -1,0 +1,1 @@
+"""The two experiment models."""

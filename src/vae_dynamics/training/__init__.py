@@ -1,0 +1,1 @@
+"""Training: LightningModules, callbacks, β schedules and the run (trainer + artifacts) assembly."""

@@ -1,0 +1,260 @@
+"""Assemble and run one training: run directory, artifacts, data, model, Trainer, resume.
+
+python scripts/train.py --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml
+python scripts/train.py --config C --run-dir D --resume --set train.max_epochs=300
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_config, save_config
+from vae_dynamics.data.datamodule import BraTSDataModule
+from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
+from vae_dynamics.data.splits import make_splits
+from vae_dynamics.training.callbacks import EpochMetricsLogger, ReconSnapshotCallback
+from vae_dynamics.training.lit_modules import TCVAELitModule, VAELitModule
+
+log = logging.getLogger("vae_dynamics.train")
+
+# Sections whose change makes a checkpoint meaningless for this config (resume is refused).
+RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
+RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir"}  # do not change the result
+LIT_MODULES = {"baseline_vae": VAELitModule, "tcvae_sbd": TCVAELitModule}
+
+
+class ResumeError(RuntimeError):
+    """A resume was asked for but is impossible or would mix different experiments."""
+
+
+def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords of the experiment's model from a validated config."""
+    m = cfg["model"]
+    kwargs = dict(
+        z_dim=m["z_dim"], input_channels=m["input_channels"], base_filters=m["base_filters"], norm=m["norm"],
+        gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
+    )  # fmt: skip
+    if m["variant"] == "tcvae_sbd":
+        kwargs["sbd_grid_size"] = tuple(m["sbd_grid_size"])
+    return kwargs
+
+
+def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
+    """The experiment's LightningModule (selected by model.variant) with N = number of train subjects."""
+    variant = cfg["model"]["variant"]
+    if variant not in LIT_MODULES:
+        raise ConfigError(f"model.variant: {variant!r} unknown; valid variants: {sorted(LIT_MODULES)}")
+    common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg))
+    return LIT_MODULES[variant](model_kwargs(cfg), **common, **cfg["loss"])
+
+
+def cuda_available(cfg: dict[str, Any]) -> bool:
+    return cfg["train"]["accelerator"] != "cpu" and torch.cuda.is_available()
+
+
+def use_channels_last(cfg: dict[str, Any]) -> bool:
+    # channels_last_3d pays off with cuDNN; on CPU it only slows the 3D convolutions down.
+    return cfg["train"]["channels_last"] and cuda_available(cfg)
+
+
+def resolve_precision(cfg: dict[str, Any]) -> str:
+    """train.precision on CUDA; without CUDA, mixed fp16 becomes 32-true (with one warning)."""
+    precision = cfg["train"]["precision"]
+    if not cuda_available(cfg) and precision == "16-mixed":
+        warnings.warn(
+            "train.precision=16-mixed needs CUDA; no GPU is available, training on CPU with 32-true",
+            stacklevel=2,
+        )
+        return "32-true"
+    return precision
+
+
+def setup_file_logging(run_dir: Path) -> logging.Handler:
+    """Send the package's and Lightning's log records to <run_dir>/train.log (appending on resume)."""
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("vae_dynamics", "lightning.pytorch", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return handler
+
+
+def teardown_file_logging(handler: logging.Handler) -> None:
+    for name in ("vae_dynamics", "lightning.pytorch", "py.warnings"):
+        logging.getLogger(name).removeHandler(handler)
+    logging.captureWarnings(False)
+    handler.close()
+
+
+def new_run_dir(cfg: dict[str, Any]) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg["logging"]["save_dir"]) / f"{stamp}_{experiment_name(cfg)}"
+
+
+def check_resume(run_dir: Path, cfg: dict[str, Any]) -> Path:
+    """The checkpoint to resume from; refuse a missing checkpoint or a changed experiment."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ResumeError(f"--resume: no checkpoint to resume from at {ckpt}")
+    saved_path = run_dir / "config_resolved.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text())
+        diffs = [
+            d
+            for d in diff_keys(saved, cfg, RESUME_LOCKED_SECTIONS)
+            if d.split(":")[0] not in RESUME_FREE_KEYS
+        ]
+        if diffs:
+            raise ResumeError(
+                f"refusing to resume {run_dir}: its checkpoint was trained with a different config "
+                f"({'; '.join(diffs)}). Start a new run directory instead."
+            )
+    return ckpt
+
+
+def prepare_splits(cfg: dict[str, Any], run_dir: Path, splits_dir: Path | None) -> Path:
+    """<run_dir>/splits/{train,val}.csv: copied from `splits_dir`, kept on resume, or made from root_dir."""
+    out = run_dir / "splits"
+    if splits_dir is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("train.csv", "val.csv"):
+            src = Path(splits_dir) / name
+            if not src.is_file():
+                raise FileNotFoundError(f"--splits: {src} not found")
+            shutil.copyfile(src, out / name)
+        return out
+    if (out / "train.csv").is_file() and (out / "val.csv").is_file():
+        return out
+    data = cfg["data"]
+    log.info("indexing %s", data["root_dir"])
+    subjects, rejected = index_subjects(
+        data["root_dir"], run_dir / "index", workers=max(1, data["num_workers"])
+    )
+    for row in rejected.itertuples():
+        log.warning("rejected subject %s: %s: %s", row.subject_id, row.file, row.reason)
+    make_splits(run_dir / "index" / "subjects.csv", out, data["val_split"], cfg["train"]["seed"])
+    return out
+
+
+def build_trainer(cfg: dict[str, Any], run_dir: Path, datamodule: BraTSDataModule) -> L.Trainer:
+    """The Trainer, assembled in one place from the config."""
+    on_cuda = cuda_available(cfg)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed 128³ inputs: let cuDNN pick the fastest kernels
+        torch.set_float32_matmul_precision("high")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch:03d}-val_loss{val/loss:.2f}",
+        auto_insert_metric_name=False,  # the metric name has a '/', which would make a subfolder
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    recon = ReconSnapshotCallback(
+        run_dir / "recon", cfg["logging"]["recon_every_n_epochs"], cfg["logging"]["num_recon_samples"],
+        cfg["data"]["modalities"],
+    )  # fmt: skip
+    return L.Trainer(
+        default_root_dir=run_dir,
+        accelerator="gpu" if on_cuda else "cpu",
+        devices=1,
+        precision=resolve_precision(cfg),
+        max_epochs=cfg["train"]["max_epochs"],
+        logger=CSVLogger(save_dir=run_dir, name="logs"),
+        callbacks=[checkpoint, recon, EpochMetricsLogger(), TQDMProgressBar(refresh_rate=1)],
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=True,
+    )
+
+
+def train(
+    cfg: dict[str, Any],
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    splits_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Train one experiment; return a summary (run dir, best checkpoint, best val loss, epochs, steps)."""
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    ckpt_path = check_resume(run_dir, cfg) if resume else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("checkpoints", "logs", "recon", "splits"):
+        (run_dir / sub).mkdir(exist_ok=True)
+    handler = setup_file_logging(run_dir)
+    try:
+        log.info("%s run %s in %s", "resuming" if resume else "starting", experiment_name(cfg), run_dir)
+        if ckpt_path is not None:
+            log.info("resuming from %s", ckpt_path)
+        log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
+        save_config(cfg, run_dir / "config_resolved.yaml")
+        L.seed_everything(cfg["train"]["seed"], workers=True)
+        splits = prepare_splits(cfg, run_dir, Path(splits_dir) if splits_dir else None)
+        datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
+        log.info("subjects: %d train, %d val", datamodule.n_train, len(datamodule.val_records))
+        module = build_module(cfg, datamodule.n_train)
+        trainer = build_trainer(cfg, run_dir, datamodule)
+        log.info("device: %s, precision: %s", trainer.strategy.root_device, trainer.precision)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+        summary = {
+            "experiment": experiment_name(cfg),
+            "run_dir": str(run_dir.resolve()),
+            "best_checkpoint": str(Path(best).resolve()),
+            "last_checkpoint": str((run_dir / "checkpoints" / "last.ckpt").resolve()),
+            "best_val_loss": float(checkpoint.best_model_score)
+            if checkpoint.best_model_score is not None
+            else None,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "n_train": datamodule.n_train,
+            "n_val": len(datamodule.val_records),
+        }
+        log.info("finished: %s", summary)
+        return summary
+    finally:
+        teardown_file_logging(handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="experiment YAML (model.variant selects Exp1/Exp2)")
+    parser.add_argument("--run-dir", help="run directory (default: <save_dir>/<timestamp>_<experiment>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.ckpt")
+    parser.add_argument("--splits", help="folder with train.csv/val.csv (default: index data.root_dir)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_epochs=3 (value read as YAML)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.resume and not args.run_dir:
+        parser.error("--resume needs --run-dir")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = train(cfg, args.run_dir, args.resume, args.splits)
+    except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError) as exc:
+        sys.exit(f"train: {exc}")
+    print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

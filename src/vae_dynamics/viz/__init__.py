@@ -1,0 +1,1 @@
+"""Figures: reconstruction panels and loss curves."""

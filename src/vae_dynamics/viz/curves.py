@@ -1,0 +1,49 @@
+"""Loss curves from the CSVLogger files of a run (all versions: a resumed run adds a version)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vae_dynamics.io import atomic_path  # noqa: E402
+
+
+def read_metrics(logs_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per epoch with every logged epoch metric; later versions (resumes) override earlier."""
+    files = sorted(Path(logs_dir).glob("**/metrics.csv"), key=lambda p: (len(str(p)), str(p)))
+    if not files:
+        raise FileNotFoundError(f"no metrics.csv under {logs_dir}")
+    frames = [pd.read_csv(f) for f in files]
+    df = pd.concat(frames, ignore_index=True)
+    df = df.dropna(subset=["epoch"]).groupby("epoch", as_index=False).last()
+    return df.sort_values("epoch").reset_index(drop=True)
+
+
+def plot_loss_curves(logs_dir: str | os.PathLike[str], out_png: str | os.PathLike[str]) -> pd.DataFrame:
+    """Plot every train/ and val/ term per epoch (one panel per term); return the epoch table."""
+    df = read_metrics(logs_dir)
+    terms = sorted({c.split("/", 1)[1] for c in df.columns if c.startswith(("train/", "val/"))})
+    ncols = min(3, len(terms))
+    nrows = -(-len(terms) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, term in zip(axes.flat, terms):
+        for stage, style in (("train", "-o"), ("val", "--s")):
+            col = f"{stage}/{term}"
+            if col in df:
+                ax.plot(df["epoch"], df[col], style, ms=3, label=stage)
+        ax.set_title(term)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(terms) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return df

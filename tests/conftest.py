@@ -1,0 +1,57 @@
+"""Shared fixtures: a small demo dataset generated once per test session (real NIfTI files)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vae_dynamics.config import config_path, load_config
+from vae_dynamics.data.demo import generate
+from vae_dynamics.data.index import index_subjects
+from vae_dynamics.data.splits import make_splits
+
+N_DEMO_SUBJECTS = 5
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """Five BraTS-MEN demo subjects (seed 0); treat as read-only, copy before breaking files."""
+    root = tmp_path_factory.mktemp("demo") / "BraTS_Men_Train"
+    generate(root, N_DEMO_SUBJECTS, seed=0, workers=2)
+    return root
+
+
+@pytest.fixture
+def demo_copy(demo_root, tmp_path) -> Path:
+    """A private, writable copy of the demo dataset."""
+    dst = tmp_path / "BraTS_Men_Train"
+    shutil.copytree(demo_root, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def demo_splits(demo_root, tmp_path_factory) -> Path:
+    """train.csv (4 subjects) / val.csv (1 subject) of the demo dataset."""
+    out = tmp_path_factory.mktemp("splits")
+    index_subjects(demo_root, out / "index", progress=False)
+    make_splits(out / "index" / "subjects.csv", out, val_split=0.2, seed=0)
+    return out
+
+
+def small_exp_config(name: str, tmp_path: Path, **extra: object) -> dict:
+    """The shipped experiment config made CPU-sized: base_filters 16, batch 2, no workers."""
+    overrides = {
+        "model.base_filters": 16,
+        "data.batch_size": 2,
+        "data.num_workers": 0,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "train.max_epochs": 2,
+        "train.precision": "32-true",
+        "logging.save_dir": str(tmp_path / "runs"),
+        "logging.recon_every_n_epochs": 1,
+        "logging.num_recon_samples": 1,
+        **extra,
+    }
+    return load_config(config_path(name), {k: v for k, v in overrides.items()})
