@@ -112,3 +112,7 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
             dataset_size=self.dataset_size, beta_tc=self.beta_tc,
             alpha=self.hparams.alpha, gamma=self.hparams.gamma, compute_in_fp32=self.hparams.compute_in_fp32,
         )  # fmt: skip
+
+
+# model.variant -> the experiment's LightningModule.
+LIT_MODULES = {"baseline_vae": VAELitModule, "tcvae_sbd": TCVAELitModule}

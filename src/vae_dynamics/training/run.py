@@ -27,14 +27,13 @@ from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
 from vae_dynamics.data.splits import make_splits
 from vae_dynamics.training.callbacks import EpochMetricsLogger, ReconSnapshotCallback
-from vae_dynamics.training.lit_modules import TCVAELitModule, VAELitModule
+from vae_dynamics.training.lit_modules import LIT_MODULES
 
 log = logging.getLogger("vae_dynamics.train")
 
 # Sections whose change makes a checkpoint meaningless for this config (resume is refused).
 RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
 RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir"}  # do not change the result
-LIT_MODULES = {"baseline_vae": VAELitModule, "tcvae_sbd": TCVAELitModule}
 
 
 class ResumeError(RuntimeError):

@@ -1,0 +1,22 @@
+# vae_dynamics workflow: index_subjects -> make_splits -> build_persistent_cache -> train_exp2
+#                        -> export_recon_panels -> results/exp2/done   (and the same for exp1)
+#
+#   snakemake --cores 8 -- results/exp2/done                         (profiles/default sets gpu=1)
+#   snakemake --cores 8 --resources gpu=1 -n -- results/exp2/done    (dry run)
+#   snakemake --profile profiles/slurm -- results/exp2/done          (SLURM cluster)
+#   snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done   (embedded demo)
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/training.smk"
+include: "rules/export.smk"
+
+
+rule all:
+    input:
+        "results/exp2/done",
+    default_target: True

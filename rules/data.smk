@@ -1,0 +1,74 @@
+# Data: demo generation (demo config only), subject index, splits, persistent cache.
+
+
+rule make_demo_dataset:
+    output:
+        "results/demo/data/factors.csv",
+    params:
+        out_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        n_subjects=(DEMO or {}).get("n_subjects", 6),
+        seed=(DEMO or {}).get("seed", 0),
+    threads: 2
+    log:
+        "logs/make_demo_dataset.log",
+    benchmark:
+        "benchmarks/make_demo_dataset.tsv"
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
+    script:
+        "../workflow/scripts/make_demo_dataset.py"
+
+
+rule index_subjects:
+    input:
+        index_inputs,
+    output:
+        subjects="results/index/subjects.csv",
+        rejected="results/index/rejected.csv",
+    params:
+        root=lambda wildcards: data_config()["root_dir"],
+    threads: 8
+    log:
+        "logs/index_subjects.log",
+    benchmark:
+        "benchmarks/index_subjects.tsv"
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
+    script:
+        "../workflow/scripts/index_subjects.py"
+
+
+rule make_splits:
+    input:
+        subjects="results/index/subjects.csv",
+    output:
+        train="results/splits/train.csv",
+        val="results/splits/val.csv",
+    params:
+        val_split=lambda wildcards: data_config()["val_split"],
+        seed=lambda wildcards: experiment_config("exp2")["train"]["seed"],
+    log:
+        "logs/make_splits.log",
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
+    script:
+        "../workflow/scripts/make_splits.py"
+
+
+rule build_persistent_cache:
+    input:
+        train="results/splits/train.csv",
+        val="results/splits/val.csv",
+    output:
+        manifest="results/cache/manifest.json",
+    params:
+        data=lambda wildcards: data_config(),
+    threads: 8
+    log:
+        "logs/build_persistent_cache.log",
+    benchmark:
+        "benchmarks/build_persistent_cache.tsv"
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
+    script:
+        "../workflow/scripts/build_persistent_cache.py"

@@ -1,0 +1,108 @@
+"""The steps the Snakemake rules call: config resolution, run identity, training and export."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vae_dynamics.config import load_config
+from vae_dynamics.io import write_json, write_text
+
+
+@contextlib.contextmanager
+def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Send stdout, stderr and log records of a workflow step to its Snakemake log file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            root.removeHandler(handler)
+
+
+def resolve_experiment(
+    experiment_yaml: str | os.PathLike[str],
+    data_root: str | None = None,
+    overrides: Mapping[str, Any] | str | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """The experiment config with the workflow's data root, cache dir and dotted overrides applied."""
+    if isinstance(overrides, str):  # `--config 'overrides={...}'` arrives as a string
+        overrides = yaml.safe_load(overrides) or {}
+    merged = dict(overrides or {})
+    if data_root:
+        merged["data.root_dir"] = str(data_root)
+    if cache_dir:
+        merged["data.cache_dir"] = str(cache_dir)
+    return load_config(experiment_yaml, merged)
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """Identity of a training run: any change of the resolved config starts a new run directory."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_step(cfg: dict[str, Any], run_dir: str | os.PathLike[str], splits_dir: str, summary_path: str,
+               metrics_path: str) -> dict[str, Any]:  # fmt: skip
+    """Train (resuming if the run directory has a checkpoint), then write the small final outputs."""
+    from vae_dynamics.training.run import train
+    from vae_dynamics.viz.curves import read_metrics
+
+    run_dir = Path(run_dir)
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    summary = train(cfg, run_dir, resume=resume, splits_dir=None if resume else splits_dir)
+    summary["resumed"] = resume
+    metrics = read_metrics(run_dir / "logs")
+    write_text(metrics.to_csv(index=False), metrics_path)
+    write_json(summary, summary_path)  # last: its existence means training finished
+    return summary
+
+
+def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str = "cpu") -> list[Path]:
+    """Recon panels of every validation subject from the best checkpoint, and the loss curves."""
+    import torch
+
+    from vae_dynamics.data.datamodule import BraTSDataModule
+    from vae_dynamics.training.lit_modules import LIT_MODULES
+    from vae_dynamics.viz.curves import plot_loss_curves
+    from vae_dynamics.viz.recon import save_recon_panel
+
+    summary = json.loads(Path(summary_path).read_text())
+    run_dir = Path(summary["run_dir"])
+    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    module_cls = LIT_MODULES[cfg["model"]["variant"]]
+    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
+    dm = BraTSDataModule(cfg["data"], run_dir / "splits")
+    dm.setup("validate")
+    tmp = Path(panels_dir).with_name(Path(panels_dir).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with torch.no_grad():
+        for i in range(len(dm.val_dataset)):
+            item = dm.val_dataset[i]
+            mu, _ = module.model.encoder(item["image"][None].to(device))
+            x_hat = module.model.decode(mu)[0]
+            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", cfg["data"]["modalities"],
+                             title=f"{item['subject_id']} — best checkpoint ({summary['experiment']})")  # fmt: skip
+    shutil.rmtree(panels_dir, ignore_errors=True)
+    os.replace(tmp, panels_dir)
+    plot_loss_curves(run_dir / "logs", curves_png)
+    return sorted(Path(panels_dir).glob("*.png"))

@@ -1,0 +1,108 @@
+"""index_subjects rejects each kind of broken subject with one clear reason; splits are reproducible."""
+
+import gzip
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
+from vae_dynamics.data.splits import make_splits, split_subjects
+
+
+def _path(root, sid, key):
+    return root / sid / f"{sid}-{key}.nii.gz"
+
+
+def _rewrite(path, fn):
+    img = nib.load(path)
+    data, affine = fn(np.asarray(img.dataobj).copy(), img.affine.copy())
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def test_index_accepts_good_and_rejects_each_broken_subject(demo_copy, tmp_path):
+    root = demo_copy
+    ids = [f"BraTS-MEN-{i:05d}-000" for i in range(5)]
+    _path(root, ids[0], "t2w").unlink()  # missing file
+    raw = _path(root, ids[1], "t1n").read_bytes()  # truncated gzip
+    _path(root, ids[1], "t1n").write_bytes(raw[: len(raw) // 2])
+    _rewrite(
+        _path(root, ids[2], "seg"), lambda d, a: (np.where(d == 3, 7, d).astype(np.uint8), a)
+    )  # bad label
+    _rewrite(_path(root, ids[3], "t2f"), lambda d, a: (d.astype(np.float32) * np.float32(np.nan), a))  # NaN
+    (root / "notes.txt").write_text("stray file")
+    nested = root / "batch2"
+    nested.mkdir()
+    shutil.move(str(root / ids[4]), nested / ids[4])  # nested one level: still found
+
+    subjects, rejected = index_subjects(root, tmp_path / "index", workers=2, progress=False)
+    assert list(subjects["subject_id"]) == [ids[4]]
+    assert subjects.loc[0, "t1c"].endswith(f"batch2/{ids[4]}/{ids[4]}-t1c.nii.gz")
+    reasons = dict(zip(rejected["subject_id"], rejected["reason"]))
+    files = dict(zip(rejected["subject_id"], rejected["file"]))
+    assert "missing file" in reasons[ids[0]] and files[ids[0]].endswith("-t2w.nii.gz")
+    assert "unreadable" in reasons[ids[1]] and files[ids[1]].endswith("-t1n.nii.gz")
+    assert "seg labels [7]" in reasons[ids[2]]
+    assert "non-finite" in reasons[ids[3]] and files[ids[3]].endswith("-t2f.nii.gz")
+    on_disk = pd.read_csv(tmp_path / "index" / "rejected.csv")
+    assert list(on_disk.columns) == ["subject_id", "file", "reason"] and len(on_disk) == 4
+    assert list(pd.read_csv(tmp_path / "index" / "subjects.csv").columns) == [
+        "subject_id", "t1c", "t1n", "t2f", "t2w", "seg",
+    ]  # fmt: skip
+
+
+def test_index_rejects_shape_and_affine_mismatch(demo_copy, tmp_path):
+    sid0, sid1 = "BraTS-MEN-00000-000", "BraTS-MEN-00001-000"
+    _rewrite(_path(demo_copy, sid0, "t1c"), lambda d, a: (d[:-1], a))
+    shifted = lambda d, a: (d, a + np.array([[0, 0, 0, 5.0]] * 3 + [[0, 0, 0, 0]]))  # noqa: E731
+    _rewrite(_path(demo_copy, sid1, "seg"), shifted)
+    _, rejected = index_subjects(demo_copy, tmp_path, progress=False)
+    reasons = dict(zip(rejected["subject_id"], rejected["reason"]))
+    assert "shape" in reasons[sid0] and "affine" in reasons[sid1]
+
+
+def test_index_fails_clearly_without_valid_subjects(tmp_path):
+    with pytest.raises(NoValidSubjectsError, match="does not exist"):
+        index_subjects(tmp_path / "nope", tmp_path / "out", progress=False)
+    (tmp_path / "root" / "BraTS-MEN-00009-000").mkdir(parents=True)
+    with pytest.raises(NoValidSubjectsError, match="BraTS-MEN-00009-000.*missing file"):
+        index_subjects(tmp_path / "root", tmp_path / "out", progress=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_dynamics.data.index", "--root", str(tmp_path / "nope"), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0 and "does not exist" in result.stderr
+
+
+def test_gzip_check_catches_corrupt_data_not_only_headers(demo_copy, tmp_path):
+    path = _path(demo_copy, "BraTS-MEN-00000-000", "t1c")
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    path.write_bytes(gzip.compress(bytes(data[: len(data) - 1000])))  # valid gzip, short image data
+    _, rejected = index_subjects(demo_copy, tmp_path, progress=False)
+    assert "BraTS-MEN-00000-000" in set(rejected["subject_id"])
+
+
+def test_splits_are_reproducible_and_independent_of_listing_order(tmp_path):
+    subjects = pd.DataFrame({"subject_id": [f"S{i:03d}" for i in range(20)], "t1c": "x"})
+    train_a, val_a = split_subjects(subjects, 0.1, seed=42)
+    train_b, val_b = split_subjects(subjects.sample(frac=1.0, random_state=3), 0.1, seed=42)
+    assert list(val_a["subject_id"]) == list(val_b["subject_id"]) and len(val_a) == 2
+    assert set(train_a["subject_id"]) | set(val_a["subject_id"]) == set(subjects["subject_id"])
+    assert not set(train_a["subject_id"]) & set(val_a["subject_id"])
+    _, val_c = split_subjects(subjects, 0.1, seed=43)
+    assert list(val_c["subject_id"]) != list(val_a["subject_id"])
+    _, val_small = split_subjects(subjects.head(3), 0.1, seed=0)
+    assert len(val_small) == 1  # at least one validation subject
+
+
+def test_make_splits_writes_csvs(tmp_path):
+    pd.DataFrame({"subject_id": [f"S{i}" for i in range(10)], "t1c": "x"}).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    train, val = make_splits(tmp_path / "s.csv", tmp_path / "out", 0.2, seed=1)
+    assert pd.read_csv(tmp_path / "out" / "train.csv")["subject_id"].tolist() == train["subject_id"].tolist()
+    assert len(pd.read_csv(tmp_path / "out" / "val.csv")) == 2

@@ -1,0 +1,170 @@
+"""Real Lightning runs on demo subjects (CPU, base_filters 16, batch 2): artifacts, keys, β, resume."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import small_exp_config
+
+from vae_dynamics.losses import NonFiniteLossError
+from vae_dynamics.training.lit_modules import TCVAELitModule
+from vae_dynamics.training.run import ResumeError, train
+from vae_dynamics.viz.curves import read_metrics
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+EXP2_KEYS = ["loss", "recon", "mi", "tc", "dwkl", "beta_tc"]
+
+
+@pytest.fixture(scope="module")
+def exp2_run(demo_splits, tmp_path_factory):
+    """A 2-epoch Exp2 run (4 train subjects, 2 steps per epoch), then a resume to a 3rd epoch."""
+    tmp = tmp_path_factory.mktemp("exp2")
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp, **{"loss.beta_tc_annealing_epochs": 4})
+    run_dir = tmp / "run"
+    first = train(cfg, run_dir, splits_dir=demo_splits)
+    metrics_after_two = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+    cfg3 = small_exp_config(
+        "exp2_tcvae_sbd", tmp, **{"loss.beta_tc_annealing_epochs": 4, "train.max_epochs": 3}
+    )
+    resumed = train(cfg3, run_dir, resume=True)
+    return dict(cfg=cfg, run_dir=run_dir, first=first, resumed=resumed, metrics_after_two=metrics_after_two)
+
+
+def test_exp2_run_produces_every_artifact(exp2_run):
+    run_dir = exp2_run["run_dir"]
+    for name in (
+        "checkpoints/last.ckpt",
+        "config_resolved.yaml",
+        "splits/train.csv",
+        "splits/val.csv",
+        "train.log",
+    ):
+        assert (run_dir / name).is_file(), name
+    best = exp2_run["resumed"]["best_checkpoint"]
+    assert best.startswith(str((run_dir / "checkpoints").resolve())) and Path(best).is_file()
+    assert exp2_run["resumed"]["best_val_loss"] <= exp2_run["first"]["best_val_loss"]
+    saved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    assert saved["model"]["variant"] == "tcvae_sbd" and saved["train"]["max_epochs"] == 3
+    for epoch in (0, 1, 2):
+        pngs = list((run_dir / "recon" / f"epoch_{epoch}").glob("*.png"))
+        assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 0" in log and "resuming from" in log and "4 train, 1 val" in log
+
+
+def test_every_key_is_logged_for_both_prefixes(exp2_run):
+    metrics = exp2_run["metrics_after_two"]
+    for prefix in ("train", "val"):
+        for key in EXP2_KEYS:
+            column = f"{prefix}/{key}"
+            assert column in metrics.columns, column
+            values = metrics[column].dropna()
+            assert len(values) == 2 and values.map(pd.api.types.is_number).all()
+
+
+def test_beta_is_zero_at_epoch_zero_and_follows_the_warmup(exp2_run):
+    per_epoch = read_metrics(exp2_run["run_dir"] / "logs")
+    assert per_epoch["train/beta_tc"].tolist() == pytest.approx([0.0, 1.5, 3.0])  # 6.0 · epoch / 4
+    assert per_epoch["val/beta_tc"].tolist() == pytest.approx([0.0, 1.5, 3.0])
+    # at β = 0 the total is recon + mi + dwkl exactly
+    row = per_epoch.iloc[0]
+    assert row["train/loss"] == pytest.approx(
+        row["train/recon"] + row["train/mi"] + row["train/dwkl"], rel=1e-5
+    )
+
+
+def test_resume_continues_the_step_count_and_keeps_history(exp2_run):
+    assert exp2_run["first"]["global_step"] == 4  # 2 epochs · 2 steps
+    assert exp2_run["resumed"]["global_step"] == 6
+    assert exp2_run["resumed"]["epochs"] == 3
+    per_epoch = read_metrics(exp2_run["run_dir"] / "logs")
+    assert per_epoch["epoch"].tolist() == [0, 1, 2]
+    assert (exp2_run["run_dir"] / "logs" / "version_0" / "metrics.csv").is_file()
+
+
+def test_resume_with_another_base_filters_is_refused(exp2_run):
+    cfg = small_exp_config("exp2_tcvae_sbd", exp2_run["run_dir"].parent, **{"model.base_filters": 32})
+    with pytest.raises(ResumeError, match=r"model\.base_filters: 16 -> 32"):
+        train(cfg, exp2_run["run_dir"], resume=True)
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        train(cfg, tmp_path / "empty_run", resume=True)
+
+
+def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
+    import lightning as L
+
+    from vae_dynamics.data.datamodule import BraTSDataModule
+
+    cfg = exp2_run["cfg"]
+    ckpt = exp2_run["resumed"]["last_checkpoint"]
+    dm = BraTSDataModule(cfg["data"], exp2_run["run_dir"] / "splits", seed=0)
+    losses = []
+    for _ in range(2):
+        module = TCVAELitModule.load_from_checkpoint(ckpt, map_location="cpu")
+        assert module.dataset_size == 4 and module.hparams.beta_tc_target == 6.0
+        torch.manual_seed(123)  # same reparameterisation noise
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+        )
+        losses.append(trainer.validate(module, datamodule=dm, verbose=False)[0]["val/loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 6 and state["epoch"] == 2
+
+
+def test_non_finite_loss_stops_with_term_epoch_and_step():
+    module = TCVAELitModule(
+        {"base_filters": 16}, dataset_size=10, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=40
+    )
+    x = torch.rand(2, 4, 128, 128, 128)
+    x[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"recon=nan.*epoch 0, global step 0"):
+        module.training_step({"image": x}, 0)
+
+
+def test_exp1_trains_through_the_script(demo_splits, tmp_path):
+    run_dir = tmp_path / "exp1"
+    args = [
+        sys.executable, str(REPO / "scripts" / "train.py"),
+        "--config", str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
+        "--run-dir", str(run_dir), "--splits", str(demo_splits),
+        "--set", "model.base_filters=16", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
+        "--set", "train.max_epochs=1", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", "logging.recon_every_n_epochs=1", "--set", "logging.num_recon_samples=1",
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+    for key in ("train/loss", "train/recon", "train/kl", "train/beta_kl", "val/loss", "val/kl"):
+        assert key in metrics.columns
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "recon" / "epoch_0").glob("*.png"))) == 1
+
+
+def test_script_rejects_bad_config_before_any_work(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--config",
+         str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--set", "model.variant=ode",
+         "--run-dir", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "model.variant" in result.stderr and "baseline_vae" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_default_run_directory_is_timestamped_with_the_experiment_name(demo_splits, tmp_path):
+    from vae_dynamics.training.run import new_run_dir
+
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
+    path = new_run_dir(cfg)
+    assert path.parent == tmp_path / "runs" and path.name.endswith("_exp2_tcvae_sbd")

@@ -1,0 +1,12 @@
+"""Rule build_persistent_cache: preprocess every split subject into the PersistentDataset cache."""
+
+from vae_dynamics.data.cache import build_cache
+from vae_dynamics.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    data = snakemake.params.data
+    manifest = build_cache(
+        data, [snakemake.input.train, snakemake.input.val], data["cache_dir"], snakemake.output.manifest,
+        workers=snakemake.threads, progress=False,
+    )  # fmt: skip
+    print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")

@@ -1,0 +1,12 @@
+"""Rule done: a marker that names what the experiment produced."""
+
+import json
+
+from vae_dynamics.io import write_text
+from vae_dynamics.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    summary = json.loads(open(snakemake.input.summary).read())
+    lines = [f"{k}: {v}" for k, v in summary.items()]
+    lines += [f"recon_panels: {snakemake.input.panels}", f"loss_curves: {snakemake.input.curves}"]
+    write_text("\n".join(lines) + "\n", snakemake.output[0])

@@ -1,0 +1,13 @@
+"""Rule index_subjects: validate every subject below the data root."""
+
+from pathlib import Path
+
+from vae_dynamics.data.index import index_subjects
+from vae_dynamics.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    out_dir = Path(snakemake.output.subjects).parent
+    subjects, rejected = index_subjects(snakemake.params.root, out_dir, workers=snakemake.threads)
+    print(f"{len(subjects)} valid subjects, {len(rejected)} rejected")
+    for row in rejected.itertuples():
+        print(f"rejected {row.subject_id}: {row.file}: {row.reason}")
