@@ -44,11 +44,14 @@ def test_encoder_schedule_128_to_8():
     with torch.device("meta"):
         model = TCVAESBD(base_filters=32)
         h = model.encoder.stem(torch.empty(1, 4, 128, 128, 128))
-        shapes = []
+        shapes = [tuple(h.shape[1:])]
         for block in model.encoder.blocks:
             h = block(h)
             shapes.append(tuple(h.shape[1:]))
-    assert shapes[1::2] == [(32, 64, 64, 64), (64, 32, 32, 32), (128, 16, 16, 16), (256, 8, 8, 8)]
+    assert shapes[0] == (32, 64, 64, 64)  # strided stem: no full-resolution feature maps
+    assert shapes[2::2] == [(32, 64, 64, 64), (64, 32, 32, 32), (128, 16, 16, 16), (256, 8, 8, 8)]
+    strided = [m for m in model.encoder.modules() if isinstance(m, nn.Conv3d) and m.stride == (2, 2, 2)]
+    assert len([m for m in strided if m.kernel_size == (3, 3, 3)]) == 4  # exactly four downsamplings
 
 
 def test_base_filters_below_16_is_rejected():
@@ -95,7 +98,7 @@ def test_checkpointing_wraps_blocks_only_when_grad_is_enabled(monkeypatch):
     calls = []
     real = blocks.checkpoint
     monkeypatch.setattr(
-        blocks, "checkpoint", lambda fn, *a, **k: calls.append(type(fn).__name__) or real(fn, *a, **k)
+        blocks, "checkpoint", lambda fn, *a, **k: calls.append(tuple(a[0].shape[1:])) or real(fn, *a, **k)
     )
     model = TCVAESBD(base_filters=16, gradient_checkpointing=True)
     x = torch.rand(1, 4, 128, 128, 128)
@@ -103,4 +106,7 @@ def test_checkpointing_wraps_blocks_only_when_grad_is_enabled(monkeypatch):
         model(x)
     assert calls == []
     model(x)
-    assert calls.count("ResBlock3d") == 8 and calls.count("UpBlock3d") == 4
+    # one checkpoint per encoder residual block (8) and per decoder upsampling block (4), by input shape
+    assert len(calls) == 12
+    assert calls[:2] == [(4, 128, 128, 128), (16, 64, 64, 64)]  # the stem runs inside block 1's checkpoint
+    assert calls[8:] == [(128, 8, 8, 8), (64, 16, 16, 16), (32, 32, 32, 32), (16, 64, 64, 64)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -54,7 +55,9 @@ class UpBlock3d(nn.Module):
         return self.block(x)
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpointing: bool) -> torch.Tensor:
+def run_blocks(
+    blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, use_checkpointing: bool
+) -> torch.Tensor:
     """Apply blocks in order; with checkpointing, each block's activations are recomputed in backward."""
     active = use_checkpointing and torch.is_grad_enabled()
     for block in blocks:

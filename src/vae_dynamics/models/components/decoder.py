@@ -28,4 +28,6 @@ class UpsamplingDecoder(nn.Module):
         self.final = nn.Conv3d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.final(run_blocks(self.stages, h, self.gradient_checkpointing))
+        # The final conv runs inside the last stage's checkpoint: its 128³ input is then not kept.
+        *rest, last = self.stages
+        return run_blocks([*rest, lambda t: self.final(last(t))], h, self.gradient_checkpointing)

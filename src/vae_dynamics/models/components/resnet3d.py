@@ -11,9 +11,10 @@ from vae_dynamics.models.components.blocks import ResBlock3d, group_norm, run_bl
 class ResNet3dEncoder(nn.Module):
     """x [B,C,128,128,128] -> (mu, logvar), each [B, z_dim].
 
-    Stem conv at 128³ (base channels), then four stages of two residual blocks, the first of each
-    strided: 64³·base, 32³·2base, 16³·4base, 8³·8base. The head keeps the 8³ layout: a 1x1x1 conv
-    reduces channels, then a linear layer reads all positions (no global-pool-only head).
+    Four stride-2 downsamplings 128→64→32→16→8 with channels base·{1,2,4,8}: a strided stem
+    (conv, GN, SiLU; as in MONAI's ResNet, no full-resolution feature maps) and four stages of two
+    residual blocks, the first block of stages 2-4 strided. The head keeps the 8³ layout: a 1x1x1
+    conv reduces channels, then a linear layer reads all positions (no global-pool-only head).
     """
 
     def __init__(
@@ -27,11 +28,15 @@ class ResNet3dEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = gradient_checkpointing
-        self.stem = nn.Conv3d(in_channels, base_filters, 3, padding=1, bias=False)
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, base_filters, 3, stride=2, padding=1, bias=False),
+            group_norm(base_filters),
+            nn.SiLU(),
+        )
         widths = [base_filters * m for m in (1, 2, 4, 8)]
         blocks, c_in = [], base_filters
-        for c_out in widths:
-            blocks += [ResBlock3d(c_in, c_out, stride=2), ResBlock3d(c_out, c_out)]
+        for i, c_out in enumerate(widths):
+            blocks += [ResBlock3d(c_in, c_out, stride=1 if i == 0 else 2), ResBlock3d(c_out, c_out)]
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.head_conv = nn.Sequential(group_norm(c_in), nn.SiLU(), nn.Conv3d(c_in, head_channels, 1))
@@ -39,7 +44,9 @@ class ResNet3dEncoder(nn.Module):
         self.head = nn.Linear(head_channels * bottleneck**3, 2 * z_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = run_blocks(self.blocks, self.stem(x), self.gradient_checkpointing)
+        # The stem runs inside the first block's checkpoint: its 128³ output is then not kept.
+        first, *rest = self.blocks
+        h = run_blocks([lambda t: first(self.stem(t)), *rest], x, self.gradient_checkpointing)
         h = self.head_conv(h).flatten(1)
         mu, logvar = self.head(h).chunk(2, dim=1)
         return mu, logvar

@@ -1,0 +1,185 @@
+"""The demo workflow through profiles/slurm on a real one-node SLURM cluster started by this test.
+
+Installs Debian's slurm-wlm and munge if missing, starts munged, slurmctld and slurmd (one node,
+one GPU generic resource backed by /dev/null), runs the workflow with the SLURM executor, checks
+that the training job asked for one GPU, and stops the daemons it started, by PID.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+SLURM_CONF = """\
+ClusterName=vaedynamics
+SlurmctldHost={host}
+SlurmctldPort=16817
+SlurmdPort=16818
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+GresTypes=gpu
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+MinJobAge=3600
+StateSaveLocation={tmp}/state
+SlurmdSpoolDir={tmp}/spool
+SlurmctldPidFile={tmp}/slurmctld.pid
+SlurmdPidFile={tmp}/slurmd.pid
+SlurmctldLogFile={tmp}/slurmctld.log
+SlurmdLogFile={tmp}/slurmd.log
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 Gres=gpu:1 State=UNKNOWN
+PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={host} MaxTime=INFINITE State=UP
+"""
+
+
+def ensure_packages() -> None:
+    if shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("slurm-wlm/munge missing and cannot be installed (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+
+
+def munge_works() -> bool:
+    enc = subprocess.run(["munge", "-n"], capture_output=True)
+    return (
+        enc.returncode == 0
+        and subprocess.run(["unmunge"], input=enc.stdout, capture_output=True).returncode == 0
+    )
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    ensure_packages()
+    tmp = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool"):
+        (tmp / sub).mkdir()
+    host = socket.gethostname().split(".")[0]
+    # srun inside a job step reads the default location, so the config goes to /etc/slurm
+    # (any existing files are moved aside and restored afterwards).
+    etc = Path("/etc/slurm")
+    etc.mkdir(parents=True, exist_ok=True)
+    conf = etc / "slurm.conf"
+    backups = {}
+    for name in ("slurm.conf", "gres.conf"):
+        if (etc / name).exists():
+            backups[name] = tmp / f"{name}.orig"
+            shutil.move(etc / name, backups[name])
+    conf.write_text(SLURM_CONF.format(host=host, tmp=tmp, cpus=os.cpu_count()))
+    (etc / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null\n")
+    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    started = []  # (name, pid) of the daemons this fixture started
+    try:
+        if not munge_works():
+            Path("/run/munge").mkdir(parents=True, exist_ok=True)
+            if not Path("/etc/munge/munge.key").exists():
+                subprocess.run(["mungekey", "--create"], check=True)
+            pidfile = tmp / "munged.pid"
+            subprocess.run(["munged", "--force", f"--pid-file={pidfile}"], check=True)
+            wait_for(munge_works, "munged")
+            started.append(("munged", int(pidfile.read_text().strip())))
+        for daemon in ("slurmctld", "slurmd"):
+            proc = subprocess.Popen([daemon, "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip  (logs: <tmp>/<daemon>.log)
+            started.append((daemon, proc.pid))
+
+        def node_idle() -> bool:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+            return out.returncode == 0 and "idle" in out.stdout
+
+        wait_for(node_idle, "the SLURM node to become idle", timeout=90)
+        yield {"env": env, "tmp": tmp}
+    finally:
+        for name in ("slurm.conf", "gres.conf"):
+            (etc / name).unlink(missing_ok=True)
+            if name in backups:
+                shutil.move(backups[name], etc / name)
+        for _daemon, pid in reversed(started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(40):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.25)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
+    env = slurm_cluster["env"]
+    work = tmp_path / "wf"
+    work.mkdir()
+    for name in ("Snakefile", "rules", "workflow", "profiles", "config"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, work / name)
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    demo["experiment"] = str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml")
+    demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")
+    demo["demo"]["n_subjects"] = 4
+    (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
+    cores = str(os.cpu_count())
+    args = [
+        str(BIN / "snakemake"), "--profile", "profiles/slurm", "--configfile", "config/demo.yaml",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
+        "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
+        "--set-resources", "train_exp2:slurm_partition=gpu", "train_exp2:mem_mb=6000",
+        f"train_exp2:cpus_per_task={cores}",
+        "--set-threads", f"train_exp2={cores}", "make_demo_dataset=1", "index_subjects=1",
+        "build_persistent_cache=1",
+        "--", "results/exp2/done",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    assert (work / "results/exp2/done").is_file()
+    assert len(list((work / "results/exp2/recon_panels").glob("*.png"))) == 1
+    summary = json.loads((work / "results/exp2/train_summary.json").read_text())
+    assert summary["global_step"] == 2  # 3 train subjects, batch 2, drop_last, 2 epochs
+
+    jobs = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
+    ).stdout
+    train_jobs = [line for line in jobs.splitlines() if "train_exp2" in line]
+    assert train_jobs, jobs[-3000:]
+    # --gpus=1 shows as TresPerJob=gres:gpu:1 (22.05) or gres/gpu=1 (newer releases)
+    assert all(re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in train_jobs), train_jobs
+    assert all("Partition=gpu" in line for line in train_jobs)
+    other = [line for line in jobs.splitlines() if "index_subjects" in line]
+    assert other and "gres/gpu" not in other[0] and "JobState=COMPLETED" in other[0]
