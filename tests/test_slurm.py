@@ -112,8 +112,9 @@ def slurm_cluster(tmp_path_factory):
             wait_for(munge_works, "munged")
             started.append(("munged", int(pidfile.read_text().strip())))
         for daemon in ("slurmctld", "slurmd"):
-            proc = subprocess.Popen([daemon, "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip  (logs: <tmp>/<daemon>.log)
+            proc = subprocess.Popen(
+                [daemon, "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )  # fmt: skip  (logs: <tmp>/<daemon>.log)
             started.append((daemon, proc.pid))
 
         def node_idle() -> bool:
