@@ -120,7 +120,7 @@ COMMON_SCHEMA: dict[str, dict[str, Field]] = {
         "accelerator": Field(
             "str", default="auto", optional=True, check=_choice("auto", "cpu", "gpu", "cuda")
         ),
-        "channels_last": Field("bool", default=True, optional=True),
+        "channels_last": Field("bool", default=False, optional=True),  # CUDA only; see docs/PERFORMANCE.md
     },
     "logging": {
         "save_dir": Field("str"),
