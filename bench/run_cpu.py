@@ -153,9 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         if not ck:
             records.append(record("train_step_samples_per_s", 2 / seconds, "samples/s", **cfg))
             records.append(record("tcvae_loss_share_of_step", loss_seconds / seconds, "fraction", **cfg))
-    seconds, _ = train_step_seconds("exp1", 2, 16, False)
-    records.append(record("train_step_seconds", seconds, "s", model="exp1", batch=2, base_filters=16,
-                          precision="32-true", gradient_checkpointing=False))  # fmt: skip
+    for exp, bf in (("exp1", 16), ("exp2", 32), ("exp1", 32)):
+        seconds, _ = train_step_seconds(exp, 2, bf, False)
+        records.append(record("train_step_seconds", seconds, "s", model=exp, batch=2, base_filters=bf,
+                              precision="32-true", gradient_checkpointing=False))  # fmt: skip
     save_records(records, args.out)
 
 
