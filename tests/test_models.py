@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from vae_dynamics.models import TCVAESBD, BaselineVAE
+from vae_dynamics.models.components.blocks import NormAct
 
 
 def test_decoder_channel_and_size_schedule_at_base_filters_32():
@@ -74,6 +75,8 @@ def test_gradient_checkpointing_changes_neither_outputs_nor_gradients(cls):
     plain = cls(base_filters=16, gradient_checkpointing=False)
     ckpt = cls(base_filters=16, gradient_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
+    norm_acts = [[m.recompute for m in model.modules() if isinstance(m, NormAct)] for model in (plain, ckpt)]
+    assert len(norm_acts[0]) == 8 and not any(norm_acts[0]) and all(norm_acts[1])
     x = torch.rand(1, 4, 128, 128, 128)
     results = []
     for model in (plain, ckpt):

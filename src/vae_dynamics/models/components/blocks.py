@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,6 +38,26 @@ class ResBlock3d(nn.Module):
         return h + self.shortcut(x)
 
 
+class NormAct(nn.Module):
+    """GroupNorm then SiLU; with `recompute`, the GroupNorm output is not kept for backward."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.act = nn.SiLU()
+        self.recompute = False
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            # Nested in the block's checkpoint: during the block's backward pass, the 128³ GN
+            # outputs are recomputed too instead of being held (two fewer full-size tensors).
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
 class UpBlock3d(nn.Module):
     """One stride-2 upsampling stage: ConvTranspose3d(k=2, s=2), GN, SiLU, Conv3d 3³, GN, SiLU."""
 
@@ -44,12 +65,15 @@ class UpBlock3d(nn.Module):
         super().__init__()
         self.block = nn.Sequential(
             nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
-            group_norm(out_channels),
-            nn.SiLU(),
+            NormAct(out_channels),
             nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
-            group_norm(out_channels),
-            nn.SiLU(),
+            NormAct(out_channels),
         )
+
+    def set_recompute_norm_act(self, enabled: bool) -> None:
+        for module in self.block:
+            if isinstance(module, NormAct):
+                module.recompute = enabled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)

@@ -25,6 +25,8 @@ class UpsamplingDecoder(nn.Module):
         widths = decoder_widths(base_filters)
         self.gradient_checkpointing = gradient_checkpointing
         self.stages = nn.ModuleList(UpBlock3d(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        for stage in self.stages:
+            stage.set_recompute_norm_act(gradient_checkpointing)
         self.final = nn.Conv3d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
