@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class Field:
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
     optional: bool = False  # may be absent from the YAML (then `default` is used)
     length: int | None = None
-    aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _positive(v: Any) -> str | None:
