@@ -112,9 +112,9 @@ def test_final_artifacts(interrupted_then_finished):
     assert [p.stem for p in panels] == sorted(val["subject_id"])
     assert (work / "results/exp2/loss_curves.png").stat().st_size > 10_000
     assert "best_checkpoint" in (work / "results/exp2/done").read_text()
-    for rule in ("index_subjects", "build_persistent_cache", "train_exp2"):
-        assert (work / f"logs/{rule}.log").is_file()
-        assert (work / f"benchmarks/{rule}.tsv").is_file() or rule == "train_exp2"
+    for rule in ("index_subjects", "build_persistent_cache", "train_exp2", "export_recon_panels_exp2"):
+        assert (work / f"logs/{rule}.log").is_file(), rule
+        assert (work / f"benchmarks/{rule}.tsv").is_file(), rule
     manifest = json.loads((work / "results/cache/manifest.json").read_text())
     assert manifest["n_subjects"] == 5
 

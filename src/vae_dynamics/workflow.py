@@ -60,8 +60,13 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def train_step(cfg: dict[str, Any], run_dir: str | os.PathLike[str], splits_dir: str, summary_path: str,
-               metrics_path: str) -> dict[str, Any]:  # fmt: skip
+def train_step(
+    cfg: dict[str, Any],
+    run_dir: str | os.PathLike[str],
+    splits_dir: str,
+    summary_path: str,
+    metrics_path: str,
+) -> dict[str, Any]:
     """Train (resuming if the run directory has a checkpoint), then write the small final outputs."""
     from vae_dynamics.training.run import train
     from vae_dynamics.viz.curves import read_metrics

@@ -82,8 +82,12 @@ class AtomicPersistentDataset(PersistentDataset):
     (not atomic) when /tmp is another file system; an unreadable cache file is recomputed.
     """
 
+    def cache_file(self, item: Mapping[str, Any]) -> Path:
+        """Where the preprocessed tensors of `item` are (or will be) cached."""
+        return self.cache_dir / f"{self.hash_func(item).decode()}.pt"
+
     def _cachecheck(self, item_transformed: Mapping[str, Any]) -> Any:
-        hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode()}.pt"
+        hashfile = self.cache_file(item_transformed)
         if hashfile.is_file():
             try:
                 return torch.load(hashfile, weights_only=True)
@@ -168,16 +172,17 @@ def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: Mapping[str
     except Exception as exc:
         raise RuntimeError(f"preprocessing failed for subject {record['subject_id']}: {exc}") from exc
     image, seg = item["image"], item["seg"]
+    cache_file = dataset.cache_file(record)
     return {
         "subject_id": record["subject_id"],
-        "cache_file": str(cache_dir / f"{item_hash(record).decode()}.pt"),
+        "cache_file": str(cache_file),
         "image_shape": list(image.shape),
         "seg_shape": list(seg.shape),
         "seg_labels": sorted(int(v) for v in torch.unique(seg)),
         "channel_mean": [float(v) for v in image.mean(dim=(1, 2, 3))],
         "channel_max": [float(v) for v in image.amax(dim=(1, 2, 3))],
         "foreground_fraction": float((image != 0).any(0).float().mean()),
-        "megabytes": round(os.path.getsize(cache_dir / f"{item_hash(record).decode()}.pt") / 1e6, 2),
+        "megabytes": round(cache_file.stat().st_size / 1e6, 2),
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -49,7 +49,7 @@ class BraTSDataModule(L.LightningDataModule):
         transform = transforms_from_config(self.data_cfg)
         train = make_dataset(self.train_records, cache_dir, transform)
         n_ram = ram_share(len(train), self.data_cfg["cache_rate"], BYTES_PER_SUBJECT)
-        self.train_dataset = RamCachedDataset(train, n_ram) if n_ram else train
+        self.train_dataset = RamCachedDataset(train, n_ram, progress=True) if n_ram else train
         self.val_dataset = make_dataset(self.val_records, cache_dir, transform)
 
     def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:

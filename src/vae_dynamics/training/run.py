@@ -151,7 +151,7 @@ def prepare_splits(cfg: dict[str, Any], run_dir: Path, splits_dir: Path | None) 
     return out
 
 
-def build_trainer(cfg: dict[str, Any], run_dir: Path, datamodule: BraTSDataModule) -> L.Trainer:
+def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
     """The Trainer, assembled in one place from the config."""
     on_cuda = cuda_available(cfg)
     if on_cuda:
@@ -208,7 +208,7 @@ def train(
         datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
         log.info("subjects: %d train, %d val", datamodule.n_train, len(datamodule.val_records))
         module = build_module(cfg, datamodule.n_train)
-        trainer = build_trainer(cfg, run_dir, datamodule)
+        trainer = build_trainer(cfg, run_dir)
         log.info("device: %s, precision: %s", trainer.strategy.root_device, trainer.precision)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         checkpoint = trainer.checkpoint_callback
