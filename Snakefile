@@ -1,10 +1,13 @@
 # vae_dynamics workflow: index_subjects -> make_splits -> build_persistent_cache -> train_exp2
-#                        -> export_recon_panels -> results/exp2/done   (and the same for exp1)
+#                        -> export_recon_panels -> encode_latents -> evaluate_latents (+ subject_factors)
+#                        -> results/exp2/done   (and the same for exp1)
+#                        -> compare_experiments -> results/compare/done  (Exp1 vs Exp2)
 #
 #   snakemake --cores 8 -- results/exp2/done                         (profiles/default sets gpu=1)
 #   snakemake --cores 8 --resources gpu=1 -n -- results/exp2/done    (dry run)
 #   snakemake --profile profiles/slurm -- results/exp2/done          (SLURM cluster)
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done   (embedded demo)
+#   snakemake --cores 2 --configfile config/demo.yaml -- results/compare/done  (demo, Exp1 vs Exp2)
 
 
 configfile: "config/config.yaml"
@@ -14,6 +17,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/training.smk"
 include: "rules/export.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

@@ -18,7 +18,11 @@ CACHE_DIR = "results/cache/tensors"
 def experiment_config(exp):
     """The resolved experiment config (YAML + data_root + overrides), validated."""
     return resolve_experiment(
-        EXPERIMENTS[exp], data_root=DATA_ROOT, overrides=config.get("overrides"), cache_dir=CACHE_DIR
+        EXPERIMENTS[exp],
+        data_root=DATA_ROOT,
+        overrides=config.get("overrides"),
+        cache_dir=CACHE_DIR,
+        experiment=exp,
     )
 
 def data_config():

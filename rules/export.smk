@@ -35,6 +35,7 @@ rule done:
         summary="results/{exp}/train_summary.json",
         panels="results/{exp}/recon_panels",
         curves="results/{exp}/loss_curves.png",
+        evaluation="results/{exp}/evaluation/metrics.json",
     output:
         "results/{exp}/done",
     wildcard_constraints:

@@ -61,11 +61,37 @@ def test_dotted_overrides_are_parsed_as_yaml_before_validation():
         (["train.precision=8-bit"], "train.precision"),
         (["data.modalities=[t1c, t1n, t2f]"], "data.modalities"),
         (["loss.beta_kl_target=1.0"], "loss.beta_kl_target"),
+        (["train.precision=64-true"], "train.precision"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
         load_config(config_path("exp2_tcvae_sbd"), override)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss.alpha=.nan", r"loss\.alpha: nan is not a finite number"),
+        ("loss.gamma=-5", r"loss\.gamma: -5\.0 must be >= 0"),
+        ("loss.beta_tc_target=-inf", r"loss\.beta_tc_target: -inf is not a finite number"),
+        ("loss.beta_tc_target=.nan", r"loss\.beta_tc_target: nan is not a finite number"),
+        ("train.lr=.inf", r"train\.lr: inf is not a finite number"),
+        ("train.lr='nan'", r"train\.lr: nan is not a finite number"),
+        ("train.lr=0", r"train\.lr: 0\.0 must be > 0"),
+        ("data.spacing=[1.0, .nan, 1.0]", r"data\.spacing\[1\]: nan is not a finite number"),
+        ("data.fov_mm=.inf", r"data\.fov_mm: inf is not a finite number"),
+        ("data.cache_rate=.nan", r"data\.cache_rate: nan is not a finite number"),
+    ],
+)
+def test_non_finite_and_negative_numbers_are_rejected_naming_key_and_value(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_path("exp2_tcvae_sbd"), [override])
+
+
+def test_exp1_beta_rejects_non_finite_values():
+    with pytest.raises(ConfigError, match=r"loss\.beta_kl_target: inf"):
+        load_config(config_path("exp1_baseline_vae"), ["loss.beta_kl_target=.inf"])
 
 
 def test_missing_key_and_unknown_section_are_errors(tmp_path):

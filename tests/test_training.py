@@ -23,16 +23,19 @@ EXP2_KEYS = ["loss", "recon", "mi", "tc", "dwkl", "beta_tc"]
 
 @pytest.fixture(scope="module")
 def exp2_run(demo_splits, tmp_path_factory):
-    """A 2-epoch Exp2 run (4 train subjects, 2 steps per epoch), then a resume to a 3rd epoch."""
+    """A 2-epoch Exp2 run (4 train subjects, 2 steps per epoch), then a resume to a 3rd epoch.
+
+    β warms up over 2 epochs to a large target (0, 5000, 10000), so β·TC makes val/loss rise during
+    the warm-up whatever the model learns: only epoch 2 is at the target β.
+    """
     tmp = tmp_path_factory.mktemp("exp2")
-    cfg = small_exp_config("exp2_tcvae_sbd", tmp, **{"loss.beta_tc_annealing_epochs": 4})
+    loss = {"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4}
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp, **loss)
     run_dir = tmp / "run"
     first = train(cfg, run_dir, splits_dir=demo_splits)
     metrics_after_two = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
-    cfg3 = small_exp_config(
-        "exp2_tcvae_sbd", tmp, **{"loss.beta_tc_annealing_epochs": 4, "train.max_epochs": 3}
-    )
-    resumed = train(cfg3, run_dir, resume=True)
+    cfg3 = small_exp_config("exp2_tcvae_sbd", tmp, **loss, **{"train.max_epochs": 3})
+    resumed = train(cfg3, run_dir, resume=True, splits_dir=demo_splits)  # same splits: accepted
     return dict(cfg=cfg, run_dir=run_dir, first=first, resumed=resumed, metrics_after_two=metrics_after_two)
 
 
@@ -48,7 +51,6 @@ def test_exp2_run_produces_every_artifact(exp2_run):
         assert (run_dir / name).is_file(), name
     best = exp2_run["resumed"]["best_checkpoint"]
     assert best.startswith(str((run_dir / "checkpoints").resolve())) and Path(best).is_file()
-    assert exp2_run["resumed"]["best_val_loss"] <= exp2_run["first"]["best_val_loss"]
     saved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert saved["model"]["variant"] == "tcvae_sbd" and saved["train"]["max_epochs"] == 3
     for epoch in (0, 1, 2):
@@ -70,13 +72,51 @@ def test_every_key_is_logged_for_both_prefixes(exp2_run):
 
 def test_beta_is_zero_at_epoch_zero_and_follows_the_warmup(exp2_run):
     per_epoch = read_metrics(exp2_run["run_dir"] / "logs")
-    assert per_epoch["train/beta_tc"].tolist() == pytest.approx([0.0, 1.5, 3.0])  # 6.0 · epoch / 4
-    assert per_epoch["val/beta_tc"].tolist() == pytest.approx([0.0, 1.5, 3.0])
+    assert per_epoch["train/beta_tc"].tolist() == pytest.approx([0.0, 5e3, 1e4])  # 1e4 · epoch / 2
+    assert per_epoch["val/beta_tc"].tolist() == pytest.approx([0.0, 5e3, 1e4])
     # at β = 0 the total is recon + mi + dwkl exactly
     row = per_epoch.iloc[0]
     assert row["train/loss"] == pytest.approx(
         row["train/recon"] + row["train/mi"] + row["train/dwkl"], rel=1e-5
     )
+
+
+def test_during_the_warm_up_last_ckpt_is_the_chosen_checkpoint(exp2_run):
+    first = exp2_run["first"]
+    assert first["best_checkpoint"] == first["last_checkpoint"]
+    assert "has not reached the target beta" in first["checkpoint_choice"]
+    assert first["best_val_loss"] is None
+
+
+def test_best_checkpoint_is_chosen_among_epochs_at_the_target_beta(exp2_run):
+    per_epoch = read_metrics(exp2_run["run_dir"] / "logs")
+    assert per_epoch["val/loss"].iloc[2] > per_epoch["val/loss"].iloc[0]  # β·TC made val/loss rise
+    resumed = exp2_run["resumed"]
+    assert Path(resumed["best_checkpoint"]).name.startswith("epoch002-")
+    assert "target beta" in resumed["checkpoint_choice"]
+    assert resumed["best_val_loss"] == pytest.approx(per_epoch["val/loss"].iloc[2], rel=1e-5)
+    # last.ckpt was written after every epoch, warm-up epochs included
+    assert torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+def test_resume_with_other_splits_is_refused_and_changes_nothing(exp2_run, tmp_path):
+    run_dir = exp2_run["run_dir"]
+    other = tmp_path / "other_splits"
+    other.mkdir()
+    train_csv = pd.read_csv(run_dir / "splits" / "train.csv")
+    val_csv = pd.read_csv(run_dir / "splits" / "val.csv")
+    train_csv.iloc[1:].to_csv(other / "train.csv", index=False)  # one subject fewer
+    val_csv.to_csv(other / "val.csv", index=False)
+    removed = train_csv["subject_id"].iloc[0]
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    cfg = small_exp_config(
+        "exp2_tcvae_sbd", run_dir.parent,
+        **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
+    )  # fmt: skip
+    with pytest.raises(ResumeError, match=rf"train\.csv: 1 subject\(s\) removed \({removed}\)"):
+        train(cfg, run_dir, resume=True, splits_dir=other)
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_resume_continues_the_step_count_and_keeps_history(exp2_run):
@@ -111,7 +151,7 @@ def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
     losses = []
     for _ in range(2):
         module = TCVAELitModule.load_from_checkpoint(ckpt, map_location="cpu")
-        assert module.dataset_size == 4 and module.hparams.beta_tc_target == 6.0
+        assert module.dataset_size == 4 and module.hparams.beta_tc_target == 1e4
         torch.manual_seed(123)  # same reparameterisation noise
         trainer = L.Trainer(
             accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -128,8 +168,11 @@ def test_non_finite_loss_stops_with_term_epoch_and_step():
     )
     x = torch.rand(2, 4, 128, 128, 128)
     x[0, 0, 0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"recon=nan.*epoch 0, global step 0"):
+    with pytest.raises(NonFiniteLossError, match=r"recon=nan.*epoch 0, global step 0") as info:
         module.training_step({"image": x}, 0)
+    cause = info.value.__cause__  # the loss function's own error and traceback are kept
+    assert isinstance(cause, NonFiniteLossError) and "epoch" not in str(cause)
+    assert cause.__traceback__ is not None
 
 
 def test_exp1_trains_through_the_script(demo_splits, tmp_path):

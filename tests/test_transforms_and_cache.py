@@ -1,5 +1,8 @@
 """Preprocessing contract, orientation, the persistent cache (hits, invalidation, atomicity), data module."""
 
+import json
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -85,7 +88,39 @@ def test_corrupt_cache_file_is_recomputed(demo_splits, tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         again = make_dataset(records, cache_dir, transform)[0]
     assert torch.equal(good["image"], again["image"])
-    assert not list(cache_dir.glob(".*tmp"))
+    assert not list(cache_dir.glob(".*tmp*"))
+
+
+def test_cache_stores_float16_within_the_rounding_bound(demo_splits, tmp_path):
+    records = subject_records(demo_splits / "val.csv")
+    transform = transforms_from_config(DATA_CFG)
+    exact = transform(dict(records[0]))["image"]  # float32, straight from the transforms
+    cached = make_dataset(records, cache_dir_for(tmp_path, DATA_CFG), transform)[0]["image"]
+    assert exact.dtype == torch.float32 and cached.dtype == torch.float16
+    assert float(exact.min()) >= 0.0 and float(exact.max()) <= 1.0
+    # round to nearest: |fp16(x) - x| <= half a unit in the last place, 2^-12 just below 1
+    assert float((cached.float() - exact).abs().max()) <= 2.0**-12
+    assert torch.equal(cached == 0, exact == 0)  # the background stays exactly 0
+    (cache_file,) = cache_dir_for(tmp_path, DATA_CFG).glob("*.pt")
+    assert cache_file.stat().st_size < 0.6 * (exact.numel() * 4)  # about half of float32
+    assert (
+        json.loads((cache_dir_for(tmp_path, DATA_CFG) / "contract.json").read_text())["dtypes"]["image"]
+        == "float16"
+    )
+
+
+def test_a_failed_cache_write_leaves_no_file(demo_splits, tmp_path, monkeypatch):
+    records = subject_records(demo_splits / "val.csv")
+    cache_dir = cache_dir_for(tmp_path, DATA_CFG)
+
+    def full_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        make_dataset(records, cache_dir, transforms_from_config(DATA_CFG))[0]
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["contract.json"]
 
 
 def test_changed_preprocessing_parameter_gives_a_new_cache_directory(tmp_path):
@@ -109,7 +144,9 @@ def test_build_cache_writes_a_manifest(demo_splits, tmp_path):
         assert row["image_shape"] == [4, 128, 128, 128] and row["seg_shape"] == [1, 128, 128, 128]
         assert 3 in row["seg_labels"] and all(0 < m < 1 for m in row["channel_mean"])
         cached = torch.load(row["cache_file"], weights_only=True)
-        assert torch.allclose(cached["image"].mean(dim=(1, 2, 3)), torch.tensor(row["channel_mean"]))
+        assert row["image_dtype"] == "float16"
+        mean = cached["image"].float().mean(dim=(1, 2, 3))
+        assert torch.allclose(mean, torch.tensor(row["channel_mean"]))
     assert (tmp_path / "manifest.json").is_file()
 
 
@@ -127,7 +164,10 @@ def test_datamodule_batches(demo_splits, tmp_path):
     dm.setup("fit")
     assert dm.n_train == 4 and len(dm.train_dataset.held) == 2
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 4, 128, 128, 128) and batch["image"].dtype == torch.float32
+    assert (
+        batch["image"].shape == (2, 4, 128, 128, 128) and batch["image"].dtype == torch.float16
+    )  # as cached
+    assert dm.on_after_batch_transfer(batch, 0)["image"].dtype == torch.float32  # what the model sees
     assert batch["seg"].shape == (2, 1, 128, 128, 128)
     assert len(batch["subject_id"]) == 2
     assert len(dm.train_dataloader()) == 2 and len(dm.val_dataloader()) == 1

@@ -79,7 +79,7 @@ def interrupted_then_finished(demo_root, tmp_path_factory):
     return dict(work=work, dry=dry, rerun=rerun, again=again, interrupted_outputs=interrupted_outputs)
 
 
-def test_dry_run_lists_the_five_steps(interrupted_then_finished):
+def test_dry_run_lists_every_step(interrupted_then_finished):
     out = interrupted_then_finished["dry"].stdout
     for rule in (
         "index_subjects",
@@ -87,6 +87,9 @@ def test_dry_run_lists_the_five_steps(interrupted_then_finished):
         "build_persistent_cache",
         "train_exp2",
         "export_recon_panels",
+        "subject_factors",
+        "encode_latents",
+        "evaluate_latents",
     ):
         assert rule in out, rule
     assert "gpu=1" in out  # the training rule declares the GPU resource (profiles/default provides it)
@@ -117,6 +120,57 @@ def test_final_artifacts(interrupted_then_finished):
         assert (work / f"benchmarks/{rule}.tsv").is_file(), rule
     manifest = json.loads((work / "results/cache/manifest.json").read_text())
     assert manifest["n_subjects"] == 5
+
+
+def test_evaluation_artifacts(interrupted_then_finished):
+    work = interrupted_then_finished["work"]
+    subjects = pd.read_csv(work / "results/index/subjects.csv")
+    latents = pd.read_csv(work / "results/exp2/latents.csv")
+    assert list(latents.columns[:2]) == ["subject_id", "split"]
+    assert list(latents.columns[2:]) == [f"mu_{k}" for k in range(128)] + [f"logvar_{k}" for k in range(128)]
+    assert sorted(latents["subject_id"]) == sorted(subjects["subject_id"])
+    assert latents["split"].value_counts().to_dict() == {"train": 4, "val": 1}
+    factors = pd.read_csv(work / "results/factors/factors.csv")
+    assert sorted(factors["subject_id"]) == sorted(subjects["subject_id"]) and (factors["wt_mm3"] > 0).all()
+    evaluation = work / "results/exp2/evaluation"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    for key in ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
+                "kl_per_dim", "reconstruction", "checkpoint_choice", "parameters"):  # fmt: skip
+        assert key in metrics, key
+    assert len(metrics["kl_per_dim"]) == 128 and 0 <= metrics["active_units"] <= 128
+    assert set(metrics["reconstruction"]["per_modality"]) == {"t1c", "t1n", "t2f", "t2w"}
+    recon = pd.read_csv(evaluation / "recon_metrics.csv")
+    assert len(recon) == 4 and set(recon.columns) == {"subject_id", "modality", "mse", "psnr", "ssim"}
+    assert (recon["mse"] > 0).all() and (recon["ssim"] <= 1).all()
+    for png in ("factor_correlations.png", "traversals.png"):
+        assert (evaluation / png).stat().st_size > 10_000, png
+    assert len(list((evaluation / "traversals").glob("z*.png"))) == 8
+    assert "evaluation" in (work / "results/exp2/done").read_text()
+
+
+def test_interrupted_evaluation_reruns_without_training(interrupted_then_finished):
+    work = interrupted_then_finished["work"]
+    summary = work / "results/exp2/train_summary.json"
+    stamp = summary.stat().st_mtime_ns
+    (work / "results/exp2/latents.csv").unlink()  # as if encode_latents had been killed
+    shutil.rmtree(work / "results/exp2/evaluation")
+    dry = snakemake(work, "-n", "--", "results/exp2/done").stdout
+    assert "encode_latents" in dry and "evaluate_latents" in dry and "train_exp2" not in dry
+    snakemake(work, "--", "results/exp2/done")
+    assert summary.stat().st_mtime_ns == stamp and (work / "results/exp2/evaluation/metrics.json").is_file()
+
+
+def test_per_experiment_overrides_are_validated_per_experiment(interrupted_then_finished):
+    work = interrupted_then_finished["work"]
+    good = {**OVERRIDES, "exp1": {"loss.beta_kl_target": 0.5}, "exp2": {"loss.beta_tc_target": 4.0}}
+    out = snakemake(work, "-n", "--config", f"overrides={json.dumps(good)}", "--", "results/compare/done")
+    assert "train_exp1" in out.stdout and "compare_experiments" in out.stdout
+    bad = {**OVERRIDES, "exp1": {"loss.beta_tc_target": 4.0}}
+    out = snakemake(
+        work, "-n", "--config", f"overrides={json.dumps(bad)}", "--", "results/compare/done", check=False
+    )
+    assert out.returncode != 0
+    assert "experiment exp1" in out.stderr and "loss.beta_tc_target" in out.stderr
 
 
 def test_completed_run_rerun_is_a_noop(interrupted_then_finished):
@@ -151,6 +205,28 @@ def test_changed_data_root_reindexes(interrupted_then_finished, tmp_path):
     work = interrupted_then_finished["work"]
     out = snakemake(work, "-n", "--config", f"data_root={tmp_path}", "--", "results/exp2/done").stdout
     assert "index_subjects" in out
+
+
+def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupted_then_finished):
+    work = interrupted_then_finished["work"]
+    exp2_summary = (work / "results/exp2/train_summary.json").stat().st_mtime_ns
+    snakemake(work, "--", "results/compare/done")
+    assert (work / "results/exp2/train_summary.json").stat().st_mtime_ns == exp2_summary  # Exp2 not redone
+    md = (work / "results/compare/summary.md").read_text()
+    assert "exp1 vs exp2" in md and "exp1_baseline_vae" in md and "exp2_tcvae_sbd" in md
+    assert "../exp1/evaluation/traversals.png" in md and "../exp2/evaluation/traversals.png" in md
+    table = pd.read_csv(work / "results/compare/summary.csv").set_index("quantity")
+    assert list(table.columns) == ["exp1", "exp2"]
+    assert float(table.at["parameters", "exp1"]) > float(table.at["parameters", "exp2"])  # Linear z -> C0·8³
+    assert "final val/kl" in table.index and "final val/tc" in table.index
+    assert (work / "results/compare/done").is_file()
+    report = snakemake(work, "--report", "report.zip", "--", "results/compare/done", check=False)
+    assert report.returncode == 0, report.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(work / "report.zip").namelist()
+    for figure in ("factor_correlations.png", "traversals.png", "summary.md", "loss_curves.png"):
+        assert any(n.endswith(figure) for n in names), figure
 
 
 def test_snakemake_lint_is_clean():

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from vae_dynamics.config import load_config
+from vae_dynamics.config import ConfigError, load_config
+from vae_dynamics.data.cache import CONTRACT_KEYS
 from vae_dynamics.io import write_json, write_text
 
 
@@ -38,21 +39,51 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
             root.removeHandler(handler)
 
 
+EXPERIMENT_KEYS = ("exp1", "exp2")  # per-experiment override blocks inside the workflow's `overrides`
+# Keys that define the data both experiments see (SPEC §3: no differences in the data pipeline).
+SHARED_DATA_KEYS = {f"data.{k}" for k in (*CONTRACT_KEYS, "root_dir", "cache_dir", "val_split")}
+
+
+def experiment_overrides(overrides: Mapping[str, Any] | str | None, experiment: str | None) -> dict[str, Any]:
+    """Shared dotted overrides plus those under `overrides[experiment]` (which win)."""
+    if isinstance(overrides, str):  # `--config 'overrides={...}'` arrives as a string
+        overrides = yaml.safe_load(overrides) or {}
+    overrides = dict(overrides or {})
+    shared = {k: v for k, v in overrides.items() if k not in EXPERIMENT_KEYS}
+    specific = overrides.get(experiment) or {} if experiment else {}
+    if not isinstance(specific, Mapping):
+        raise ConfigError(f"overrides.{experiment}: expected a mapping of dotted keys, got {specific!r}")
+    for key in specific:
+        if key in SHARED_DATA_KEYS:
+            raise ConfigError(
+                f"overrides.{experiment}.{key}: the data and its preprocessing are shared by both "
+                "experiments; set this key in the shared overrides"
+            )
+    return {**shared, **specific}
+
+
 def resolve_experiment(
     experiment_yaml: str | os.PathLike[str],
     data_root: str | None = None,
     overrides: Mapping[str, Any] | str | None = None,
     cache_dir: str | None = None,
+    experiment: str | None = None,
 ) -> dict[str, Any]:
-    """The experiment config with the workflow's data root, cache dir and dotted overrides applied."""
-    if isinstance(overrides, str):  # `--config 'overrides={...}'` arrives as a string
-        overrides = yaml.safe_load(overrides) or {}
-    merged = dict(overrides or {})
+    """The experiment config with the workflow's data root, cache dir and overrides applied.
+
+    `overrides` holds shared dotted keys and, under `exp1:` / `exp2:`, keys for one experiment only.
+    """
+    merged = experiment_overrides(overrides, experiment)
     if data_root:
         merged["data.root_dir"] = str(data_root)
     if cache_dir:
         merged["data.cache_dir"] = str(cache_dir)
-    return load_config(experiment_yaml, merged)
+    try:
+        return load_config(experiment_yaml, merged)
+    except ConfigError as exc:
+        if experiment is None:
+            raise
+        raise ConfigError(f"experiment {experiment}: {exc}") from None
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -103,7 +134,7 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
     with torch.no_grad():
         for i in range(len(dm.val_dataset)):
             item = dm.val_dataset[i]
-            mu, _ = module.model.encoder(item["image"][None].to(device))
+            mu, _ = module.model.encoder(item["image"][None].to(device).float())
             x_hat = module.model.decode(mu)[0]
             save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", cfg["data"]["modalities"],
                              title=f"{item['subject_id']} — best checkpoint ({summary['experiment']})")  # fmt: skip

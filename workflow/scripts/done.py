@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
     summary = json.loads(Path(snakemake.input.summary).read_text())
     lines = [f"{k}: {v}" for k, v in summary.items()]
     lines += [f"recon_panels: {snakemake.input.panels}", f"loss_curves: {snakemake.input.curves}"]
+    lines += [f"evaluation: {snakemake.input.evaluation}"]
     write_text("\n".join(lines) + "\n", snakemake.output[0])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,111 @@ import lightning as L
 import torch
 from monai.data import DataLoader
 
-from vae_dynamics.data.cache import RamCachedDataset, cache_dir_for, make_dataset, ram_share, subject_records
+from vae_dynamics.data.cache import (
+    CACHE_IMAGE_DTYPE,
+    RamCachedDataset,
+    cache_dir_for,
+    make_dataset,
+    ram_share,
+    subject_records,
+)
 from vae_dynamics.data.transforms import transforms_from_config
 
-# float32 image [4,128,128,128] + uint8 seg [1,128,128,128]
-BYTES_PER_SUBJECT = 4 * 128**3 * 4 + 128**3
+# float16 image [4,128,128,128] + uint8 seg [1,128,128,128], as cached
+BYTES_PER_SUBJECT = 4 * 128**3 * CACHE_IMAGE_DTYPE.itemsize + 128**3
+# Share of the free GPU memory the resident training set may take; the rest is for the model's
+# activations, cuDNN workspaces and torch.compile (the shipped Exp2 step peaks at ~8 GB).
+GPU_CACHE_SHARE = 0.5
+
+log = logging.getLogger(__name__)
+
+
+def gpu_cache_plan(
+    setting: Any, device: torch.device, n_bytes: int, free_bytes: int | None
+) -> tuple[bool, str]:
+    """Whether to hold the training split on `device` (data.gpu_cache = auto/true/false), and why."""
+    if setting is False:
+        return False, "data.gpu_cache is false"
+    if device.type != "cuda":
+        if setting is True:
+            raise ValueError(f"data.gpu_cache: true needs a CUDA device, training runs on {device}")
+        return False, f"training runs on {device}, not CUDA"
+    need, allowed = n_bytes / 1e9, GPU_CACHE_SHARE * (free_bytes or 0) / 1e9
+    if n_bytes > GPU_CACHE_SHARE * (free_bytes or 0):
+        reason = (
+            f"the training split needs {need:.1f} GB but only {allowed:.1f} GB "
+            f"({GPU_CACHE_SHARE:.0%} of the free GPU memory) may be used"
+        )
+        if setting is True:
+            raise ValueError(f"data.gpu_cache: true, but {reason}")
+        return False, reason
+    return True, f"the training split ({need:.1f} GB) fits in {allowed:.1f} GB of GPU memory"
+
+
+class DeviceResidentBatches:
+    """Training batches sliced from a split held on one device as a single float16 tensor.
+
+    Each epoch draws a permutation seeded by (seed, epoch), so a resumed run sees the same batches as an
+    uninterrupted one; batches are gathered on the device (no workers, no host copies). The ragged
+    last batch is dropped (constant M for the MWS estimator) unless the split is a single batch.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        segs: torch.Tensor,
+        subject_ids: list[str],
+        batch_size: int,
+        seed: int,
+        epoch: Callable[[], int],
+    ) -> None:
+        self.images, self.segs, self.subject_ids = images, segs, list(subject_ids)
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.drop_last = len(self.subject_ids) > batch_size
+
+    @classmethod
+    def from_dataset(
+        cls, dataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int]
+    ):
+        """Copy every item of a (cached) dataset into one tensor on `device`, item by item."""
+        n = len(dataset)
+        first = dataset[0]
+        images = torch.empty((n, *first["image"].shape), dtype=CACHE_IMAGE_DTYPE, device=device)
+        segs = torch.empty((n, *first["seg"].shape), dtype=torch.uint8, device=device)
+        ids = []
+        for i in range(n):
+            item = first if i == 0 else dataset[i]
+            images[i].copy_(torch.as_tensor(item["image"]).to(CACHE_IMAGE_DTYPE))
+            segs[i].copy_(torch.as_tensor(item["seg"]).to(torch.uint8))
+            ids.append(item["subject_id"])
+        return cls(images, segs, ids, batch_size, seed, epoch)
+
+    def __len__(self) -> int:
+        n, b = len(self.subject_ids), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.subject_ids), generator=generator)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        order = self.permutation(self.epoch())
+        device_order = order.to(self.images.device)
+        for k in range(len(self)):
+            rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            index = device_order[rows]
+            yield {
+                "image": self.images.index_select(0, index),
+                "seg": self.segs.index_select(0, index),
+                "subject_id": [self.subject_ids[i] for i in order[rows].tolist()],
+            }
 
 
 class BraTSDataModule(L.LightningDataModule):
-    """Yields batch["image"] float32 [B,4,128,128,128] and batch["seg"] uint8 [B,1,128,128,128]."""
+    """Yields batch["image"] float32 [B,4,128,128,128] and batch["seg"] uint8 [B,1,128,128,128].
+
+    Images travel as cached (float16) and become float32 on the device, after the copy.
+    """
 
     def __init__(
         self,
@@ -27,8 +124,12 @@ class BraTSDataModule(L.LightningDataModule):
         splits_dir: str | os.PathLike[str],
         seed: int = 0,
         cache_root: str | os.PathLike[str] | None = None,
+        resident_device: str | torch.device | None = None,
     ) -> None:
+        """resident_device: hold the training split on this device regardless of data.gpu_cache."""
         super().__init__()
+        self.resident_device = torch.device(resident_device) if resident_device is not None else None
+        self.train_batches: DeviceResidentBatches | None = None
         self.data_cfg = dict(data_cfg)
         self.splits_dir = Path(splits_dir)
         self.seed = seed
@@ -42,15 +143,44 @@ class BraTSDataModule(L.LightningDataModule):
         """N of the MWS estimator: the number of training subjects."""
         return len(self.train_records)
 
+    def disk_dataset(self, split: str):
+        """The `split` ("train" or "val") subjects served from the persistent disk cache only."""
+        records = {"train": self.train_records, "val": self.val_records}[split]
+        cache_dir = cache_dir_for(self.cache_root, self.data_cfg)
+        return make_dataset(records, cache_dir, transforms_from_config(self.data_cfg))
+
+    def _training_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        cache_dir = cache_dir_for(self.cache_root, self.data_cfg)
-        transform = transforms_from_config(self.data_cfg)
-        train = make_dataset(self.train_records, cache_dir, transform)
+        train = self.disk_dataset("train")
+        self.val_dataset = self.disk_dataset("val")
+        self.train_dataset = train
+        if stage not in (None, "fit"):
+            return
+        device = self.resident_device
+        if device is None:
+            device = self._training_device()
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+            use, why = gpu_cache_plan(
+                self.data_cfg.get("gpu_cache", "auto"), device, len(train) * BYTES_PER_SUBJECT, free
+            )
+            log.info("GPU-resident training set %s: %s", "on" if use else "off", why)
+            if not use:
+                device = None
+        if device is not None:
+            self.train_batches = DeviceResidentBatches.from_dataset(
+                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch
+            )
+            return
         n_ram = ram_share(len(train), self.data_cfg["cache_rate"], BYTES_PER_SUBJECT)
-        self.train_dataset = RamCachedDataset(train, n_ram, progress=True) if n_ram else train
-        self.val_dataset = make_dataset(self.val_records, cache_dir, transform)
+        if n_ram:
+            self.train_dataset = RamCachedDataset(train, n_ram, progress=True)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.data_cfg["num_workers"]
@@ -66,7 +196,9 @@ class BraTSDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceResidentBatches:
+        if self.train_batches is not None:
+            return self.train_batches
         # A constant minibatch size M keeps the MWS estimator's scale; drop the ragged last batch.
         return self._loader(
             self.train_dataset, shuffle=True, drop_last=self.n_train > self.data_cfg["batch_size"]
@@ -74,3 +206,7 @@ class BraTSDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        batch["image"] = batch["image"].float()
+        return batch

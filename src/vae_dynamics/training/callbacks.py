@@ -1,12 +1,14 @@
-"""Callbacks: reconstruction snapshots and per-epoch metrics in train.log."""
+"""Callbacks: checkpoint choice under the β warm-up, reconstruction snapshots, per-epoch metrics."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vae_dynamics.viz.recon import save_recon_panel
 
@@ -31,7 +33,7 @@ class ReconSnapshotCallback(L.Callback):
         with torch.no_grad():
             for i in range(min(self.num_samples, len(dataset))):
                 item = dataset[i]
-                x = item["image"][None].to(pl_module.device)
+                x = item["image"][None].to(pl_module.device).float()
                 with torch.autocast(device_type=pl_module.device.type, enabled=False):
                     mu, _ = pl_module.model.encoder(x)
                     x_hat = pl_module.model.decode(mu)  # posterior mean: stable snapshots
@@ -49,3 +51,52 @@ class EpochMetricsLogger(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
         text = ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
         log.info("epoch %d (global step %d): %s", trainer.current_epoch, trainer.global_step, text)
+
+
+class TargetBetaCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint on val/loss that ranks only epochs at the target β; last.ckpt after every epoch.
+
+    val/loss contains β·TC (Exp2) or β·KL (Exp1) with the epoch's β. Under the MWS estimator TC carries
+    an offset of about (d-1)·ln(N·M) per sample that no parameter can reduce, so during the warm-up
+    val/loss grows with β whatever the model learns: epochs with different β are not comparable, and
+    "best" would favour the first, β ≈ 0 epochs. Epochs before `first_epoch` are therefore never
+    ranked; until then last.ckpt is the checkpoint to use.
+    """
+
+    def __init__(self, *, first_epoch: int, **kwargs) -> None:
+        # Rank and save when validation ends (val/loss is known then), not at the train epoch's end.
+        super().__init__(save_on_train_epoch_end=False, **kwargs)
+        self.first_epoch = first_epoch
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if trainer.current_epoch >= self.first_epoch:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # Lightning writes last.ckpt only when a top-k checkpoint was written at this step; a resumable
+        # run needs it after every epoch (warm-up epochs and epochs that did not improve included).
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class CompileTimer(L.Callback):
+    """Logs once how long the first training step took: with torch.compile, that is the compile time."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.done = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        if not self.done and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if not self.done and self.start is not None:
+            self.done = True
+            log.info("torch.compile: the first training step took %.1f s (compilation included)",
+                     time.perf_counter() - self.start)  # fmt: skip

@@ -29,7 +29,7 @@ class _VAEStepsMixin:
             raise NonFiniteLossError(
                 f"{exc} ({stage}, epoch {self.current_epoch}, global step {self.global_step}); "
                 "training stopped, the last good checkpoint is kept"
-            ) from None
+            ) from exc
         self.log_dict(
             {f"{stage}/{k}": v.detach() for k, v in terms.items()},
             on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=False,

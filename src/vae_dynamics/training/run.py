@@ -17,23 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_config, save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
 from vae_dynamics.data.splits import make_splits
-from vae_dynamics.training.callbacks import EpochMetricsLogger, ReconSnapshotCallback
+from vae_dynamics.training.callbacks import (
+    CompileTimer,
+    EpochMetricsLogger,
+    ReconSnapshotCallback,
+    TargetBetaCheckpoint,
+)
 from vae_dynamics.training.lit_modules import LIT_MODULES
 
 log = logging.getLogger("vae_dynamics.train")
 
 # Sections whose change makes a checkpoint meaningless for this config (resume is refused).
 RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
-RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir"}  # do not change the result
+# Keys that change where data is held or how fast it flows, not what is learnt.
+RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir", "data.gpu_cache"}
 
 
 class ResumeError(RuntimeError):
@@ -58,7 +65,18 @@ def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
     if variant not in LIT_MODULES:
         raise ConfigError(f"model.variant: {variant!r} unknown; valid variants: {sorted(LIT_MODULES)}")
     common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg))
-    return LIT_MODULES[variant](model_kwargs(cfg), **common, **cfg["loss"])
+    module = LIT_MODULES[variant](model_kwargs(cfg), **common, **cfg["loss"])
+    if use_compile(cfg):
+        # nn.Module.compile() compiles in place: the state_dict keeps its keys (no `_orig_mod.`), so
+        # checkpoints load into an uncompiled model; dynamic=False: the batch shape is fixed (drop_last).
+        module.model.compile(dynamic=False)
+    return module
+
+
+def use_compile(cfg: dict[str, Any]) -> bool:
+    """train.compile: auto = on with CUDA (compiling costs more than it gains on CPU); true/false force it."""
+    setting = cfg["train"]["compile"]
+    return cuda_available(cfg) if setting == "auto" else bool(setting)
 
 
 def cuda_available(cfg: dict[str, Any]) -> bool:
@@ -106,11 +124,45 @@ def new_run_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["logging"]["save_dir"]) / f"{stamp}_{experiment_name(cfg)}"
 
 
-def check_resume(run_dir: Path, cfg: dict[str, Any]) -> Path:
-    """The checkpoint to resume from; refuse a missing checkpoint or a changed experiment."""
+def warmup_epochs(cfg: dict[str, Any]) -> int:
+    """First epoch at the target β (Exp2: beta_tc, Exp1: beta_kl)."""
+    loss = cfg["loss"]
+    return loss.get("beta_tc_annealing_epochs", loss.get("beta_kl_annealing_epochs", 0))
+
+
+def splits_difference(own: Path, given: Path) -> list[str]:
+    """How the split CSVs in `given` differ from a run's own (empty when they hold the same subjects)."""
+    diffs = []
+    for name in ("train.csv", "val.csv"):
+        if not (given / name).is_file():
+            raise FileNotFoundError(f"--splits: {given / name} not found")
+        a = pd.read_csv(own / name, dtype=str).set_index("subject_id")
+        b = pd.read_csv(given / name, dtype=str).set_index("subject_id")
+        added, removed = sorted(set(b.index) - set(a.index)), sorted(set(a.index) - set(b.index))
+        if added:
+            diffs.append(f"{name}: {len(added)} subject(s) added ({', '.join(added[:5])})")
+        if removed:
+            diffs.append(f"{name}: {len(removed)} subject(s) removed ({', '.join(removed[:5])})")
+        common = sorted(set(a.index) & set(b.index))
+        moved = [s for s in common if not a.loc[s].equals(b.loc[s].reindex(a.columns))]
+        if moved:
+            diffs.append(f"{name}: files of {len(moved)} subject(s) changed ({', '.join(moved[:5])})")
+    return diffs
+
+
+def check_resume(run_dir: Path, cfg: dict[str, Any], splits_dir: Path | None = None) -> Path:
+    """The checkpoint to resume from; refuse a missing checkpoint, a changed experiment or other splits."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise ResumeError(f"--resume: no checkpoint to resume from at {ckpt}")
+    if splits_dir is not None and (run_dir / "splits" / "train.csv").is_file():
+        diffs = splits_difference(run_dir / "splits", splits_dir)
+        if diffs:
+            raise ResumeError(
+                f"refusing to resume {run_dir}: --splits {splits_dir} differs from the run's own splits "
+                f"({'; '.join(diffs)}); N and the data would change mid-run. Resume without --splits, "
+                "or start a new run directory."
+            )
     saved_path = run_dir / "config_resolved.yaml"
     if saved_path.is_file():
         saved = yaml.safe_load(saved_path.read_text())
@@ -157,7 +209,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed 128³ inputs: let cuDNN pick the fastest kernels
         torch.set_float32_matmul_precision("high")
-    checkpoint = ModelCheckpoint(
+    checkpoint = TargetBetaCheckpoint(
+        first_epoch=warmup_epochs(cfg),
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}-val_loss{val/loss:.2f}",
         auto_insert_metric_name=False,  # the metric name has a '/', which would make a subfolder
@@ -177,10 +230,23 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         precision=resolve_precision(cfg),
         max_epochs=cfg["train"]["max_epochs"],
         logger=CSVLogger(save_dir=run_dir, name="logs"),
-        callbacks=[checkpoint, recon, EpochMetricsLogger(), TQDMProgressBar(refresh_rate=1)],
+        callbacks=[checkpoint, recon, EpochMetricsLogger(), TQDMProgressBar(refresh_rate=1)]
+        + ([CompileTimer()] if use_compile(cfg) else []),
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=True,
+    )
+
+
+def choose_checkpoint(checkpoint: TargetBetaCheckpoint, run_dir: Path, first_epoch: int) -> tuple[Path, str]:
+    """The checkpoint to export and evaluate, and why it was chosen."""
+    if checkpoint.best_model_path:
+        return Path(checkpoint.best_model_path), (
+            f"lowest val/loss among the epochs at the target beta (epoch >= {first_epoch})"
+        )
+    return run_dir / "checkpoints" / "last.ckpt", (
+        f"last.ckpt: training has not reached the target beta yet (the warm-up ends at epoch {first_epoch}), "
+        "and val/loss of warm-up epochs with different beta are not comparable"
     )
 
 
@@ -192,7 +258,8 @@ def train(
 ) -> dict[str, Any]:
     """Train one experiment; return a summary (run dir, best checkpoint, best val loss, epochs, steps)."""
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    ckpt_path = check_resume(run_dir, cfg) if resume else None
+    splits_dir = Path(splits_dir) if splits_dir else None
+    ckpt_path = check_resume(run_dir, cfg, splits_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("checkpoints", "logs", "recon", "splits"):
         (run_dir / sub).mkdir(exist_ok=True)
@@ -204,7 +271,7 @@ def train(
         log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
         save_config(cfg, run_dir / "config_resolved.yaml")
         L.seed_everything(cfg["train"]["seed"], workers=True)
-        splits = prepare_splits(cfg, run_dir, Path(splits_dir) if splits_dir else None)
+        splits = prepare_splits(cfg, run_dir, None if resume else splits_dir)
         datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
         log.info("subjects: %d train, %d val", datamodule.n_train, len(datamodule.val_records))
         module = build_module(cfg, datamodule.n_train)
@@ -212,11 +279,12 @@ def train(
         log.info("device: %s, precision: %s", trainer.strategy.root_device, trainer.precision)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+        best, choice = choose_checkpoint(checkpoint, run_dir, warmup_epochs(cfg))
         summary = {
             "experiment": experiment_name(cfg),
             "run_dir": str(run_dir.resolve()),
-            "best_checkpoint": str(Path(best).resolve()),
+            "best_checkpoint": str(best.resolve()),
+            "checkpoint_choice": choice,
             "last_checkpoint": str((run_dir / "checkpoints" / "last.ckpt").resolve()),
             "best_val_loss": float(checkpoint.best_model_score)
             if checkpoint.best_model_score is not None

@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from vae_dynamics.io import atomic_path  # noqa: E402
+from vae_dynamics.viz import figure_file
 
 
 def read_metrics(logs_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -31,19 +27,17 @@ def plot_loss_curves(logs_dir: str | os.PathLike[str], out_png: str | os.PathLik
     terms = sorted({c.split("/", 1)[1] for c in df.columns if c.startswith(("train/", "val/"))})
     ncols = min(3, len(terms))
     nrows = -(-len(terms) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
-    for ax, term in zip(axes.flat, terms):
-        for stage, style in (("train", "-o"), ("val", "--s")):
-            col = f"{stage}/{term}"
-            if col in df:
-                ax.plot(df["epoch"], df[col], style, ms=3, label=stage)
-        ax.set_title(term)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(terms) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    size = (4.2 * ncols, 3.0 * nrows)
+    with figure_file(out_png, nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
+        for ax, term in zip(axes.flat, terms):
+            for stage, style in (("train", "-o"), ("val", "--s")):
+                col = f"{stage}/{term}"
+                if col in df:
+                    ax.plot(df["epoch"], df[col], style, ms=3, label=stage)
+            ax.set_title(term)
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(terms) :]:
+            ax.axis("off")
+        fig.tight_layout()
     return df

@@ -1,0 +1,1 @@
+"""Latent-space evaluation: encoding to latents, subject factors, disentanglement metrics, traversals."""

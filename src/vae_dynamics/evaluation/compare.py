@@ -1,0 +1,113 @@
+"""compare_experiments: Exp1 and Exp2 side by side (metrics, final loss terms, epochs, parameters)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vae_dynamics.io import write_csv, write_text
+
+SCALARS = (
+    "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
+    "kl_total", "n_subjects", "parameters", "epochs",
+)  # fmt: skip
+
+
+def flatten_metrics(
+    metrics: Mapping[str, Any], summary: Mapping[str, Any], epochs: pd.DataFrame
+) -> dict[str, Any]:
+    """One flat row of every number of metrics.json, the final epoch's loss terms and the run's facts."""
+    row: dict[str, Any] = {key: metrics.get(key) for key in SCALARS}
+    for factor, value in metrics.get("mig_per_factor", {}).items():
+        row[f"mig[{factor}]"] = value
+    for factor, value in metrics.get("sap_per_factor", {}).items():
+        row[f"sap[{factor}]"] = value
+    for factor, value in (metrics.get("dci_informativeness_per_factor") or {}).items():
+        row[f"dci_informativeness[{factor}]"] = value
+    recon = metrics.get("reconstruction", {})
+    row["val_mse_over_zero_predictor"] = recon.get("val_mse_over_zero_predictor")
+    for modality, values in recon.get("per_modality", {}).items():
+        for key, value in values.items():
+            row[f"{key}[{modality}]"] = value
+    for j, value in enumerate(metrics.get("kl_per_dim", [])):
+        row[f"kl[z{j}]"] = value
+    last = epochs.iloc[-1]
+    for column in epochs.columns:
+        if column.startswith(("train/", "val/")):
+            row[f"final {column}"] = float(last[column])
+    row["checkpoint"] = Path(summary["best_checkpoint"]).name
+    row["checkpoint_choice"] = summary.get("checkpoint_choice")
+    return row
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def compare_experiments(
+    runs: Mapping[str, Mapping[str, str | os.PathLike[str]]],
+    out_md: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+) -> pd.DataFrame:
+    """runs: name -> {"metrics": metrics.json, "summary": train_summary.json, "epochs": metrics.csv,
+    "traversals": traversals.png}. Writes summary.csv (one column per experiment) and summary.md."""
+    columns, notes = {}, []
+    for name, files in runs.items():
+        metrics = json.loads(Path(files["metrics"]).read_text())
+        summary = json.loads(Path(files["summary"]).read_text())
+        columns[name] = flatten_metrics(metrics, summary, pd.read_csv(files["epochs"]))
+        notes.append(
+            f"- **{name}** ({summary['experiment']}): checkpoint `{Path(summary['best_checkpoint']).name}` — "
+            f"{summary.get('checkpoint_choice', 'best val/loss')}"
+        )
+    table = pd.DataFrame(columns)
+    table.index.name = "quantity"
+    write_csv(table.reset_index(), out_csv)
+
+    headline = [k for k in (*SCALARS, "val_mse_over_zero_predictor") if k in table.index]
+    recon_rows = [k for k in table.index if k.startswith(("mse[", "psnr[", "ssim["))]
+    loss_rows = [k for k in table.index if k.startswith("final ")]
+    names = list(columns)
+
+    def md_table(rows: list[str]) -> list[str]:
+        lines = ["| quantity | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {k} | " + " | ".join(_fmt(table.at[k, n]) for n in names) + " |" for k in rows]
+        return lines
+
+    out_dir = Path(out_md).parent
+    lines = [
+        f"# {' vs '.join(names)}",
+        "",
+        "Disentanglement is measured on the posterior means μ against the subject factors "
+        "(results/factors/factors.csv); higher MIG, DCI and SAP are better. Reconstruction quality is "
+        "measured on the validation subjects inside the brain mask.",
+        "",
+        "## Checkpoints",
+        *notes,
+        "",
+        "## Latent space",
+        *md_table(headline),
+        "",
+        "## Reconstruction (validation, inside the brain)",
+        *md_table(recon_rows),
+        "",
+        "## Final epoch loss terms",
+        *md_table(loss_rows),
+        "",
+        "## Traversals (the 8 dimensions with the largest KL)",
+    ]
+    for name, files in runs.items():
+        rel = os.path.relpath(files["traversals"], out_dir)
+        lines += [f"### {name}", f"![{name} traversals]({rel})", ""]
+    lines.append(f"Every number, per factor and per dimension: `{Path(out_csv).name}`.")
+    write_text("\n".join(lines) + "\n", out_md)
+    return table

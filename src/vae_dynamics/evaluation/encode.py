@@ -1,0 +1,135 @@
+"""Encode every train and val subject of a finished run to its posterior (μ, log σ²).
+
+    python -m vae_dynamics.evaluation.encode --summary results/exp2/train_summary.json \
+        --out results/exp2/latents.csv [--batch-size 8] [--workers 4] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from monai.data import DataLoader
+
+from vae_dynamics.io import write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: its resolved config, the chosen checkpoint's module, where it lives."""
+
+    cfg: dict[str, Any]
+    module: Any  # the experiment's LightningModule, in eval mode on `device`
+    run_dir: Path
+    summary: dict[str, Any]
+    device: torch.device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.module.model
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_run(summary_path: str | os.PathLike[str], device: str | torch.device | None = None) -> TrainedRun:
+    """Load the checkpoint a training summary chose (see `checkpoint_choice`) onto `device`."""
+    from vae_dynamics.training.lit_modules import LIT_MODULES
+
+    device = torch.device(device) if device is not None else default_device()
+    summary = json.loads(Path(summary_path).read_text())
+    run_dir = Path(summary["run_dir"])
+    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    module_cls = LIT_MODULES[cfg["model"]["variant"]]
+    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
+    return TrainedRun(cfg, module, run_dir, summary, device)
+
+
+def split_datasets(run: TrainedRun) -> dict[str, Any]:
+    """The run's train and val subjects as cached (disk) datasets, in split-CSV order."""
+    from vae_dynamics.data.datamodule import BraTSDataModule
+
+    dm = BraTSDataModule(run.cfg["data"], run.run_dir / "splits")
+    return {"train": dm.disk_dataset("train"), "val": dm.disk_dataset("val")}
+
+
+@torch.inference_mode()
+def encode_dataset(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, workers: int):
+    """(subject ids, μ [n, d], log σ² [n, d]) of every item, in batches on `device`."""
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )  # fmt: skip
+    ids, mus, logvars = [], [], []
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True).float()
+        mu, logvar = model.encoder(x)
+        ids.extend(batch["subject_id"])
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return ids, torch.cat(mus), torch.cat(logvars)
+
+
+def latents_table(run: TrainedRun, batch_size: int = 8, workers: int = 0) -> pd.DataFrame:
+    """subject_id, split, mu_0..mu_{d-1}, logvar_0..logvar_{d-1} for every train and val subject."""
+    frames = []
+    for split, dataset in split_datasets(run).items():
+        start = time.perf_counter()
+        ids, mu, logvar = encode_dataset(run.model, dataset, run.device, batch_size, workers)
+        log.info(
+            "encoded %d %s subjects on %s in %.1f s", len(ids), split, run.device, time.perf_counter() - start
+        )
+        d = mu.shape[1]
+        frame = pd.DataFrame(mu.numpy(), columns=[f"mu_{k}" for k in range(d)])
+        frame = pd.concat(
+            [frame, pd.DataFrame(logvar.numpy(), columns=[f"logvar_{k}" for k in range(d)])], axis=1
+        )
+        frame.insert(0, "split", split)
+        frame.insert(0, "subject_id", ids)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def encode_latents(
+    summary_path: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    device: str | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+) -> pd.DataFrame:
+    """Write latents.csv for the run of `summary_path` (atomically)."""
+    run = load_run(summary_path, device)
+    table = latents_table(run, batch_size, workers)
+    write_csv(table, out_csv)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--summary", required=True, help="train_summary.json of a finished run")
+    parser.add_argument("--out", required=True, help="latents CSV to write")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    table = encode_latents(args.summary, args.out, args.device, args.batch_size, args.workers)
+    print(f"{len(table)} subjects -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

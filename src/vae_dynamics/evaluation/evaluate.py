@@ -1,0 +1,209 @@
+"""evaluate_latents: disentanglement metrics, reconstruction quality, correlations and traversals of a run.
+
+    python -m vae_dynamics.evaluation.evaluate --summary results/exp2/train_summary.json \
+        --latents results/exp2/latents.csv --factors results/factors/factors.csv --out results/exp2/evaluation
+
+Writes metrics.json, recon_metrics.csv, factor_correlations.png, traversals.png and traversals/z<j>.png
+into the output folder, which is assembled beside it and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import MSEMetric, PSNRMetric
+from monai.metrics.regression import compute_ssim_and_cs
+from scipy.stats import spearmanr
+
+from vae_dynamics.evaluation.encode import TrainedRun, load_run, split_datasets
+from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical
+from vae_dynamics.evaluation.traversals import (
+    TRAVERSAL_MODALITIES,
+    TRAVERSAL_VALUES,
+    TRAVERSAL_VIEWS,
+    traverse,
+    tumour_centre,
+)
+from vae_dynamics.io import write_csv, write_json
+from vae_dynamics.viz.latents import (
+    plot_factor_correlations,
+    plot_traversal_dimension,
+    plot_traversal_overview,
+)
+
+log = logging.getLogger(__name__)
+N_TRAVERSED = 8
+SSIM_WINDOW = 7
+
+
+def masked_quality(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """MSE, PSNR (peak 1.0: intensities are scaled into [0, 1]) and SSIM of one channel inside `mask`.
+
+    x_hat, x: [X, Y, Z]; mask: bool [X, Y, Z]. MSE and PSNR use MONAI's metrics on the masked voxels;
+    SSIM is MONAI's local SSIM map (7³ Gaussian window) averaged over the mask.
+    """
+    inside_hat, inside = x_hat[mask].view(1, 1, -1), x[mask].view(1, 1, -1)
+    mse = float(MSEMetric()(inside_hat, inside).mean())
+    psnr = float(PSNRMetric(max_val=1.0)(inside_hat, inside).mean())
+    ssim_map, _ = compute_ssim_and_cs(
+        x_hat[None, None], x[None, None], spatial_dims=3, kernel_size=[SSIM_WINDOW] * 3,
+        kernel_sigma=[1.5] * 3, data_range=1.0,
+    )  # fmt: skip
+    r = SSIM_WINDOW // 2  # the map covers the voxels whose window lies inside the volume
+    inner = mask[r:-r, r:-r, r:-r]
+    ssim = float(ssim_map[0, 0][inner].mean()) if inner.any() else float("nan")
+    return {"mse": mse, "psnr": psnr, "ssim": ssim}
+
+
+@torch.inference_mode()
+def reconstruction_quality(run: TrainedRun, val_dataset) -> tuple[pd.DataFrame, dict[str, Any], list[dict]]:
+    """Per validation subject and modality: quality of x̂ = decode(μ) inside the brain; and the items seen."""
+    modalities = run.cfg["data"]["modalities"]
+    rows, items, ratios = [], [], []
+    for i in range(len(val_dataset)):
+        item = val_dataset[i]
+        x = item["image"].float()
+        mu, _ = run.model.encoder(x[None].to(run.device))
+        x_hat = run.model.decode(mu)[0].float().cpu()
+        brain = x.abs().amax(dim=0) > 0  # background is exactly 0 after preprocessing
+        for c, name in enumerate(modalities):
+            rows.append(
+                {"subject_id": item["subject_id"], "modality": name, **masked_quality(x_hat[c], x[c], brain)}
+            )
+        ratios.append(float(torch.mean((x_hat - x) ** 2) / torch.clamp(torch.mean(x**2), min=1e-12)))
+        items.append({"subject_id": item["subject_id"], "mu": mu[0].cpu(), "seg": item["seg"]})
+    table = pd.DataFrame(rows, columns=["subject_id", "modality", "mse", "psnr", "ssim"])
+    per_modality = {
+        name: {k: float(group[k].mean()) for k in ("mse", "psnr", "ssim")}
+        for name, group in table.groupby("modality", sort=False)
+    }
+    summary = {"per_modality": per_modality, "val_mse_over_zero_predictor": float(np.mean(ratios))}
+    return table, summary, items
+
+
+def factor_correlations(
+    latents: pd.DataFrame, factors: pd.DataFrame, dims: list[int]
+) -> tuple[np.ndarray, list[str]]:
+    """|Spearman ρ| [len(dims), n_factors] of μ_j against every factor with at least two values."""
+    table = latents.merge(factors, on="subject_id", how="inner")
+    names, columns = [], []
+    for name in factors.columns:
+        if name in ("subject_id", "split"):
+            continue
+        values = table[name]
+        if values.dropna().nunique() < 2:
+            continue
+        coded = (
+            pd.Series(pd.factorize(values)[0], index=values.index).where(values.notna())
+            if is_categorical(values)
+            else values.astype(float)
+        )
+        names.append(name)
+        columns.append(coded.to_numpy(dtype=float))
+    rho = np.zeros((len(dims), len(names)))
+    for k, v in enumerate(columns):
+        present = ~np.isnan(v)
+        for i, dim in enumerate(dims):
+            mu = table[f"mu_{dim}"].to_numpy(dtype=float)[present]
+            if np.ptp(mu) > 0 and np.ptp(v[present]) > 0:
+                rho[i, k] = abs(spearmanr(mu, v[present]).statistic)
+    return rho, names
+
+
+def evaluate_run(
+    summary_path: str | os.PathLike[str],
+    latents_csv: str | os.PathLike[str],
+    factors_csv: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    device: str | None = None,
+    n_traversed: int = N_TRAVERSED,
+) -> dict[str, Any]:
+    """Write the evaluation folder of one run (see the module docstring); return metrics.json's content."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "traversals").mkdir(parents=True)
+    run = load_run(summary_path, device)
+    experiment = run.summary["experiment"]
+    latents, factors = pd.read_csv(latents_csv), pd.read_csv(factors_csv)
+
+    metrics: dict[str, Any] = {
+        "experiment": experiment,
+        "checkpoint": run.summary["best_checkpoint"],
+        "checkpoint_choice": run.summary.get("checkpoint_choice"),
+        "epochs": run.summary.get("epochs"),
+        "parameters": int(sum(p.numel() for p in run.model.parameters())),
+    }
+    metrics.update(compute_metrics(latents, factors))
+
+    recon_table, recon_summary, val_items = reconstruction_quality(run, split_datasets(run)["val"])
+    write_csv(recon_table, tmp / "recon_metrics.csv")
+    metrics["reconstruction"] = recon_summary
+
+    kl = np.asarray(metrics["kl_per_dim"])
+    order = [int(j) for j in np.argsort(-kl, kind="stable")]
+    rho, names = factor_correlations(latents, factors, order)
+    metrics["factor_correlations"] = {
+        "dims_by_kl": order,
+        "factors": names,
+        "max_abs_spearman_per_factor": {n: float(rho[:, k].max()) for k, n in enumerate(names)},
+    }
+    plot_factor_correlations(
+        rho, [f"z{j} ({kl[j]:.2f})" for j in order], names, tmp / "factor_correlations.png",
+        title=f"{experiment}: |Spearman ρ| of μ_j and subject factors ({len(latents)} subjects)",
+    )  # fmt: skip
+
+    # Reference: the validation subject with the largest tumour; slices through its tumour centre.
+    ref = max(val_items, key=lambda it: int((torch.as_tensor(it["seg"]) > 0).sum()))
+    centre = tumour_centre(ref["seg"])
+    modalities = run.cfg["data"]["modalities"]
+    channels = [modalities.index(m) for m in TRAVERSAL_MODALITIES]
+    top = order[:n_traversed]
+    slices = traverse(run.model, ref["mu"], top, centre, channels)
+    metrics["traversals"] = {"reference_subject": ref["subject_id"], "centre_voxel": list(centre), "dims": top,
+                             "values_prior_sigma": [float(v) for v in TRAVERSAL_VALUES]}  # fmt: skip
+    plot_traversal_overview(
+        slices[:, :, 0], top, kl[top], TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, tmp / "traversals.png",
+        title=f"{experiment}: the {len(top)} dimensions with the largest KL, around {ref['subject_id']}",
+    )  # fmt: skip
+    for i, dim in enumerate(top):
+        plot_traversal_dimension(
+            slices[i], dim, float(kl[dim]), TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, TRAVERSAL_VIEWS,
+            tmp / "traversals" / f"z{dim:03d}.png",
+            title=f"{experiment}: z{dim} (KL {kl[dim]:.2f} nats) around {ref['subject_id']}",
+        )  # fmt: skip
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(metrics, tmp / "metrics.json")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    log.info("evaluation of %s -> %s (%.1f s)", experiment, out_dir, metrics["seconds"])
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--summary", required=True, help="train_summary.json of a finished run")
+    parser.add_argument("--latents", required=True, help="latents.csv of that run")
+    parser.add_argument("--factors", required=True, help="factors.csv (subject_factors)")
+    parser.add_argument("--out", required=True, help="evaluation folder to write")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    metrics = evaluate_run(args.summary, args.latents, args.factors, args.out, args.device)
+    print({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Subject factors measured from each segmentation at native resolution (+ the demo's ground truth).
+
+    python -m vae_dynamics.evaluation.factors --subjects results/index/subjects.csv \
+        --out results/factors/factors.csv [--demo-factors results/demo/data/factors.csv]
+
+Per subject: ET, NETC, SNFH and whole-tumour (WT = any label) volumes in mm³ and the WT centroid in
+RAS millimetres (world coordinates of the NIfTI affine). A subject without tumour gets volumes 0 and
+an empty centroid. Demo ground-truth factors are joined on subject_id with the prefix `gt_`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from vae_dynamics.io import write_csv
+
+LABELS = {"netc": 1, "snfh": 2, "et": 3}  # BraTS 2023: 1 NETC, 2 SNFH (edema), 3 ET
+MEASURED = [
+    "et_mm3",
+    "netc_mm3",
+    "snfh_mm3",
+    "wt_mm3",
+    "wt_centroid_x_mm",
+    "wt_centroid_y_mm",
+    "wt_centroid_z_mm",
+]
+GT_PREFIX = "gt_"
+
+
+def measure_segmentation(seg_path: str | os.PathLike[str]) -> dict[str, float]:
+    """Tumour volumes (mm³) and whole-tumour centroid (RAS mm) of one BraTS segmentation file."""
+    img = nib.load(str(seg_path))
+    seg = np.asarray(img.dataobj).astype(np.int16)
+    voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
+    out = {f"{name}_mm3": float(np.sum(seg == label)) * voxel_mm3 for name, label in LABELS.items()}
+    tumour = np.argwhere(seg > 0)
+    out["wt_mm3"] = float(len(tumour)) * voxel_mm3
+    centroid = img.affine[:3, :3] @ tumour.mean(axis=0) + img.affine[:3, 3] if len(tumour) else [np.nan] * 3
+    out.update({f"wt_centroid_{axis}_mm": float(v) for axis, v in zip("xyz", centroid)})
+    return out
+
+
+def _measure_row(subject_id: str, seg_path: str) -> dict[str, Any]:
+    try:
+        return {"subject_id": subject_id, **measure_segmentation(seg_path)}
+    except Exception as exc:
+        raise RuntimeError(f"subject {subject_id}: cannot measure segmentation {seg_path}: {exc}") from exc
+
+
+def subject_factors(
+    subjects_csv: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str] | None = None,
+    demo_factors_csv: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """One row per indexed subject: measured factors, and the demo's `gt_*` factors when given."""
+    subjects = pd.read_csv(subjects_csv, dtype=str)
+    for column in ("subject_id", "seg"):
+        if column not in subjects.columns:
+            raise ValueError(f"{subjects_csv}: missing column {column!r}")
+    ids, segs = subjects["subject_id"].tolist(), subjects["seg"].tolist()
+    if workers > 1 and len(ids) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_measure_row, ids, segs))
+    else:
+        rows = [_measure_row(s, p) for s, p in zip(ids, segs)]
+    table = pd.DataFrame(rows, columns=["subject_id", *MEASURED])
+    if demo_factors_csv is not None:
+        gt = pd.read_csv(demo_factors_csv)
+        if "subject_id" not in gt.columns:
+            raise ValueError(f"{demo_factors_csv}: missing column 'subject_id'")
+        gt = gt.rename(columns={c: f"{GT_PREFIX}{c}" for c in gt.columns if c != "subject_id"})
+        table = table.merge(gt, on="subject_id", how="left")
+    if out_csv is not None:
+        write_csv(table, out_csv)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subjects", required=True, help="subjects.csv written by index_subjects")
+    parser.add_argument("--out", required=True, help="factors CSV to write")
+    parser.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    table = subject_factors(args.subjects, Path(args.out), args.demo_factors, args.workers)
+    print(f"{len(table)} subjects -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Latent traversals: vary one dimension of a reference μ over ±3 prior σ, decode, slice through the tumour."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from vae_dynamics.viz.recon import slices_through
+
+TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 7))  # prior σ = 1: offsets in units of the prior's σ
+TRAVERSAL_MODALITIES = ("t1c", "t2f")
+TRAVERSAL_VIEWS = ("axial", "coronal")
+
+
+def tumour_centre(seg: torch.Tensor | np.ndarray) -> tuple[int, int, int]:
+    """Voxel centroid of the tumour (any label) of a [1, X, Y, Z] or [X, Y, Z] seg; the volume centre if none."""
+    seg = np.asarray(torch.as_tensor(seg)).reshape(np.shape(seg)[-3:])
+    idx = np.argwhere(seg > 0)
+    if len(idx) == 0:
+        return tuple(s // 2 for s in seg.shape)
+    return tuple(int(round(v)) for v in idx.mean(axis=0))
+
+
+@torch.inference_mode()
+def traverse(
+    model: torch.nn.Module,
+    mu_ref: torch.Tensor,
+    dims: Sequence[int],
+    centre: tuple[int, int, int],
+    channels: Sequence[int],
+    values: Sequence[float] = TRAVERSAL_VALUES,
+    views: Sequence[str] = TRAVERSAL_VIEWS,
+) -> np.ndarray:
+    """Decoded slices [n_dims, n_values, n_views, n_channels, H, W] of μ_ref with z_j = μ_j + value."""
+    device = next(model.parameters()).device
+    offsets = torch.tensor(list(values), dtype=torch.float32, device=device)
+    out = []
+    for dim in dims:
+        z = mu_ref.to(device, torch.float32).expand(len(values), -1).clone()
+        z[:, dim] += offsets
+        x_hat = model.decode(z).float().cpu().numpy()
+        out.append(
+            [
+                [[slices_through(x_hat[v, c], centre)[view] for c in channels] for view in views]
+                for v in range(len(values))
+            ]
+        )
+    return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,109 @@
+"""Latent-space figures: |Spearman ρ| of latent dimensions against factors, and latent traversals."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from vae_dynamics.viz import figure_file
+
+
+def plot_factor_correlations(
+    rho: np.ndarray,
+    dim_labels: Sequence[str],
+    factor_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> None:
+    """Heatmap of |ρ| [dimensions (rows, sorted by KL) x factors (columns)] on a fixed 0..1 scale."""
+    n_dims, n_factors = rho.shape
+    size = (2.5 + 0.42 * n_factors, 1.5 + 0.16 * n_dims)
+    with figure_file(path, dpi=90, figsize=size) as (fig, ax):
+        image = ax.imshow(
+            np.abs(rho), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+        )
+        ax.set_xticks(range(n_factors))
+        ax.set_xticklabels(factor_names, rotation=70, ha="right", fontsize=7)
+        ax.set_yticks(range(n_dims))
+        ax.set_yticklabels(dim_labels, fontsize=6)
+        ax.set_ylabel("latent dimension (largest KL first)")
+        fig.colorbar(image, ax=ax, fraction=0.04, label="|Spearman ρ|")
+        if title:
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+
+
+def plot_traversal_overview(
+    slices: np.ndarray,
+    dims: Sequence[int],
+    kls: Sequence[float],
+    values: Sequence[float],
+    modalities: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> None:
+    """Rows: each traversed dimension x modality (axial slice through the tumour); columns: z_j values.
+
+    slices: [n_dims, n_values, n_modalities, H, W], already oriented for display.
+    """
+    n_dims, n_values, n_mod = slices.shape[:3]
+    vmax = max(float(np.percentile(slices, 99.5)), 1e-6)
+    grid = dict(
+        nrows=n_dims * n_mod, ncols=n_values, figsize=(1.25 * n_values + 1.2, 1.25 * n_dims * n_mod + 0.6)
+    )
+    with figure_file(path, dpi=70, squeeze=False, **grid) as (fig, axes):
+        for i, (dim, kl) in enumerate(zip(dims, kls)):
+            for m, name in enumerate(modalities):
+                for v, value in enumerate(values):
+                    ax = axes[i * n_mod + m, v]
+                    ax.imshow(slices[i, v, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if i == 0 and m == 0:
+                        ax.set_title(f"{value:+.1f}σ", fontsize=8)
+                    if v == 0:
+                        ax.set_ylabel(f"z{dim} {name}\nKL {kl:.2f}", fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+
+
+def plot_traversal_dimension(
+    slices: np.ndarray,
+    dim: int,
+    kl: float,
+    values: Sequence[float],
+    modalities: Sequence[str],
+    views: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> None:
+    """One dimension: a row per (view, modality) and a last row with |x̂(z_j) - x̂(μ_j)| summed over rows.
+
+    slices: [n_values, n_views, n_modalities, H, W]; the reference (μ_j itself) is the middle value.
+    """
+    n_values, n_views, n_mod = slices.shape[:3]
+    ref = slices[n_values // 2]
+    vmax = max(float(np.percentile(slices, 99.5)), 1e-6)
+    change = np.abs(slices - ref[None]).sum(axis=2)[:, 0]  # first view, summed over modalities
+    cmax = max(float(change.max()), 1e-6)
+    rows = n_views * n_mod + 1
+    grid = dict(nrows=rows, ncols=n_values, figsize=(1.5 * n_values + 1.2, 1.5 * rows + 0.6))
+    with figure_file(path, dpi=70, squeeze=False, **grid) as (fig, axes):
+        for v, value in enumerate(values):
+            for w, view in enumerate(views):
+                for m, name in enumerate(modalities):
+                    ax = axes[w * n_mod + m, v]
+                    ax.imshow(slices[v, w, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
+                    if v == 0:
+                        ax.set_ylabel(f"{name} {view}", fontsize=8)
+            axes[-1, v].imshow(change[v], cmap="magma", vmin=0.0, vmax=cmax, interpolation="nearest")
+            axes[0, v].set_title(f"{value:+.1f}σ", fontsize=8)
+        axes[-1, 0].set_ylabel(f"|change|\n{views[0]}", fontsize=8)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(title or f"z{dim} (KL {kl:.2f} nats)", fontsize=9)
+        fig.tight_layout()

@@ -1,0 +1,116 @@
+"""The GPU fast path, checked on CPU: device-resident training batches, the placement plan, torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_exp_config
+
+from vae_dynamics.data.datamodule import (
+    BYTES_PER_SUBJECT,
+    BraTSDataModule,
+    DeviceResidentBatches,
+    gpu_cache_plan,
+)
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def make_batches(n: int = 10, batch_size: int = 3, seed: int = 7, epoch=lambda: 0) -> DeviceResidentBatches:
+    images = torch.arange(n, dtype=torch.float16).view(n, 1, 1, 1, 1).expand(n, 4, 2, 2, 2).contiguous()
+    segs = torch.zeros(n, 1, 2, 2, 2, dtype=torch.uint8)
+    return DeviceResidentBatches(images, segs, [f"S{i}" for i in range(n)], batch_size, seed, epoch)
+
+
+def test_every_epoch_is_a_seeded_permutation_with_constant_batches():
+    epoch = {"now": 0}
+    batches = make_batches(epoch=lambda: epoch["now"])
+    assert len(batches) == 3  # 10 // 3: the ragged last batch is dropped (constant M)
+    seen = []
+    for e in range(3):
+        epoch["now"] = e
+        got = list(batches)
+        assert [b["image"].shape[0] for b in got] == [3, 3, 3]
+        ids = [s for b in got for s in b["subject_id"]]
+        assert len(set(ids)) == 9  # no subject twice in an epoch
+        for b in got:  # image rows belong to the named subjects
+            assert [int(v) for v in b["image"][:, 0, 0, 0, 0]] == [int(s[1:]) for s in b["subject_id"]]
+            assert b["image"].dtype == torch.float16 and b["seg"].dtype == torch.uint8
+        seen.append(ids)
+    assert seen[0] != seen[1] != seen[2]
+    epoch["now"] = 1
+    assert [s for b in batches for s in b["subject_id"]] == seen[1]  # a resumed epoch replays its order
+    other_seed = make_batches(seed=8, epoch=lambda: 1)
+    assert [s for b in other_seed for s in b["subject_id"]] != seen[1]
+
+
+def test_a_split_smaller_than_a_batch_is_one_batch():
+    batches = make_batches(n=2, batch_size=4)
+    assert len(batches) == 1 and list(batches)[0]["image"].shape[0] == 2
+
+
+def test_placement_plan():
+    need = 100 * BYTES_PER_SUBJECT
+    assert gpu_cache_plan("auto", CPU, need, None)[0] is False
+    assert gpu_cache_plan(False, CUDA, need, 10**12)[0] is False
+    use, why = gpu_cache_plan("auto", CUDA, need, 10**12)
+    assert use and "fits" in why
+    use, why = gpu_cache_plan("auto", CUDA, need, need)  # only half the free memory may be used
+    assert not use and "may be used" in why
+    with pytest.raises(ValueError, match="data.gpu_cache: true needs a CUDA device"):
+        gpu_cache_plan(True, CPU, need, None)
+    with pytest.raises(ValueError, match="data.gpu_cache: true, but the training split needs"):
+        gpu_cache_plan(True, CUDA, need, need)
+
+
+def test_datamodule_holds_the_cached_training_split_on_a_device(demo_splits, tmp_path):
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
+    dm = BraTSDataModule(cfg["data"], demo_splits, seed=0, resident_device="cpu")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceResidentBatches) and len(loader) == 2  # 4 subjects, batch 2
+    assert loader.images.shape == (4, 4, 128, 128, 128) and loader.images.dtype == torch.float16
+    disk = dm.disk_dataset("train")
+    by_id = {disk[i]["subject_id"]: disk[i] for i in range(len(disk))}
+    batch = dm.on_after_batch_transfer(next(iter(loader)), 0)
+    assert batch["image"].dtype == torch.float32 and batch["seg"].shape == (2, 1, 128, 128, 128)
+    for row, subject in enumerate(batch["subject_id"]):
+        assert torch.equal(batch["image"][row], by_id[subject]["image"].float())
+        assert torch.equal(batch["seg"][row], by_id[subject]["seg"])
+
+
+@pytest.mark.slow
+def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits, tmp_path):
+    import lightning as L
+
+    from vae_dynamics.training.run import build_module
+
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.max_epochs": 1})
+    dm = BraTSDataModule(cfg["data"], demo_splits, seed=0, resident_device="cpu")
+    module = build_module(cfg, dm.n_train)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path):
+    """train.compile=true on CPU: same loss and gradients as eager, state_dict without `_orig_mod.`."""
+    from vae_dynamics.training.run import build_module
+
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.compile": True})
+    torch.manual_seed(0)
+    compiled = build_module(cfg, n_train=10)
+    eager = build_module(small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.compile": False}), n_train=10)
+    eager.load_state_dict(compiled.state_dict())
+    assert not any("_orig_mod" in k for k in compiled.state_dict())
+    x = torch.rand(2, 4, 128, 128, 128)
+    losses = []
+    for module in (compiled, eager):
+        torch.manual_seed(1)  # same reparameterisation noise
+        loss = module.training_step({"image": x}, 0)
+        loss.backward()
+        losses.append((float(loss), module.model.encoder.stem[0].weight.grad.clone()))
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
+    assert torch.allclose(losses[0][1], losses[1][1], rtol=1e-3, atol=1e-6)

@@ -1,0 +1,191 @@
+"""Evidence that the models can learn: sampling, gradient paths, optimizer, overfitting, snapshots.
+
+Each test names the broken variant it catches (a decoder fed z.detach() or zeros, exp(logvar)
+instead of exp(0.5·logvar), lr 0, a recon callback that ignores its every-n setting, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vae_dynamics.models import TCVAESBD, BaselineVAE
+from vae_dynamics.models.components.blocks import reparameterize
+from vae_dynamics.training.callbacks import ReconSnapshotCallback
+from vae_dynamics.training.lit_modules import TCVAELitModule, VAELitModule
+
+REPO = Path(__file__).resolve().parents[1]
+MODALITIES = ["t1c", "t1n", "t2f", "t2w"]
+
+
+def test_reparameterisation_draws_have_the_posterior_mean_and_variance():
+    torch.manual_seed(0)
+    n, d = 40_000, 16
+    mu = torch.linspace(-3, 3, d)
+    logvar = torch.linspace(-2.0, 2.0, d)  # variances 0.14 ... 7.4: exp(logvar) vs exp(2·logvar) differ
+    z = reparameterize(mu.expand(n, d), logvar.expand(n, d))
+    var = torch.exp(logvar)
+    # mean within 5 standard errors, variance within 5 % (the sampling error of a variance is ~0.7 %)
+    assert torch.all((z.mean(0) - mu).abs() < 5 * torch.sqrt(var / n))
+    assert torch.allclose(z.var(0) / var, torch.ones(d), atol=0.05)
+
+
+@pytest.mark.parametrize("cls", [TCVAESBD, BaselineVAE])
+def test_forward_samples_z_from_the_posterior_and_decodes_it(cls):
+    torch.manual_seed(0)
+    model = cls(base_filters=16)
+    x = torch.rand(2, 4, 128, 128, 128)
+    x_hat, mu, logvar, z = model(x)
+    eps = (z - mu) / torch.exp(0.5 * logvar)  # standard normal if z = mu + eps·σ
+    assert 0.8 < eps.std().item() < 1.2 and abs(eps.mean().item()) < 0.25
+    with torch.no_grad():
+        assert torch.allclose(model.decode(z), x_hat, atol=1e-5)  # x_hat is the decoding of this z
+        # the decoder depends on z: another z gives another image
+        assert (model.decode(torch.zeros_like(z)) - x_hat).abs().mean() > 1e-4
+    # the gradient of the reconstruction reaches z (and through z the encoder's mu): no detach, no zeros
+    (grad_z,) = torch.autograd.grad(x_hat.square().sum(), z, retain_graph=True)
+    (grad_mu,) = torch.autograd.grad(x_hat.square().sum(), mu)
+    assert grad_z.abs().sum() > 0 and torch.allclose(grad_mu, grad_z)
+
+
+@pytest.mark.parametrize(
+    "module_cls,loss",
+    [
+        (TCVAELitModule, dict(beta_tc_target=6.0, beta_tc_annealing_epochs=40)),
+        (VAELitModule, dict(beta_kl_target=1.0, beta_kl_annealing_epochs=40)),
+    ],
+)
+def test_optimizer_is_adamw_over_every_parameter_with_the_configured_lr(module_cls, loss):
+    module = module_cls({"base_filters": 16}, dataset_size=10, lr=3.7e-4, **loss)
+    opt = module.configure_optimizers()
+    assert type(opt) is torch.optim.AdamW
+    assert [g["lr"] for g in opt.param_groups] == [3.7e-4]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
+
+
+def test_overfitting_one_batch_lowers_the_reconstruction_clearly():
+    """20 optimizer steps of the real training step on one 128³ batch (β = 0 during the warm-up)."""
+    torch.manual_seed(0)
+    module = TCVAELitModule(
+        {"base_filters": 16}, dataset_size=10, lr=3e-3, beta_tc_target=6.0, beta_tc_annealing_epochs=40
+    )
+    opt = module.configure_optimizers()
+    x = torch.zeros(1, 4, 128, 128, 128)
+    x[:, :, 24:104, 20:108, 28:100] = torch.linspace(0.2, 0.9, 4).view(1, 4, 1, 1, 1)  # a "head" per channel
+    batch = {"image": x}
+    recon = []
+    for step in range(20):
+        loss = module.training_step(batch, step)
+        recon.append(float(loss.detach()))  # β = 0 at epoch 0: loss = recon + mi + dwkl, recon dominates
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mu, _ = module.model.encoder(x)
+        final = float(torch.sum((module.model.decode(mu) - x) ** 2))
+    zero = float(torch.sum(x**2))
+    assert final < 0.5 * recon[0] and final < 0.5 * zero, (recon, final, zero)
+
+
+def _fake_trainer(dataset, epoch: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        current_epoch=epoch, sanity_checking=False, datamodule=SimpleNamespace(val_dataset=dataset)
+    )
+
+
+def test_recon_snapshots_only_at_selected_epochs_with_4_modalities_x_input_recon_diff(tmp_path, monkeypatch):
+    import vae_dynamics.viz.recon as recon_module
+
+    torch.manual_seed(0)
+    module = TCVAELitModule(
+        {"base_filters": 16}, dataset_size=10, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=40
+    ).eval()
+    dataset = [{"image": torch.rand(4, 128, 128, 128), "subject_id": f"S{i}"} for i in range(3)]
+    figures = []
+    real_figure_file = recon_module.figure_file
+
+    @contextlib.contextmanager
+    def recording_figure_file(path, **kwargs):
+        with real_figure_file(path, **kwargs) as (fig, axes):
+            figures.append((Path(path), axes))
+            yield fig, axes
+
+    monkeypatch.setattr(recon_module, "figure_file", recording_figure_file)
+    callback = ReconSnapshotCallback(tmp_path, every_n_epochs=3, num_samples=2, modalities=MODALITIES)
+    for epoch in range(7):
+        callback.on_validation_epoch_end(_fake_trainer(dataset, epoch), module)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_2", "epoch_5"]
+    for epoch_dir in ("epoch_2", "epoch_5"):
+        assert sorted(p.name for p in (tmp_path / epoch_dir).glob("*.png")) == ["S0.png", "S1.png"]
+    assert len(figures) == 4
+    path, axes = figures[0]
+    assert axes.shape == (4, 9)  # modalities x (axial, coronal, sagittal) x (input, recon, |diff|)
+    assert [axes[m, 0].get_ylabel() for m in range(4)] == MODALITIES
+    titles = [ax.get_title() for ax in axes[0]]
+    assert [t.split("\n")[1] for t in titles] == ["input", "recon", "|diff|"] * 3
+    # input panel shows the input's central axial slice, |diff| = |input - recon|
+    image = dataset[0]["image"].numpy()
+    inp = axes[1, 0].images[0].get_array()
+    assert np.allclose(inp, np.rot90(image[1][:, :, 64]))
+    rec, diff = axes[1, 1].images[0].get_array(), axes[1, 2].images[0].get_array()
+    assert np.allclose(diff, np.abs(inp - rec), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
+    run_dir = tmp_path / "exp2"
+    args = [
+        sys.executable, str(REPO / "scripts" / "train.py"),
+        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
+        "--run-dir", str(run_dir), "--splits", str(demo_splits),
+        "--set", "model.base_filters=16", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
+        "--set", "train.max_epochs=1", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", "logging.recon_every_n_epochs=1", "--set", "logging.num_recon_samples=1",
+        "--set", "train.lr=2e-4",
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best checkpoint:" in result.stdout
+    metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+    for stage in ("train", "val"):
+        for key in ("loss", "recon", "mi", "tc", "dwkl", "beta_tc"):
+            values = metrics[f"{stage}/{key}"].dropna().to_numpy(dtype=float)
+            assert len(values) == 1 and np.isfinite(values).all(), f"{stage}/{key}"
+    assert metrics["train/beta_tc"].dropna().iloc[0] == 0.0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2 and state["hyper_parameters"]["lr"] == 2e-4
+    assert state["hyper_parameters"]["dataset_size"] == 4
+    assert (run_dir / "config_resolved.yaml").is_file() and (run_dir / "train.log").is_file()
+    assert len(list((run_dir / "recon" / "epoch_0").glob("*.png"))) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_16_mixed_steps_with_checkpointing_are_finite_and_fp32():
+    torch.manual_seed(0)
+    module = TCVAELitModule(
+        {"base_filters": 16, "gradient_checkpointing": True}, dataset_size=100, lr=1e-4,
+        beta_tc_target=6.0, beta_tc_annealing_epochs=0,
+    ).cuda()  # fmt: skip
+    opt = module.configure_optimizers()
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.rand(2, 4, 128, 128, 128, device="cuda")
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.float16):
+            x_hat, mu, logvar, z = module.model(x)
+            terms = module.compute_loss(x_hat, x, mu, logvar, z)
+        assert x_hat.dtype == torch.float16
+        for name, value in terms.items():
+            assert value.dtype == torch.float32 and math.isfinite(float(value)), name
+        opt.zero_grad()
+        scaler.scale(terms["loss"]).backward()
+        scaler.step(opt)
+        scaler.update()

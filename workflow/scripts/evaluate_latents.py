@@ -1,0 +1,14 @@
+"""Rule evaluate_latents: metrics.json, recon_metrics.csv, factor correlations and traversals."""
+
+from pathlib import Path
+
+import torch
+
+from vae_dynamics.evaluation.evaluate import evaluate_run
+from vae_dynamics.workflow import log_to
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    i = snakemake.input
+    metrics = evaluate_run(i.summary, i.latents, i.factors, Path(snakemake.output.metrics).parent)
+    print({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")})
