@@ -157,6 +157,17 @@ def main(argv: list[str] | None = None) -> None:
         seconds, _ = train_step_seconds(exp, 2, bf, False)
         records.append(record("train_step_seconds", seconds, "s", model=exp, batch=2, base_filters=bf,
                               precision="32-true", gradient_checkpointing=False))  # fmt: skip
+    # bfloat16 autocast on CPU (the demo's setting), against float32 in the same run
+    from run_gpu import step_fn
+
+    rates = {}
+    for precision in ("32-true", "bf16-mixed"):
+        seconds = timed(step_fn("exp2", 2, 16, precision, False, False, False, device="cpu"), repeats=3)
+        rates[precision] = 2 / seconds
+        records.append(record("train_step_samples_per_s", rates[precision], "samples/s", model="exp2", batch=2,
+                              base_filters=16, precision=precision, gradient_checkpointing=False, source="bare step"))  # fmt: skip
+    records.append(record("cpu_bf16_speedup", rates["bf16-mixed"] / rates["32-true"], "x", model="exp2", batch=2,
+                          base_filters=16, note="bf16-mixed / 32-true, same run"))  # fmt: skip
     save_records(records, args.out)
 
 

@@ -37,6 +37,7 @@ from vae_dynamics.io import write_json
 
 N_BINS = 20
 ACTIVE_UNIT_THRESHOLD = 0.01
+MIN_SUBJECTS = 100  # below this the binned MI estimates are dominated by their bias
 
 
 def latent_columns(df: pd.DataFrame, prefix: str = "mu_") -> list[str]:
@@ -173,7 +174,12 @@ def compute_metrics(
         is_train = np.random.default_rng(seed).random(len(table)) < 0.8
     mu_all = table[mu_cols].to_numpy(dtype=float)
 
-    out: dict[str, Any] = {"n_subjects": len(table), "latent_dim": len(mu_cols)}
+    out: dict[str, Any] = {"n_subjects": len(table), "latent_dim": len(mu_cols), "warnings": []}
+    if len(table) < MIN_SUBJECTS:
+        out["warnings"].append(
+            f"only {len(table)} subjects: mutual information over {N_BINS} bins and held-out DCI scores "
+            f"need hundreds; below {MIN_SUBJECTS} treat these numbers as a smoke test"
+        )
     mig, sap, skipped, used = {}, {}, [], []
     for name in factor_columns:
         present = table[name].notna().to_numpy()

@@ -44,30 +44,41 @@ def plot_traversal_overview(
     path: str | os.PathLike[str],
     title: str = "",
 ) -> None:
-    """Rows: each traversed dimension x modality (axial slice through the tumour); columns: z_j values.
+    """Per traversed dimension: a row per modality (axial slice through the tumour) and a row with the
+    change from the reference decoding (|x̂(z_j) - x̂(μ_j)|, summed over modalities); columns: z_j values.
 
-    slices: [n_dims, n_values, n_modalities, H, W], already oriented for display.
+    slices: [n_dims, n_values, n_modalities, H, W], already oriented for display; the reference
+    (offset 0) is the middle value.
     """
     n_dims, n_values, n_mod = slices.shape[:3]
     vmax = max(float(np.percentile(slices, 99.5)), 1e-6)
-    grid = dict(
-        nrows=n_dims * n_mod, ncols=n_values, figsize=(1.25 * n_values + 1.2, 1.25 * n_dims * n_mod + 0.6)
-    )
+    change = np.abs(slices - slices[:, n_values // 2 : n_values // 2 + 1]).sum(axis=2)  # [dims, values, H, W]
+    cmax = max(float(np.percentile(change, 99.9)), 1e-6)
+    rows = n_dims * (n_mod + 1)
+    height = 1.2 * rows + 0.8
+    grid = dict(nrows=rows, ncols=n_values, figsize=(1.2 * n_values + 1.3, height))
     with figure_file(path, dpi=70, squeeze=False, **grid) as (fig, axes):
         for i, (dim, kl) in enumerate(zip(dims, kls)):
+            top = i * (n_mod + 1)
+            for v, value in enumerate(values):
+                for m in range(n_mod):
+                    axes[top + m, v].imshow(
+                        slices[i, v, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest"
+                    )
+                axes[top + n_mod, v].imshow(
+                    change[i, v], cmap="magma", vmin=0.0, vmax=cmax, interpolation="nearest"
+                )
+                if i == 0:
+                    axes[0, v].set_title(f"{value:+.0f}σ", fontsize=8)
             for m, name in enumerate(modalities):
-                for v, value in enumerate(values):
-                    ax = axes[i * n_mod + m, v]
-                    ax.imshow(slices[i, v, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    if i == 0 and m == 0:
-                        ax.set_title(f"{value:+.1f}σ", fontsize=8)
-                    if v == 0:
-                        ax.set_ylabel(f"z{dim} {name}\nKL {kl:.2f}", fontsize=7)
+                axes[top + m, 0].set_ylabel(f"z{dim} {name}", fontsize=7)
+            axes[top + n_mod, 0].set_ylabel(f"z{dim} |change|\nKL {kl:.1f}", fontsize=7)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
         if title:
             fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
 
 
 def plot_traversal_dimension(
@@ -106,4 +117,4 @@ def plot_traversal_dimension(
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle(title or f"z{dim} (KL {kl:.2f} nats)", fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.5 * rows + 0.6)))
