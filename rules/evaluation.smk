@@ -1,6 +1,8 @@
 # Evaluation: subject factors, latents of every subject, disentanglement metrics and figures,
 # and the side-by-side comparison of Exp1 and Exp2.
 
+COMPARED = sorted(EXPERIMENTS)  # baseline first: exp1, exp2
+
 
 rule subject_factors:
     input:
@@ -85,10 +87,10 @@ rule evaluate_latents:
 
 rule compare_experiments:
     input:
-        metrics=expand("results/{exp}/evaluation/metrics.json", exp=EXPERIMENTS),
-        summaries=expand("results/{exp}/train_summary.json", exp=EXPERIMENTS),
-        epochs=expand("results/{exp}/metrics.csv", exp=EXPERIMENTS),
-        traversals=expand("results/{exp}/evaluation/traversals.png", exp=EXPERIMENTS),
+        metrics=expand("results/{exp}/evaluation/metrics.json", exp=COMPARED),
+        summaries=expand("results/{exp}/train_summary.json", exp=COMPARED),
+        epochs=expand("results/{exp}/metrics.csv", exp=COMPARED),
+        traversals=expand("results/{exp}/evaluation/traversals.png", exp=COMPARED),
     output:
         md=report(
             "results/compare/summary.md",
@@ -98,7 +100,7 @@ rule compare_experiments:
         csv="results/compare/summary.csv",
         done="results/compare/done",
     params:
-        experiments=list(EXPERIMENTS),
+        experiments=COMPARED,
     log:
         "logs/compare_experiments.log",
     conda:

@@ -21,7 +21,8 @@ for exp in EXPERIMENTS:
             run_dir=lambda wildcards, exp=exp: run_dir(exp),
         threads: 4
         resources:
-            gpu=1,
+            # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
+            gpu=lambda wildcards, exp=exp: experiment_config(exp)["train"]["devices"],
         log:
             f"logs/train_{exp}.log",
         benchmark:

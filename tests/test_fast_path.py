@@ -49,6 +49,20 @@ def test_a_split_smaller_than_a_batch_is_one_batch():
     assert len(batches) == 1 and list(batches)[0]["image"].shape[0] == 2
 
 
+def test_under_ddp_each_rank_holds_a_disjoint_equal_shard():
+    dataset = [
+        {"image": torch.full((4, 2, 2, 2), float(i)), "seg": torch.zeros(1, 2, 2, 2), "subject_id": f"S{i}"}
+        for i in range(7)
+    ]
+    shards = [
+        DeviceResidentBatches.from_dataset(dataset, CPU, 1, 0, lambda: 0, rank=r, world=2) for r in (0, 1)
+    ]
+    assert [s.subject_ids for s in shards] == [["S0", "S2", "S4"], ["S1", "S3", "S5"]]  # 7 // 2 = 3 each
+    assert [len(s) for s in shards] == [3, 3]  # the same number of steps on every rank
+    assert [int(v) for v in shards[1].images[:, 0, 0, 0, 0]] == [1, 3, 5]
+    assert shards[0].images.dtype == torch.float16
+
+
 def test_placement_plan():
     need = 100 * BYTES_PER_SUBJECT
     assert gpu_cache_plan("auto", CPU, need, None)[0] is False
@@ -95,9 +109,15 @@ def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path):
+def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch):
     """train.compile=true on CPU: same loss and gradients as eager, state_dict without `_orig_mod.`."""
+    import torch._inductor.config as inductor_config
+
     from vae_dynamics.training.run import build_module
+
+    monkeypatch.setattr(
+        inductor_config, "fallback_random", True
+    )  # eager's RNG: the same reparameterisation noise
 
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.compile": True})
     torch.manual_seed(0)
@@ -113,4 +133,7 @@ def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path):
         loss.backward()
         losses.append((float(loss), module.model.encoder.stem[0].weight.grad.clone()))
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
-    assert torch.allclose(losses[0][1], losses[1][1], rtol=1e-3, atol=1e-6)
+    compiled_grad, eager_grad = losses[0][1], losses[1][1]
+    assert (
+        float((compiled_grad - eager_grad).norm() / eager_grad.norm()) < 1e-3
+    )  # fused kernels round differently

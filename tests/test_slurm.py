@@ -154,6 +154,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     demo["experiment"] = str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml")
     demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")
     demo["demo"]["n_subjects"] = 4
+    demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
     cores = str(os.cpu_count())
     args = [
@@ -162,9 +163,11 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
         "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
         "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
         "--set-resources", "train_exp2:slurm_partition=gpu", "train_exp2:mem_mb=6000",
-        f"train_exp2:cpus_per_task={cores}",
+        f"train_exp2:cpus_per_task={cores}", "encode_latents:mem_mb=3000", "evaluate_latents:mem_mb=4000",
+        f"encode_latents:cpus_per_task={cores}", f"evaluate_latents:cpus_per_task={cores}",
+        "encode_latents:slurm_partition=gpu", "evaluate_latents:slurm_partition=gpu",
         "--set-threads", f"train_exp2={cores}", "make_demo_dataset=1", "index_subjects=1",
-        "build_persistent_cache=1",
+        "build_persistent_cache=1", "subject_factors=1", f"encode_latents={cores}", f"evaluate_latents={cores}",
         "--", "results/exp2/done",
     ]  # fmt: skip
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
@@ -182,5 +185,11 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     # --gpus=1 shows as TresPerJob=gres:gpu:1 (22.05) or gres/gpu=1 (newer releases)
     assert all(re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in train_jobs), train_jobs
     assert all("Partition=gpu" in line for line in train_jobs)
+    assert (work / "results/exp2/evaluation/metrics.json").is_file()
+    gpu_steps = [line for line in jobs.splitlines() if "encode_latents" in line or "evaluate_latents" in line]
+    assert len(gpu_steps) == 2, jobs[-3000:]
+    assert all(
+        "Partition=gpu" in line and re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in gpu_steps
+    )
     other = [line for line in jobs.splitlines() if "index_subjects" in line]
     assert other and "gres/gpu" not in other[0] and "JobState=COMPLETED" in other[0]

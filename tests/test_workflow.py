@@ -152,8 +152,10 @@ def test_interrupted_evaluation_reruns_without_training(interrupted_then_finishe
     work = interrupted_then_finished["work"]
     summary = work / "results/exp2/train_summary.json"
     stamp = summary.stat().st_mtime_ns
-    (work / "results/exp2/latents.csv").unlink()  # as if encode_latents had been killed
+    # as if the run had been killed in encode_latents: its output and everything after it are missing
+    (work / "results/exp2/latents.csv").unlink()
     shutil.rmtree(work / "results/exp2/evaluation")
+    (work / "results/exp2/done").unlink()
     dry = snakemake(work, "-n", "--", "results/exp2/done").stdout
     assert "encode_latents" in dry and "evaluate_latents" in dry and "train_exp2" not in dry
     snakemake(work, "--", "results/exp2/done")
@@ -170,7 +172,8 @@ def test_per_experiment_overrides_are_validated_per_experiment(interrupted_then_
         work, "-n", "--config", f"overrides={json.dumps(bad)}", "--", "results/compare/done", check=False
     )
     assert out.returncode != 0
-    assert "experiment exp1" in out.stderr and "loss.beta_tc_target" in out.stderr
+    message = out.stdout + out.stderr
+    assert "experiment exp1" in message and "loss.beta_tc_target: unknown key" in message
 
 
 def test_completed_run_rerun_is_a_noop(interrupted_then_finished):

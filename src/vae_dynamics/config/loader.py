@@ -124,6 +124,11 @@ COMMON_SCHEMA: dict[str, dict[str, Field]] = {
             "str", default="auto", optional=True, check=_choice("auto", "cpu", "gpu", "cuda")
         ),
         "channels_last": Field("bool", default=False, optional=True),  # CUDA only; see docs/PERFORMANCE.md
+        # Data-parallel training: data.batch_size is the batch of ONE device; the MWS estimator uses the
+        # global batch (devices · num_nodes · batch_size). strategy auto = DDP when more than one device.
+        "devices": Field("int", default=1, optional=True, check=_positive),
+        "num_nodes": Field("int", default=1, optional=True, check=_positive),
+        "strategy": Field("str", default="auto", optional=True, check=_choice("auto", "ddp")),
         # torch.compile of the model: auto = on with CUDA, off on CPU (compiling costs more than it gains there)
         "compile": Field("auto|bool", default="auto", optional=True),
     },

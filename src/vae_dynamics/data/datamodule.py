@@ -76,20 +76,26 @@ class DeviceResidentBatches:
 
     @classmethod
     def from_dataset(
-        cls, dataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int]
-    ):
-        """Copy every item of a (cached) dataset into one tensor on `device`, item by item."""
-        n = len(dataset)
-        first = dataset[0]
+        cls, dataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int],
+        rank: int = 0, world: int = 1,
+    ):  # fmt: skip
+        """Copy this rank's shard of a (cached) dataset into one tensor on `device`, item by item.
+
+        Under DDP each rank holds the subjects rank, rank + W, ... cut to the same count on every rank
+        (equal steps per epoch); each rank then permutes its own shard every epoch.
+        """
+        indices = list(range(rank, len(dataset), world))[: len(dataset) // world]
+        first = dataset[indices[0]]
+        n = len(indices)
         images = torch.empty((n, *first["image"].shape), dtype=CACHE_IMAGE_DTYPE, device=device)
         segs = torch.empty((n, *first["seg"].shape), dtype=torch.uint8, device=device)
         ids = []
-        for i in range(n):
-            item = first if i == 0 else dataset[i]
-            images[i].copy_(torch.as_tensor(item["image"]).to(CACHE_IMAGE_DTYPE))
-            segs[i].copy_(torch.as_tensor(item["seg"]).to(torch.uint8))
+        for row, i in enumerate(indices):
+            item = first if row == 0 else dataset[i]
+            images[row].copy_(torch.as_tensor(item["image"]).to(CACHE_IMAGE_DTYPE))
+            segs[row].copy_(torch.as_tensor(item["seg"]).to(torch.uint8))
             ids.append(item["subject_id"])
-        return cls(images, segs, ids, batch_size, seed, epoch)
+        return cls(images, segs, ids, batch_size, seed + 7919 * rank, epoch)
 
     def __len__(self) -> int:
         n, b = len(self.subject_ids), self.batch_size
@@ -160,22 +166,28 @@ class BraTSDataModule(L.LightningDataModule):
         self.train_dataset = train
         if stage not in (None, "fit"):
             return
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        )
         device = self.resident_device
         if device is None:
             device = self._training_device()
             free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-            use, why = gpu_cache_plan(
-                self.data_cfg.get("gpu_cache", "auto"), device, len(train) * BYTES_PER_SUBJECT, free
-            )
+            shard_bytes = len(train) // world * BYTES_PER_SUBJECT
+            use, why = gpu_cache_plan(self.data_cfg.get("gpu_cache", "auto"), device, shard_bytes, free)
             log.info("GPU-resident training set %s: %s", "on" if use else "off", why)
             if not use:
                 device = None
         if device is not None:
             self.train_batches = DeviceResidentBatches.from_dataset(
-                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch
+                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch, rank, world
             )
             return
-        n_ram = ram_share(len(train), self.data_cfg["cache_rate"], BYTES_PER_SUBJECT)
+        # Every process of this node holds its own RAM copy: share the memory budget between them.
+        local = self.trainer.num_devices if self.trainer is not None else 1
+        n_ram = ram_share(
+            len(train), self.data_cfg["cache_rate"], BYTES_PER_SUBJECT, budget_fraction=0.5 / local
+        )
         if n_ram:
             self.train_dataset = RamCachedDataset(train, n_ram, progress=True)
 

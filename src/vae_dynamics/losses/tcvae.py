@@ -34,19 +34,28 @@ def compute_tcvae_loss(
     alpha: float = 1.0,
     gamma: float = 1.0,
     compute_in_fp32: bool = True,
+    batch_posteriors: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Negative weighted ELBO: recon_sum + alpha·mi_sum + beta_tc·tc_sum + gamma·dwkl_sum."""
-    M, N = x.shape[0], dataset_size  # minibatch size, number of training subjects
+    """Negative weighted ELBO: recon_sum + alpha·mi_sum + beta_tc·tc_sum + gamma·dwkl_sum.
+
+    batch_posteriors: when the minibatch is split across processes (DDP), (mu_all, logvar_all, offset):
+    the posteriors of the whole minibatch (gathered, with gradients) and the position of this process's
+    first sample in it. The terms are then those of this process's samples, each estimated against all
+    M posteriors of the minibatch; summed over processes they equal the single-process terms.
+    """
+    N = dataset_size  # number of training subjects
     if N < 1:
         raise ValueError(f"dataset_size (number of training subjects) must be >= 1, got {N}")
+    mu_j, logvar_j, offset = batch_posteriors if batch_posteriors is not None else (mu, logvar, 0)
+    M = mu_j.shape[0]  # minibatch size (the global minibatch under DDP)
     recon_sum = reconstruction_sum(x_hat, x)
 
     with torch.autocast(device_type=z.device.type, enabled=False):
         if compute_in_fp32:
-            z, mu, logvar = z.float(), mu.float(), logvar.float()
+            z, mu_j, logvar_j = z.float(), mu_j.float(), logvar_j.float()
 
         # log q(z_{i,k} | x_j): [M, M, d], row i = sample z_i, column j = posterior of x_j
-        log_q_zx_dim = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])
+        log_q_zx_dim = gaussian_log_density(z[:, None, :], mu_j[None, :, :], logvar_j[None, :, :])
         # log q(z_i | x_j): [M, M]
         log_q_zx_mat = log_q_zx_dim.sum(dim=2)
 
@@ -55,7 +64,7 @@ def compute_tcvae_loss(
         log_q_zk = torch.logsumexp(log_q_zx_dim, dim=1) - math.log(N * M)  # [M, d]
         log_prod_q_z = log_q_zk.sum(dim=1)
 
-        log_q_z_given_x = torch.diagonal(log_q_zx_mat)  # log q(z_i | x_i)
+        log_q_z_given_x = torch.diagonal(log_q_zx_mat, offset=offset)  # log q(z_i | x_i)
         log_p_z = (-0.5 * (LOG_2PI + z**2)).sum(dim=1)  # standard normal prior
 
         mi_sum = (log_q_z_given_x - log_q_z).sum()

@@ -28,6 +28,8 @@ class ReconSnapshotCallback(L.Callback):
         epoch = trainer.current_epoch
         if trainer.sanity_checking or self.num_samples == 0 or (epoch + 1) % self.every_n_epochs:
             return
+        if not getattr(trainer, "is_global_zero", True):  # under DDP, rank 0 writes the snapshots
+            return
         dataset = trainer.datamodule.val_dataset
         out = self.out_dir / f"epoch_{epoch}"
         with torch.no_grad():

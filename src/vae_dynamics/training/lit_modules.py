@@ -12,8 +12,34 @@ from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.training.schedules import linear_warmup
 
 
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of the process group, (1, 0) outside DDP."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-process tensor over all processes, in rank order, keeping its gradient."""
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(distributed_world()[0])]
+    torch.distributed.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
+    if len({int(n) for n in sizes}) != 1:
+        raise RuntimeError(
+            f"per-device minibatches differ in size ({[int(n) for n in sizes]}): the MWS estimator needs the "
+            "same M on every device (training drops the ragged last batch)"
+        )
+    return torch.cat(all_gather(t), dim=0)
+
+
 class _VAEStepsMixin:
-    """Shared step plumbing: forward, loss with the epoch's β, logging of every returned term."""
+    """Shared step plumbing: forward, loss with the epoch's β, logging of every returned term.
+
+    Under DDP the logged terms are those of the global batch (summed over processes), and the loss
+    that is backpropagated is scaled by the world size: DDP averages gradients over processes, and
+    the sum-reduced loss of the global batch is the sum, not the mean, of the per-process losses.
+    """
 
     def forward(self, x: torch.Tensor):
         return self.model(x)
@@ -30,13 +56,21 @@ class _VAEStepsMixin:
                 f"{exc} ({stage}, epoch {self.current_epoch}, global step {self.global_step}); "
                 "training stopped, the last good checkpoint is kept"
             ) from exc
+        world, _ = distributed_world()
+        logged = {k: v.detach() for k, v in terms.items()}
+        if world > 1:  # the global batch's terms (β is the same everywhere)
+            names = [k for k in logged if not k.startswith("beta")]
+            summed = torch.stack([logged[k].float() for k in names])
+            torch.distributed.all_reduce(summed)
+            logged.update(zip(names, summed))
+        batch_size = x.shape[0] * world
         self.log_dict(
-            {f"{stage}/{k}": v.detach() for k, v in terms.items()},
-            on_step=False, on_epoch=True, batch_size=x.shape[0], prog_bar=False,
+            {f"{stage}/{k}": v for k, v in logged.items()},
+            on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=False,
         )  # fmt: skip
-        self.log(f"{stage}_loss", terms["loss"].detach(), on_epoch=True, batch_size=x.shape[0],
+        self.log(f"{stage}_loss", logged["loss"], on_epoch=True, batch_size=batch_size,
                  prog_bar=True, logger=False)  # fmt: skip
-        return terms["loss"]
+        return terms["loss"] * world
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -107,10 +141,14 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         )
 
     def compute_loss(self, x_hat, x, mu, logvar, z) -> dict[str, torch.Tensor]:
+        world, rank = distributed_world()
+        # Under DDP every sample's MWS estimate uses the posteriors of the whole global batch (M = W·m).
+        batch = (gather_batch(mu), gather_batch(logvar), rank * mu.shape[0]) if world > 1 else None
         return compute_tcvae_loss(
             x_hat, x, mu, logvar, z,
             dataset_size=self.dataset_size, beta_tc=self.beta_tc,
             alpha=self.hparams.alpha, gamma=self.hparams.gamma, compute_in_fp32=self.hparams.compute_in_fp32,
+            batch_posteriors=batch,
         )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ import lightning as L
 import pandas as pd
 import torch
 import yaml
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -27,6 +28,7 @@ from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_co
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
 from vae_dynamics.data.splits import make_splits
+from vae_dynamics.io import atomic_path
 from vae_dynamics.training.callbacks import (
     CompileTimer,
     EpochMetricsLogger,
@@ -39,6 +41,11 @@ log = logging.getLogger("vae_dynamics.train")
 
 # Sections whose change makes a checkpoint meaningless for this config (resume is refused).
 RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
+# Keys outside those sections that must not change on resume: the global batch (M of the MWS
+# estimator) and the data shards depend on the device count.
+RESUME_LOCKED_KEYS = ("train.devices", "train.num_nodes")
+# Set by rank 0 before Lightning launches the other ranks (which re-run the same command).
+RUN_DIR_ENV = "VAE_DYNAMICS_RUN_DIR"
 # Keys that change where data is held or how fast it flows, not what is learnt.
 RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir", "data.gpu_cache"}
 
@@ -171,6 +178,7 @@ def check_resume(run_dir: Path, cfg: dict[str, Any], splits_dir: Path | None = N
             for d in diff_keys(saved, cfg, RESUME_LOCKED_SECTIONS)
             if d.split(":")[0] not in RESUME_FREE_KEYS
         ]
+        diffs += [d for d in diff_keys(saved, cfg, ["train"]) if d.split(":")[0] in RESUME_LOCKED_KEYS]
         if diffs:
             raise ResumeError(
                 f"refusing to resume {run_dir}: its checkpoint was trained with a different config "
@@ -188,7 +196,8 @@ def prepare_splits(cfg: dict[str, Any], run_dir: Path, splits_dir: Path | None) 
             src = Path(splits_dir) / name
             if not src.is_file():
                 raise FileNotFoundError(f"--splits: {src} not found")
-            shutil.copyfile(src, out / name)
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(src, tmp)
         return out
     if (out / "train.csv").is_file() and (out / "val.csv").is_file():
         return out
@@ -201,6 +210,24 @@ def prepare_splits(cfg: dict[str, Any], run_dir: Path, splits_dir: Path | None) 
         log.warning("rejected subject %s: %s: %s", row.subject_id, row.file, row.reason)
     make_splits(run_dir / "index" / "subjects.csv", out, data["val_split"], cfg["train"]["seed"])
     return out
+
+
+def world_size(cfg: dict[str, Any]) -> int:
+    return cfg["train"]["devices"] * cfg["train"]["num_nodes"]
+
+
+def resolve_strategy(cfg: dict[str, Any]) -> str:
+    """train.strategy: auto = DDP (one process per device) when more than one device is used."""
+    strategy = cfg["train"]["strategy"]
+    return "ddp" if strategy == "auto" and world_size(cfg) > 1 else strategy
+
+
+def launched_rank() -> int:
+    """Global rank of this process when a launcher started it (Lightning's re-run of the command, srun)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
 def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
@@ -223,10 +250,18 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         run_dir / "recon", cfg["logging"]["recon_every_n_epochs"], cfg["logging"]["num_recon_samples"],
         cfg["data"]["modalities"],
     )  # fmt: skip
+    plugins = []
+    if world_size(cfg) > 1 and os.environ.get("SLURM_NTASKS") == "1" and cfg["train"]["num_nodes"] == 1:
+        # One SLURM task holding several devices (e.g. a Snakemake job): Lightning starts one process
+        # per device itself. With one task per device (`srun --ntasks-per-node=N`) SLURM starts them.
+        plugins.append(LightningEnvironment())
     return L.Trainer(
         default_root_dir=run_dir,
+        plugins=plugins or None,
         accelerator="gpu" if on_cuda else "cpu",
-        devices=1,
+        devices=cfg["train"]["devices"],
+        num_nodes=cfg["train"]["num_nodes"],
+        strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),
         max_epochs=cfg["train"]["max_epochs"],
         logger=CSVLogger(save_dir=run_dir, name="logs"),
@@ -256,10 +291,19 @@ def train(
     resume: bool = False,
     splits_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train one experiment; return a summary (run dir, best checkpoint, best val loss, epochs, steps)."""
+    """Train one experiment; return a summary (run dir, best checkpoint, best val loss, epochs, steps).
+
+    Under DDP every rank runs this function (Lightning re-runs the command for ranks > 0, or srun starts
+    them all); only rank 0 writes the run directory's files, the other ranks read what it wrote.
+    """
+    rank = launched_rank()
+    if run_dir is None:
+        run_dir = os.environ.get(RUN_DIR_ENV) if rank > 0 else None
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     splits_dir = Path(splits_dir) if splits_dir else None
     ckpt_path = check_resume(run_dir, cfg, splits_dir) if resume else None
+    if rank > 0:
+        return _train_other_rank(cfg, run_dir, ckpt_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("checkpoints", "logs", "recon", "splits"):
         (run_dir / sub).mkdir(exist_ok=True)
@@ -272,6 +316,7 @@ def train(
         save_config(cfg, run_dir / "config_resolved.yaml")
         L.seed_everything(cfg["train"]["seed"], workers=True)
         splits = prepare_splits(cfg, run_dir, None if resume else splits_dir)
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks Lightning launches from this process
         datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
         log.info("subjects: %d train, %d val", datamodule.n_train, len(datamodule.val_records))
         module = build_module(cfg, datamodule.n_train)
@@ -300,6 +345,22 @@ def train(
         teardown_file_logging(handler)
 
 
+def _train_other_rank(cfg: dict[str, Any], run_dir: Path, ckpt_path: Path | None) -> dict[str, Any]:
+    """A rank > 0 of a DDP run: train on what rank 0 prepared (splits, config); write nothing."""
+    splits = run_dir / "splits"
+    deadline = time.time() + 600
+    while not ((splits / "val.csv").is_file() and (run_dir / "config_resolved.yaml").is_file()):
+        if time.time() > deadline:  # srun starts all ranks at once: wait for rank 0's files
+            raise ResumeError(f"rank {launched_rank()}: rank 0 did not prepare {splits} within 10 minutes")
+        time.sleep(1)
+    L.seed_everything(cfg["train"]["seed"], workers=True)
+    datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
+    module = build_module(cfg, datamodule.n_train)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return {"run_dir": str(run_dir.resolve()), "rank": launched_rank()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -320,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = train(cfg, args.run_dir, args.resume, args.splits)
     except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError) as exc:
         sys.exit(f"train: {exc}")
-    print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
+    if "best_checkpoint" in summary:  # rank 0
+        print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
 
 
 if __name__ == "__main__":

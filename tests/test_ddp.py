@@ -1,0 +1,154 @@
+"""Data-parallel training on CPU (gloo, 2 processes): the global-batch MWS estimator and a real DDP run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vae_dynamics.losses import compute_tcvae_loss
+from vae_dynamics.training.lit_modules import TCVAELitModule
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+WORLD, PER_RANK, N_TRAIN = 2, 2, 100
+TERMS = ("loss", "recon", "mi", "tc", "dwkl")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_module() -> TCVAELitModule:
+    torch.manual_seed(0)
+    return TCVAELitModule(
+        {"base_filters": 16}, dataset_size=N_TRAIN, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=0
+    )
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(WORLD * PER_RANK, 4, 128, 128, 128, generator=g)
+    eps = torch.randn(WORLD * PER_RANK, 128, generator=g)  # the reparameterisation noise of every sample
+    return x, eps
+
+
+def step_terms(module: TCVAELitModule, x: torch.Tensor, eps: torch.Tensor, gather: bool):
+    """Forward with fixed noise, the module's loss (gathered under DDP, or local only), backward."""
+    mu, logvar = module.model.encoder(x)
+    z = mu + eps * torch.exp(0.5 * logvar)
+    x_hat = module.model.decode(z)
+    if gather:
+        terms = module.compute_loss(x_hat, x, mu, logvar, z)
+    else:  # the naive DDP version: each process estimates log q(z) from its own samples only
+        terms = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=N_TRAIN, beta_tc=6.0)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    (terms["loss"] * world).backward()  # what _VAEStepsMixin returns under DDP
+    return terms
+
+
+def _worker(rank: int, port: int, out: str, gather: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        module = make_module()
+        x, eps = global_batch()
+        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        terms = step_terms(module, x[rows], eps[rows], gather)
+        values = torch.stack([terms[k].detach() for k in TERMS])
+        dist.all_reduce(values)  # the global batch's terms, as logged
+        grads = torch.cat([p.grad.flatten() for p in module.parameters()])
+        dist.all_reduce(grads)
+        grads /= WORLD  # DDP averages gradients over processes
+        if rank == 0:
+            torch.save({"terms": values, "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    module = make_module()
+    x, eps = global_batch()
+    terms = step_terms(module, x, eps, gather=False)
+    return {
+        "terms": torch.stack([terms[k].detach() for k in TERMS]),
+        "grads": torch.cat([p.grad.flatten() for p in module.parameters()]),
+    }
+
+
+def run_two_processes(tmp_path: Path, gather: bool) -> dict:
+    out = tmp_path / f"rank0_{gather}.pt"
+    mp.start_processes(_worker, args=(free_port(), str(out), gather), nprocs=WORLD, start_method="spawn")
+    return torch.load(out)
+
+
+def test_two_processes_equal_one_process_on_the_global_batch(single_process, tmp_path):
+    ddp = run_two_processes(tmp_path, gather=True)
+    assert torch.allclose(ddp["terms"], single_process["terms"], rtol=1e-5), (
+        ddp["terms"],
+        single_process["terms"],
+    )
+    ref = single_process["grads"]
+    assert float((ddp["grads"] - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_without_gathering_the_equivalence_fails(single_process, tmp_path):
+    """The naive DDP version (each process's MWS over its own 2 samples) fails the test above."""
+    naive = run_two_processes(tmp_path, gather=False)
+    assert torch.allclose(naive["terms"][1], single_process["terms"][1], rtol=1e-5)  # recon: no estimator
+    for k in (2, 3, 4):  # mi, tc, dwkl: estimated from other samples and log(N·M) with M = 2 instead of 4
+        assert not torch.allclose(naive["terms"][k], single_process["terms"][k], rtol=1e-5), TERMS[k]
+    ref = single_process["grads"]
+    assert float((naive["grads"] - ref).norm() / ref.norm()) > 1e-5
+
+
+def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_path):
+    run_dir = tmp_path / "ddp"
+    common = [
+        sys.executable, str(REPO / "scripts" / "train.py"),
+        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--run-dir", str(run_dir),
+        "--set", "train.devices=2", "--set", "train.accelerator=cpu", "--set", "model.base_filters=16",
+        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=32-true",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "logging.recon_every_n_epochs=1",
+        "--set", "logging.num_recon_samples=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(
+        [*common, "--splits", str(demo_splits), "--set", "train.max_epochs=1"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.stdout.count("best checkpoint:") == 1  # only rank 0 reports
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # warm-up: no best
+    assert [p.relative_to(run_dir).as_posix() for p in run_dir.glob("logs/*/metrics.csv")] == [
+        "logs/version_0/metrics.csv"
+    ]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2  # 4 train subjects, 2 per step (1 per device), DistributedSampler shards
+    assert len(list((run_dir / "recon" / "epoch_0").glob("*.png"))) == 1
+    log = (run_dir / "train.log").read_text()
+    assert log.count("starting run") == 1
+
+    again = subprocess.run([*common, "--resume", "--set", "train.max_epochs=2"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=900)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-4000:]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4 and state["epoch"] == 1
+    metrics = pd.read_csv(run_dir / "logs" / "version_1" / "metrics.csv")
+    assert metrics["val/tc"].notna().sum() == 1 and metrics["train/loss"].notna().sum() == 1
+
+    refused = subprocess.run([*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    assert refused.returncode != 0 and "train.devices: 2 -> 1" in refused.stderr
