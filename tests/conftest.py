@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,17 @@ def small_exp_config(name: str, tmp_path: Path, **extra: object) -> dict:
         **extra,
     }
     return load_config(config_path(name), {k: v for k, v in overrides.items()})
+
+
+def train_script_args(config: str, run_dir: Path, cache_dir: Path, *sets: str) -> list[str]:
+    """`python scripts/train.py` for a shipped config made CPU-sized (as small_exp_config), one epoch."""
+    repo = Path(__file__).resolve().parents[1]
+    small = [
+        "model.base_filters=16", "data.batch_size=2", "data.num_workers=0", "train.max_epochs=1",
+        f"data.cache_dir={cache_dir}", "logging.recon_every_n_epochs=1", "logging.num_recon_samples=1", *sets,
+    ]  # fmt: skip
+    args = [sys.executable, str(repo / "scripts" / "train.py"), "--config", str(config_path(config)),
+            "--run-dir", str(run_dir)]  # fmt: skip
+    for item in small:
+        args += ["--set", item]
+    return args

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import train_script_args
 
 from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.models.components.blocks import reparameterize
 from vae_dynamics.training.callbacks import ReconSnapshotCallback
 from vae_dynamics.training.lit_modules import TCVAELitModule, VAELitModule
 
-REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ["t1c", "t1n", "t2f", "t2w"]
 
 
@@ -143,15 +142,8 @@ def test_recon_snapshots_only_at_selected_epochs_with_4_modalities_x_input_recon
 @pytest.mark.slow
 def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
     run_dir = tmp_path / "exp2"
-    args = [
-        sys.executable, str(REPO / "scripts" / "train.py"),
-        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
-        "--run-dir", str(run_dir), "--splits", str(demo_splits),
-        "--set", "model.base_filters=16", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
-        "--set", "train.max_epochs=1", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", "logging.recon_every_n_epochs=1", "--set", "logging.num_recon_samples=1",
-        "--set", "train.lr=2e-4",
-    ]  # fmt: skip
+    args = train_script_args("exp2_tcvae_sbd", run_dir, tmp_path / "cache", "train.lr=2e-4")
+    args += ["--splits", str(demo_splits)]
     result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best checkpoint:" in result.stdout

@@ -48,7 +48,7 @@ SlurmctldPidFile={tmp}/slurmctld.pid
 SlurmdPidFile={tmp}/slurmd.pid
 SlurmctldLogFile={tmp}/slurmctld.log
 SlurmdLogFile={tmp}/slurmd.log
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 Gres=gpu:1 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={host} MaxTime=INFINITE State=UP
 """
@@ -99,7 +99,10 @@ def slurm_cluster(tmp_path_factory):
             backups[name] = tmp / f"{name}.orig"
             shutil.move(etc / name, backups[name])
     conf.write_text(SLURM_CONF.format(host=host, tmp=tmp, cpus=os.cpu_count()))
-    (etc / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null\n")
+    # two GPU generic resources backed by character devices that are not GPUs
+    (etc / "gres.conf").write_text(
+        f"NodeName={host} Name=gpu File=/dev/null\nNodeName={host} Name=gpu File=/dev/zero\n"
+    )
     env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{BIN}:{os.environ['PATH']}"}
     started = []  # (name, pid) of the daemons this fixture started
     try:
@@ -155,6 +158,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")
     demo["demo"]["n_subjects"] = 4
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
+    demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
     cores = str(os.cpu_count())
     args = [
@@ -168,6 +172,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
         "encode_latents:slurm_partition=gpu", "evaluate_latents:slurm_partition=gpu",
         "--set-threads", f"train_exp2={cores}", "make_demo_dataset=1", "index_subjects=1",
         "build_persistent_cache=1", "subject_factors=1", f"encode_latents={cores}", f"evaluate_latents={cores}",
+        "--resources", "gpu=2",  # profiles/default (always loaded) caps at 1; the training needs 2
         "--", "results/exp2/done",
     ]  # fmt: skip
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
@@ -175,15 +180,21 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     assert (work / "results/exp2/done").is_file()
     assert len(list((work / "results/exp2/recon_panels").glob("*.png"))) == 1
     summary = json.loads((work / "results/exp2/train_summary.json").read_text())
-    assert summary["global_step"] == 2  # 3 train subjects, batch 2, drop_last, 2 epochs
+    # 3 train subjects over 2 processes (2 each, padded), batch 2 per process: 1 step per epoch, 2 epochs
+    assert summary["global_step"] == 2
+    train_log = (work / "logs/train_exp2.log").read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in train_log  # Lightning started the second process in the job
+    assert "\x00" not in train_log and "finished:" in train_log  # both ranks append; rank 0's log is whole
+    assert summary["checkpoint_choice"] and summary["n_train"] == 3  # written by rank 0 only
+    assert (Path(summary["run_dir"]) / "train.log").read_text().count("starting run") == 1
 
     jobs = subprocess.run(
         ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
     ).stdout
     train_jobs = [line for line in jobs.splitlines() if "train_exp2" in line]
     assert train_jobs, jobs[-3000:]
-    # --gpus=1 shows as TresPerJob=gres:gpu:1 (22.05) or gres/gpu=1 (newer releases)
-    assert all(re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in train_jobs), train_jobs
+    # --gpus=2 (train.devices) shows as TresPerJob=gres:gpu:2 (22.05) or gres/gpu=2 (newer releases)
+    assert all(re.search(r"TresPerJob=gres[:/]gpu[:=]2\b", line) for line in train_jobs), train_jobs
     assert all("Partition=gpu" in line for line in train_jobs)
     assert (work / "results/exp2/evaluation/metrics.json").is_file()
     gpu_steps = [line for line in jobs.splitlines() if "encode_latents" in line or "evaluate_latents" in line]

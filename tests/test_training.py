@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import small_exp_config
+from conftest import small_exp_config, train_script_args
 
 from vae_dynamics.losses import NonFiniteLossError
 from vae_dynamics.training.lit_modules import TCVAELitModule
@@ -178,13 +178,10 @@ def test_non_finite_loss_stops_with_term_epoch_and_step():
 def test_exp1_trains_through_the_script(demo_splits, tmp_path):
     run_dir = tmp_path / "exp1"
     args = [
-        sys.executable, str(REPO / "scripts" / "train.py"),
-        "--config", str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
-        "--run-dir", str(run_dir), "--splits", str(demo_splits),
-        "--set", "model.base_filters=16", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
-        "--set", "train.max_epochs=1", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", "logging.recon_every_n_epochs=1", "--set", "logging.num_recon_samples=1",
-    ]  # fmt: skip
+        *train_script_args("exp1_baseline_vae", run_dir, tmp_path / "cache"),
+        "--splits",
+        str(demo_splits),
+    ]
     result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")

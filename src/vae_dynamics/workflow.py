@@ -22,9 +22,16 @@ from vae_dynamics.io import write_json, write_text
 
 @contextlib.contextmanager
 def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Send stdout, stderr and log records of a workflow step to its Snakemake log file."""
+    """Send stdout, stderr and log records of a workflow step to its Snakemake log file.
+
+    DDP processes of rank > 0 (Lightning re-runs the step's script for them) append to rank 0's log.
+    """
+    from vae_dynamics.training.run import launched_rank
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+    if launched_rank() == 0:
+        Path(path).write_text("")  # a fresh log; every process then appends (O_APPEND: no overwrites)
+    with open(path, "a", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
@@ -105,6 +112,8 @@ def train_step(
     run_dir = Path(run_dir)
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     summary = train(cfg, run_dir, resume=resume, splits_dir=None if resume else splits_dir)
+    if "best_checkpoint" not in summary:  # a DDP process of rank > 0: rank 0 writes the outputs
+        return summary
     summary["resumed"] = resume
     metrics = read_metrics(run_dir / "logs")
     write_text(metrics.to_csv(index=False), metrics_path)

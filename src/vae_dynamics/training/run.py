@@ -223,11 +223,20 @@ def resolve_strategy(cfg: dict[str, Any]) -> str:
 
 
 def launched_rank() -> int:
-    """Global rank of this process when a launcher started it (Lightning's re-run of the command, srun)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+    """0 for the process that writes the run's files; > 0 for the other processes of a DDP run.
+
+    Lightning re-runs the command for ranks > 0 with LOCAL_RANK / NODE_RANK set (torchrun sets RANK);
+    `srun` with several tasks sets SLURM_PROCID. A single-task SLURM job is rank 0 whatever SLURM says.
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"]) + int(os.environ.get("NODE_RANK", 0)) * int(
+            os.environ.get("WORLD_SIZE", 1)
+        )
+    if int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+        return int(os.environ.get("SLURM_PROCID", 0))
+    return 0
 
 
 def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
@@ -351,14 +360,14 @@ def _train_other_rank(cfg: dict[str, Any], run_dir: Path, ckpt_path: Path | None
     deadline = time.time() + 600
     while not ((splits / "val.csv").is_file() and (run_dir / "config_resolved.yaml").is_file()):
         if time.time() > deadline:  # srun starts all ranks at once: wait for rank 0's files
-            raise ResumeError(f"rank {launched_rank()}: rank 0 did not prepare {splits} within 10 minutes")
+            raise ResumeError(f"a DDP process waited 10 minutes for rank 0 to prepare {splits}; none came")
         time.sleep(1)
     L.seed_everything(cfg["train"]["seed"], workers=True)
     datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
     module = build_module(cfg, datamodule.n_train)
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return {"run_dir": str(run_dir.resolve()), "rank": launched_rank()}
+    return {"run_dir": str(run_dir.resolve())}
 
 
 def main(argv: list[str] | None = None) -> None:
