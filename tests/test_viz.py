@@ -1,0 +1,35 @@
+"""Figures are written atomically and closed even when saving fails."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from vae_dynamics.viz.recon import save_recon_panel
+
+MODALITIES = ["t1c", "t1n", "t2f", "t2w"]
+
+
+def test_a_failed_save_leaves_no_file_and_no_open_figure(tmp_path, monkeypatch):
+    def full_disk(self, fname, *args, **kwargs):
+        with open(fname, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    image = torch.rand(4, 16, 16, 16)
+    open_before = set(plt.get_fignums())
+    with pytest.raises(OSError, match="No space left"):
+        save_recon_panel(image, image, tmp_path / "panel.png", MODALITIES)
+    assert set(plt.get_fignums()) == open_before  # the figure was closed
+    assert list(tmp_path.iterdir()) == []  # neither the PNG nor its temporary file
+
+
+def test_a_saved_panel_is_a_png_and_closes_its_figure(tmp_path):
+    image = torch.rand(4, 16, 16, 16)
+    open_before = set(plt.get_fignums())
+    save_recon_panel(image, image * 0.5, tmp_path / "panel.png", MODALITIES, title="S0")
+    assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(plt.get_fignums()) == open_before
