@@ -1,5 +1,8 @@
 """Demo dataset: BraTS-MEN geometry, file names, labels, contrasts, factors, determinism."""
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -68,3 +71,15 @@ def test_demo_cli_writes_subjects(tmp_path):
     assert (tmp_path / "d" / "BraTS-MEN-00000-000" / "BraTS-MEN-00000-000-t2f.nii.gz").is_file()
     assert len(pd.read_csv(tmp_path / "d" / "factors.csv")) == 1
     assert not list((tmp_path / "d").glob(".*tmp"))
+
+
+def test_worker_pool_after_multithreaded_torch_does_not_hang(tmp_path):
+    """A pool forked after PyTorch ran OpenMP code (as in a test session or a notebook) must not deadlock."""
+    code = (
+        "import torch; x = torch.rand(1500, 1500); (x @ x).sum(); torch.nn.functional.avg_pool3d(torch.rand(1, 4, 64, 64, 64), 2)\n"
+        "from vae_dynamics.data.demo import generate\n"
+        f"generate({str(tmp_path / 'demo')!r}, 2, seed=0, workers=2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "demo").glob("BraTS-MEN-*"))) == 2

@@ -19,7 +19,6 @@ import pickle
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from vae_dynamics.data import FILE_KEYS
 from vae_dynamics.data.transforms import transforms_from_config
 from vae_dynamics.io import atomic_path, write_json
+from vae_dynamics.parallel import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,6 @@ def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: Mapping[str
     }
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # one process per core; no oversubscription
-
-
 def build_cache(
     data_cfg: Mapping[str, Any],
     split_csvs: Sequence[str | os.PathLike[str]],
@@ -211,7 +207,7 @@ def build_cache(
     start = time.perf_counter()
     n = len(records)
     if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        with process_pool(workers) as pool:
             subjects = list(tqdm(pool.map(_cache_one, records, [cache_dir] * n, [data_cfg] * n), **bar))
     else:
         subjects = [_cache_one(r, cache_dir, data_cfg) for r in tqdm(records, **bar)]

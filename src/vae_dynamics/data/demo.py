@@ -15,7 +15,6 @@ import functools
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vae_dynamics.io import write_csv
+from vae_dynamics.parallel import process_pool
 
 BRATS_SHAPE = (240, 240, 155)
 # Tissue intensities per modality (relative units): csf, gm, wm, et, netc, snfh.
@@ -268,7 +268,7 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     load_anatomy()  # load once before forking workers
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             rows = list(
                 pool.map(write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects)
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS
 from vae_dynamics.io import write_csv
+from vae_dynamics.parallel import process_pool
 
 SUBJECT_DIR = re.compile(r"^BraTS-[A-Za-z]+-\d+-\d+$")
 SUBJECT_COLUMNS = ["subject_id", *FILE_KEYS]
@@ -96,7 +96,7 @@ def index_subjects(root: str | Path, out_dir: str | Path, workers: int = 1, prog
         )
     bar = dict(total=len(dirs), desc="index_subjects", unit="subject", disable=not progress)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             results = list(tqdm(pool.map(validate_subject, dirs, chunksize=4), **bar))
     else:
         results = [validate_subject(d) for d in tqdm(dirs, **bar)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vae_dynamics.io import write_csv
+from vae_dynamics.parallel import process_pool
 
 LABELS = {"netc": 1, "snfh": 2, "et": 3}  # BraTS 2023: 1 NETC, 2 SNFH (edema), 3 ET
 MEASURED = [
@@ -68,7 +68,7 @@ def subject_factors(
             raise ValueError(f"{subjects_csv}: missing column {column!r}")
     ids, segs = subjects["subject_id"].tolist(), subjects["seg"].tolist()
     if workers > 1 and len(ids) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             rows = list(pool.map(_measure_row, ids, segs))
     else:
         rows = [_measure_row(s, p) for s, p in zip(ids, segs)]
