@@ -178,7 +178,12 @@ def check_resume(run_dir: Path, cfg: dict[str, Any], splits_dir: Path | None = N
             for d in diff_keys(saved, cfg, RESUME_LOCKED_SECTIONS)
             if d.split(":")[0] not in RESUME_FREE_KEYS
         ]
-        diffs += [d for d in diff_keys(saved, cfg, ["train"]) if d.split(":")[0] in RESUME_LOCKED_KEYS]
+        saved_train = {"devices": 1, "num_nodes": 1, **saved.get("train", {})}  # runs from before these keys
+        diffs += [
+            d
+            for d in diff_keys({"train": saved_train}, cfg, ["train"])
+            if d.split(":")[0] in RESUME_LOCKED_KEYS
+        ]
         if diffs:
             raise ResumeError(
                 f"refusing to resume {run_dir}: its checkpoint was trained with a different config "
