@@ -64,12 +64,15 @@ class _VAEStepsMixin:
             torch.distributed.all_reduce(summed)
             logged.update(zip(names, summed))
         batch_size = x.shape[0] * world
+        # Already global and equal on every process: sync_dist only averages equal numbers (and tells
+        # Lightning the epoch values are meant to be global).
+        sync = world > 1
         self.log_dict(
             {f"{stage}/{k}": v for k, v in logged.items()},
-            on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=False,
+            on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=False, sync_dist=sync,
         )  # fmt: skip
         self.log(f"{stage}_loss", logged["loss"], on_epoch=True, batch_size=batch_size,
-                 prog_bar=True, logger=False)  # fmt: skip
+                 prog_bar=True, logger=False, sync_dist=sync)  # fmt: skip
         return terms["loss"] * world
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
