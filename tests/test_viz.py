@@ -33,3 +33,19 @@ def test_a_saved_panel_is_a_png_and_closes_its_figure(tmp_path):
     save_recon_panel(image, image * 0.5, tmp_path / "panel.png", MODALITIES, title="S0")
     assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(plt.get_fignums()) == open_before
+
+
+def test_atomic_dir_replaces_a_folder_only_when_complete(tmp_path):
+    from vae_dynamics.io import atomic_dir
+
+    target = tmp_path / "panels"
+    target.mkdir()
+    (target / "old.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_dir(target) as tmp:
+        (tmp / "new.png").write_bytes(b"new")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panels"]  # no leftover temporary folder
+    assert [p.name for p in target.iterdir()] == ["old.png"]  # the previous result is intact
+    with atomic_dir(target) as tmp:
+        (tmp / "new.png").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["new.png"]

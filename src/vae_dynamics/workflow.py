@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 
 from vae_dynamics.config import ConfigError, load_config
 from vae_dynamics.data.cache import CONTRACT_KEYS
-from vae_dynamics.io import write_json, write_text
+from vae_dynamics.io import atomic_dir, write_json, write_text
 
 
 @contextlib.contextmanager
@@ -121,33 +120,22 @@ def train_step(
     return summary
 
 
-def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str = "cpu") -> list[Path]:
-    """Recon panels of every validation subject from the best checkpoint, and the loss curves."""
+def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str | None = None) -> list[Path]:
+    """Recon panels of every validation subject from the chosen checkpoint, and the loss curves."""
     import torch
 
-    from vae_dynamics.data.datamodule import BraTSDataModule
-    from vae_dynamics.training.lit_modules import LIT_MODULES
+    from vae_dynamics.evaluation.encode import load_run, split_datasets
     from vae_dynamics.viz.curves import plot_loss_curves
     from vae_dynamics.viz.recon import save_recon_panel
 
-    summary = json.loads(Path(summary_path).read_text())
-    run_dir = Path(summary["run_dir"])
-    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
-    module_cls = LIT_MODULES[cfg["model"]["variant"]]
-    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
-    dm = BraTSDataModule(cfg["data"], run_dir / "splits")
-    dm.setup("validate")
-    tmp = Path(panels_dir).with_name(Path(panels_dir).name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with torch.no_grad():
-        for i in range(len(dm.val_dataset)):
-            item = dm.val_dataset[i]
-            mu, _ = module.model.encoder(item["image"][None].to(device).float())
-            x_hat = module.model.decode(mu)[0]
-            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", cfg["data"]["modalities"],
-                             title=f"{item['subject_id']} — best checkpoint ({summary['experiment']})")  # fmt: skip
-    shutil.rmtree(panels_dir, ignore_errors=True)
-    os.replace(tmp, panels_dir)
-    plot_loss_curves(run_dir / "logs", curves_png)
+    run = load_run(summary_path, device)
+    val = split_datasets(run)["val"]
+    with atomic_dir(panels_dir) as tmp, torch.no_grad():
+        for i in range(len(val)):
+            item = val[i]
+            mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
+            x_hat = run.model.decode(mu)[0]
+            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg["data"]["modalities"],
+                             title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})")  # fmt: skip
+    plot_loss_curves(run.run_dir / "logs", curves_png)
     return sorted(Path(panels_dir).glob("*.png"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from vae_dynamics.evaluation.traversals import (
     traverse,
     tumour_centre,
 )
-from vae_dynamics.io import write_csv, write_json
+from vae_dynamics.io import atomic_dir, write_csv, write_json
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
     plot_traversal_dimension,
@@ -129,10 +128,19 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Write the evaluation folder of one run (see the module docstring); return metrics.json's content."""
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "traversals").mkdir(parents=True)
+    with atomic_dir(out_dir) as tmp:
+        metrics = _evaluate_into(tmp, summary_path, latents_csv, factors_csv, device, n_traversed)
+        metrics["seconds"] = round(time.perf_counter() - start, 1)
+        write_json(metrics, tmp / "metrics.json")
+    log.info("evaluation of %s -> %s (%.1f s)", metrics["experiment"], out_dir, metrics["seconds"])
+    return metrics
+
+
+def _evaluate_into(
+    tmp: Path, summary_path, latents_csv, factors_csv, device, n_traversed: int
+) -> dict[str, Any]:
+    """Every file of the evaluation folder but metrics.json into `tmp`; return the metrics."""
+    (tmp / "traversals").mkdir()
     run = load_run(summary_path, device)
     experiment = run.summary["experiment"]
     latents, factors = pd.read_csv(latents_csv), pd.read_csv(factors_csv)
@@ -182,11 +190,6 @@ def evaluate_run(
             tmp / "traversals" / f"z{dim:03d}.png",
             title=f"{experiment}: z{dim} (KL {kl[dim]:.2f} nats) around {ref['subject_id']}",
         )  # fmt: skip
-    metrics["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(metrics, tmp / "metrics.json")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    log.info("evaluation of %s -> %s (%.1f s)", experiment, out_dir, metrics["seconds"])
     return metrics
 
 
