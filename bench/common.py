@@ -75,7 +75,7 @@ def train_flops_per_sample(exp: str, base_filters: int) -> int:
     return counter.get_total_flops()
 
 
-def save_records(records: list[dict[str, Any]], out: str | Path) -> None:
+def save_records(records: list[dict[str, Any]], out: str | Path, echo: bool = True) -> None:
     write_text(json.dumps(records, indent=2) + "\n", out)
-    for r in records:
+    for r in records if echo else ():
         print(f"{r['name']:<45} {r['value']:>14.4g} {r['unit']:<12} {json.dumps(r['config'])}")

@@ -15,6 +15,7 @@ One prepared script, about 6-8 minutes on one H100/H200:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, device_name, record, save_records, timed, train_flops_per_sample  # noqa: E402
+from common import MODELS, record, save_records, timed, train_flops_per_sample  # noqa: E402
 
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.data.cache import build_cache  # noqa: E402
@@ -46,13 +47,12 @@ EPOCHS, EPOCH_SUBJECTS = 200, 900
 MODEL_ONLY = [
     (8, "32-true", False, False, False),
     (8, "16-mixed", True, False, False),
-    (8, "16-mixed", False, False, False),
     (8, "bf16-mixed", False, False, False),
-    (8, "16-mixed", False, True, False),
-    (32, "bf16-mixed", False, True, False),
     (8, "16-mixed", True, False, True),
     (8, "bf16-mixed", False, True, True),
 ]
+# The row whose compiled step is profiled (torch.profiler, top kernels by CUDA time): the shipped config.
+PROFILED = (8, "16-mixed", True, False, True)
 
 
 def step_fn(exp: str, batch: int, base_filters: int, precision: str, checkpointing: bool, channels_last: bool,
@@ -84,7 +84,36 @@ def step_fn(exp: str, batch: int, base_filters: int, precision: str, checkpointi
     return step
 
 
-def model_only(base_filters: int, rows, device: str) -> list[dict]:
+def profile_step(step, config: dict, top: int = 12) -> list[dict]:
+    """Top CUDA kernels of three steps of `step` (torch.profiler), as share of the profiled CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    kernels = [
+        e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0
+    ]
+    total = sum(e.self_device_time_total for e in kernels)
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    records = [record("profile_cuda_ms_per_step", total / 3 / 1e3, "ms", **config)]
+    for e in kernels[:top]:
+        records.append(
+            record(
+                "profile_kernel_share",
+                e.self_device_time_total / total,
+                "fraction",
+                kernel=e.key[:120],
+                calls_per_step=e.count / 3,
+                **config,
+            )  # fmt: skip
+        )
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=top), flush=True)
+    return records
+
+
+def model_only(base_filters: int, rows, device: str, sink=None, profile: bool = False) -> list[dict]:
     flops = train_flops_per_sample("exp2", base_filters)
     records = []
     for batch, precision, ckpt, cl, comp in rows:
@@ -111,6 +140,14 @@ def model_only(base_filters: int, rows, device: str) -> list[dict]:
                 record("model_step_peak_memory_gb", torch.cuda.max_memory_allocated() / 1e9, "GB", **config)
             )
         print(f"model-only {config}: {rate:.1f} samples/s", flush=True)
+        if profile and device == "cuda" and (batch, precision, ckpt, cl, comp) == PROFILED:
+            try:
+                records += profile_step(fn, config)
+            except Exception as err:  # the profiler is diagnostics: the timings above stand without it
+                print(f"profile skipped: {type(err).__name__}: {err}", flush=True)
+        del fn
+        if sink:
+            sink(records)
     return records
 
 
@@ -204,7 +241,7 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         by.setdefault(r["name"], []).append(r)
     versions = ", ".join(f"{k} {v}" for k, v in records[0]["versions"].items())
-    lines = [f"Device: **{device_name()}**; {versions}; `make bench-gpu`, {time.strftime('%Y-%m-%d')}.", "",
+    lines = [f"Device: **{records[0]['device']}**; {versions}; `make bench-gpu`, {time.strftime('%Y-%m-%d')}.", "",
              "Real training loop (shipped Exp2 config: B=8, base 32, 16-mixed, checkpointing; ~900-subject epoch):", "",
              "| setting | samples/s | peak GB | 200 epochs × 900 |", "|---|---|---|---|"]  # fmt: skip
     peaks = {r["config"]["label"]: r["value"] for r in by.get("loop_peak_memory_gb", [])}
@@ -222,6 +259,14 @@ def markdown(records: list[dict]) -> str:
         c = r["config"]
         lines.append(f"| {c['batch']} | {c['precision']} | {c['gradient_checkpointing']} | {c['channels_last_3d']} | "
                      f"{c['compile']} | {r['value']:.1f} | {mem.get(str(c), float('nan')):.1f} |")  # fmt: skip
+    if by.get("profile_kernel_share"):
+        total = by["profile_cuda_ms_per_step"][0]["value"]
+        lines += ["", f"Profile of the compiled shipped step (torch.profiler, 3 steps; {total:.0f} ms of CUDA "
+                  "kernel time per step), top kernels by self CUDA time:", "",
+                  "| kernel | share | calls/step |", "|---|---|---|"]  # fmt: skip
+        for r in by["profile_kernel_share"]:
+            kernel = r["config"]["kernel"].replace("|", "/")
+            lines.append(f"| `{kernel}` | {100 * r['value']:.1f} % | {r['config']['calls_per_step']:.0f} |")
     return "\n".join(lines)
 
 
@@ -249,7 +294,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, default=8, help="processes for data generation and caching")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/PERFORMANCE.md")
+    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
+    parser.add_argument("--no-model-only", action="store_true", help="only the real-loop settings")
+    parser.add_argument(
+        "--only", action="append", metavar="TEXT", help="loop settings whose label contains TEXT (repeatable)"
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the GPU section of docs/PERFORMANCE.md from a results file",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        update_doc(markdown(json.loads(Path(args.render).read_text())))
+        return
     if args.smoke:
         device, bf, rows = (
             "cpu",
@@ -270,19 +328,31 @@ def main(argv: list[str] | None = None) -> None:
         device, bf, rows = "cuda", 32, MODEL_ONLY
         loop_common = {}
         subjects, epoch_subjects, steps, warmup = args.subjects, EPOCH_SUBJECTS, args.steps, args.warmup
+        # Most informative first: records are saved after each setting, so a run cut short keeps them.
         settings = {
             "eager, loader (4 workers, RAM cache)": {"train.compile": False, "data.gpu_cache": False},
-            "eager, GPU-resident": {"train.compile": False, "data.gpu_cache": True},
-            "compiled, loader (4 workers, RAM cache)": {"train.compile": True, "data.gpu_cache": False},
             "compiled, GPU-resident": {"train.compile": True, "data.gpu_cache": True},
-        }
+            "compiled, loader (4 workers, RAM cache)": {"train.compile": True, "data.gpu_cache": False},
+            "eager, GPU-resident": {"train.compile": False, "data.gpu_cache": True},
+            "compiled, GPU-resident, channels_last_3d": {
+                "train.compile": True, "data.gpu_cache": True, "train.channels_last": True,
+            },
+        }  # fmt: skip
+        if args.only:
+            settings = {k: v for k, v in settings.items() if any(o in k for o in args.only)}
     records = []
+
+    def sink(new: list[dict]) -> None:
+        save_records(records + new, args.out, echo=False)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         splits = prepare_data(work, subjects, epoch_subjects, args.workers)
         for label, overrides in settings.items():
             records += training_loop(work, splits, {**loop_common, **overrides}, steps, warmup, label)
-    records += model_only(bf, rows, device)
+            sink([])
+    if not args.no_model_only:
+        records += model_only(bf, rows, device, sink, profile=not args.no_profile)
     save_records(records, args.out)
     if not args.smoke and not args.no_doc:
         update_doc(markdown(records))
