@@ -4,6 +4,7 @@
 #   make lint      ruff check + ruff format --check + snakemake --lint
 #   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
 #   make bench     CPU benchmarks -> bench/results/cpu.json
+#   make bench-learning  the Exp2 learning study -> bench/results/learning.json, docs/LEARNING.md (~25 min)
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install test test-fast lint format demo bench bench-gpu clean
+.PHONY: install test test-fast lint format demo bench bench-gpu bench-learning clean
 
 $(BIN)/vae-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +50,9 @@ bench: install
 
 bench-gpu: install
 	$(BIN)/python bench/run_gpu.py --out bench/results/gpu.json
+
+bench-learning: install
+	$(BIN)/python bench/learning.py --out bench/results/learning.json
 
 clean:
 	rm -rf results .snakemake

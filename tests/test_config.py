@@ -13,6 +13,14 @@ EXP2_KEYS = {
     "train": {"seed", "max_epochs", "lr", "precision", "gradient_checkpointing"},
     "logging": {"save_dir", "recon_every_n_epochs", "num_recon_samples"},
 }  # fmt: skip
+# What the request leaves open, with the defaults chosen by bench/learning.py (docs/LEARNING.md).
+SBD_START_DEFAULTS = {
+    "sbd_z_gain": 0.1,
+    "sbd_coord_gain": 1.0,
+    "sbd_project_norm": True,
+    "logvar_init_bias": -4.0,
+}
+ENCODER_HEAD_LR_SCALE = 0.01
 
 
 def test_exp2_yaml_has_exactly_the_requested_keys_and_values():
@@ -21,10 +29,14 @@ def test_exp2_yaml_has_exactly_the_requested_keys_and_values():
     cfg = load_config(config_path("exp2_tcvae_sbd"))
     assert cfg["data"]["root_dir"] == "/media/mpascual/PortableSSD/Meningiomas/BraTS/BraTS_Men_Train"
     assert cfg["data"]["batch_size"] == 8 and cfg["data"]["val_split"] == 0.1
-    assert cfg["model"] == {
+    requested = {k: v for k, v in cfg["model"].items() if k in EXP2_KEYS["model"]}
+    assert requested == {
         "variant": "tcvae_sbd", "z_dim": 128, "input_channels": 4, "base_filters": 32, "norm": "GROUP",
         "sbd_grid_size": [8, 8, 8],
     }  # fmt: skip
+    # keys the request leaves open, with the defaults chosen by bench/learning.py (docs/LEARNING.md)
+    assert {k: v for k, v in cfg["model"].items() if k not in EXP2_KEYS["model"]} == SBD_START_DEFAULTS
+    assert cfg["train"]["encoder_head_lr_scale"] == ENCODER_HEAD_LR_SCALE
     assert cfg["loss"] == {
         "alpha": 1.0, "gamma": 1.0, "beta_tc_target": 6.0, "beta_tc_annealing_epochs": 40, "compute_in_fp32": True,
     }  # fmt: skip
@@ -36,7 +48,10 @@ def test_exp1_yaml_mirrors_exp2_with_its_own_variant_and_loss():
     exp1, exp2 = load_config(config_path("exp1_baseline_vae")), load_config(config_path("exp2_tcvae_sbd"))
     assert exp1["model"]["variant"] == "baseline_vae"
     assert exp1["loss"] == {"beta_kl_target": 1.0, "beta_kl_annealing_epochs": 40}
-    assert exp1["data"] == exp2["data"] and exp1["train"] == exp2["train"]
+    assert exp1["data"] == exp2["data"]
+    # the same training settings, but for the keys only Exp2 has and the Exp2-specific head lr
+    exp2_train = {k: v for k, v in exp2["train"].items() if k != "compute_tcvae_terms_in_fp32"}
+    assert exp1["train"] == {**exp2_train, "encoder_head_lr_scale": 1.0}
 
 
 def test_dotted_overrides_are_parsed_as_yaml_before_validation():
@@ -119,3 +134,25 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(config_path("exp2_tcvae_sbd"), ["train.max_epochs=7"])
     save_config(cfg, tmp_path / "config_resolved.yaml")
     assert load_config(tmp_path / "config_resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.sbd_z_gain=-0.1", r"model\.sbd_z_gain: -0\.1 must be >= 0"),
+        ("model.sbd_coord_gain=0", r"model\.sbd_coord_gain: 0\.0 must be > 0"),
+        ("model.sbd_project_norm=sometimes", r"model\.sbd_project_norm: expected true or false"),
+        ("model.logvar_init_bias=-50", r"model\.logvar_init_bias: -50\.0 must lie in \[-20, 5\]"),
+        ("model.logvar_init_bias=.nan", r"model\.logvar_init_bias: nan is not a finite number"),
+        ("train.encoder_head_lr_scale=0", r"train\.encoder_head_lr_scale: 0\.0 must be > 0"),
+    ],
+)
+def test_sbd_start_keys_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_path("exp2_tcvae_sbd"), [override])
+
+
+def test_sbd_start_keys_belong_to_exp2_and_exp1_keeps_a_plain_encoder_head():
+    with pytest.raises(ConfigError, match=r"model\.sbd_z_gain"):
+        load_config(config_path("exp1_baseline_vae"), ["model.sbd_z_gain=0.1"])
+    assert load_config(config_path("exp1_baseline_vae"))["train"]["encoder_head_lr_scale"] == 1.0

@@ -152,3 +152,42 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
     refused = subprocess.run([*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
     assert refused.returncode != 0 and "train.devices: 2 -> 1" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "env,devices,rank",
+    [
+        ({"LOCAL_RANK": "1", "NODE_RANK": "1", "WORLD_SIZE": "8"}, 4, 5),  # node 1 of 2, 4 GPUs each
+        ({"LOCAL_RANK": "0", "NODE_RANK": "2", "LOCAL_WORLD_SIZE": "2"}, 4, 4),  # torchrun's own count wins
+        ({"LOCAL_RANK": "3"}, 4, 3),
+        ({"RANK": "7", "LOCAL_RANK": "1"}, 4, 7),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, 1, 2),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, 2, 0),
+    ],
+)
+def test_launched_rank_counts_processes_per_node_not_the_world(monkeypatch, env, devices, rank):
+    from vae_dynamics.training.run import launched_rank
+
+    for key in (
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launched_rank(devices) == rank
+
+
+def test_a_rank_waiting_for_rank_0_times_out_with_its_own_error(monkeypatch, tmp_path):
+    from vae_dynamics.config import config_path, load_config
+    from vae_dynamics.training.run import RANK_WAIT_ENV, RankSetupTimeout, _train_other_rank
+
+    monkeypatch.setenv(RANK_WAIT_ENV, "0.5")
+    cfg = load_config(config_path("exp2_tcvae_sbd"))
+    with pytest.raises(RankSetupTimeout, match=rf"waited 0 s for rank 0 .*{RANK_WAIT_ENV}"):
+        _train_other_rank(cfg, tmp_path, None)

@@ -137,3 +137,30 @@ def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch
     assert (
         float((compiled_grad - eager_grad).norm() / eager_grad.norm()) < 1e-3
     )  # fused kernels round differently
+
+
+def test_the_loader_replays_an_epochs_batch_order_after_a_resume():
+    from vae_dynamics.data.datamodule import EpochSeededSampler
+
+    epoch = {"now": 0}
+    sampler = EpochSeededSampler(12, seed=42, epoch=lambda: epoch["now"])
+    orders = []
+    for e in range(3):
+        epoch["now"] = e
+        orders.append(list(sampler))
+    assert all(sorted(o) == list(range(12)) for o in orders) and orders[0] != orders[1] != orders[2]
+    resumed = EpochSeededSampler(12, seed=42, epoch=lambda: 2)  # a new process, resuming at epoch 2
+    assert list(resumed) == orders[2]
+
+
+def test_fewer_training_subjects_than_processes_is_a_clear_error(demo_splits, tmp_path):
+    from types import SimpleNamespace
+
+    from vae_dynamics.config import config_path, load_config
+    from vae_dynamics.data.datamodule import BraTSDataModule
+
+    cfg = load_config(config_path("exp2_tcvae_sbd"), {"data.cache_dir": str(tmp_path / "cache")})
+    dm = BraTSDataModule(cfg["data"], demo_splits)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=8)
+    with pytest.raises(ValueError, match=r"train\.csv\) has 4 subject\(s\), fewer than the 8 processes"):
+        dm.setup("fit")

@@ -46,3 +46,34 @@ def test_coords_ordering_is_depth_height_width():
 def test_coords_follow_the_module_to_another_dtype():
     sbd = SpatialBroadcast(z_dim=128, grid_size=8).to(torch.float64)
     assert sbd(torch.randn(3, 128, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_projection_with_unit_gains_is_the_plain_1x1x1_conv3d():
+    from vae_dynamics.models.components.sbd import BroadcastProjection
+
+    torch.manual_seed(0)
+    proj = BroadcastProjection(128, 32)
+    assert isinstance(proj, torch.nn.Conv3d) and proj.weight.shape == (32, 131, 1, 1, 1)
+    plain = torch.nn.Conv3d(131, 32, kernel_size=1)
+    plain.load_state_dict(proj.state_dict())  # the gain is a non-persistent buffer: same state_dict keys
+    x = SpatialBroadcast(128, 8)(torch.randn(2, 128))
+    assert torch.allclose(proj(x), plain(x), atol=1e-6)
+
+
+def test_projection_gains_scale_the_z_and_the_coordinate_columns_separately():
+    from vae_dynamics.models.components.sbd import BroadcastProjection
+
+    torch.manual_seed(0)
+    proj = BroadcastProjection(128, 16, z_gain=0.1, coord_gain=4.0)
+    plain = torch.nn.Conv3d(131, 16, kernel_size=1)
+    plain.load_state_dict(proj.state_dict())
+    x = SpatialBroadcast(128, 8)(torch.randn(2, 128))
+    bias = plain.bias.view(1, -1, 1, 1, 1)
+    z_only, coords_only = x.clone(), x.clone()
+    z_only[:, 128:] = 0
+    coords_only[:, :128] = 0
+    assert torch.allclose(proj(z_only) - bias, 0.1 * (plain(z_only) - bias), atol=1e-5)
+    assert torch.allclose(proj(coords_only) - bias, 4.0 * (plain(coords_only) - bias), atol=1e-5)
+    # z_gain 0: the decoder sees the coordinates only, whatever z is
+    zero = BroadcastProjection(128, 16, z_gain=0.0)
+    assert torch.equal(zero(x), zero(coords_only))

@@ -14,6 +14,7 @@ from vae_dynamics.data.cache import (
     build_cache,
     cache_dir_for,
     make_dataset,
+    prepare_cache_dir,
     ram_share,
     subject_records,
 )
@@ -66,7 +67,7 @@ def test_left_marker_lands_on_the_left_after_ras_orientation(demo_copy, tmp_path
 
 def test_second_pass_is_served_from_disk_without_transforms(demo_splits, tmp_path):
     records = subject_records(demo_splits / "val.csv")
-    cache_dir = cache_dir_for(tmp_path, DATA_CFG)
+    cache_dir = prepare_cache_dir(tmp_path, DATA_CFG)
     first = make_dataset(records, cache_dir, transforms_from_config(DATA_CFG))[0]
     assert len(list(cache_dir.glob("*.pt"))) == 1
 
@@ -80,7 +81,7 @@ def test_second_pass_is_served_from_disk_without_transforms(demo_splits, tmp_pat
 
 def test_corrupt_cache_file_is_recomputed(demo_splits, tmp_path):
     records = subject_records(demo_splits / "val.csv")
-    cache_dir = cache_dir_for(tmp_path, DATA_CFG)
+    cache_dir = prepare_cache_dir(tmp_path, DATA_CFG)
     transform = transforms_from_config(DATA_CFG)
     good = make_dataset(records, cache_dir, transform)[0]
     (cache_file,) = cache_dir.glob("*.pt")
@@ -95,23 +96,23 @@ def test_cache_stores_float16_within_the_rounding_bound(demo_splits, tmp_path):
     records = subject_records(demo_splits / "val.csv")
     transform = transforms_from_config(DATA_CFG)
     exact = transform(dict(records[0]))["image"]  # float32, straight from the transforms
-    cached = make_dataset(records, cache_dir_for(tmp_path, DATA_CFG), transform)[0]["image"]
+    cached = make_dataset(records, prepare_cache_dir(tmp_path, DATA_CFG), transform)[0]["image"]
     assert exact.dtype == torch.float32 and cached.dtype == torch.float16
     assert float(exact.min()) >= 0.0 and float(exact.max()) <= 1.0
     # round to nearest: |fp16(x) - x| <= half a unit in the last place, 2^-12 just below 1
     assert float((cached.float() - exact).abs().max()) <= 2.0**-12
     assert torch.equal(cached == 0, exact == 0)  # the background stays exactly 0
-    (cache_file,) = cache_dir_for(tmp_path, DATA_CFG).glob("*.pt")
+    (cache_file,) = prepare_cache_dir(tmp_path, DATA_CFG).glob("*.pt")
     assert cache_file.stat().st_size < 0.6 * (exact.numel() * 4)  # about half of float32
     assert (
-        json.loads((cache_dir_for(tmp_path, DATA_CFG) / "contract.json").read_text())["dtypes"]["image"]
+        json.loads((prepare_cache_dir(tmp_path, DATA_CFG) / "contract.json").read_text())["dtypes"]["image"]
         == "float16"
     )
 
 
 def test_a_failed_cache_write_leaves_no_file(demo_splits, tmp_path, monkeypatch):
     records = subject_records(demo_splits / "val.csv")
-    cache_dir = cache_dir_for(tmp_path, DATA_CFG)
+    cache_dir = prepare_cache_dir(tmp_path, DATA_CFG)
 
     def full_disk(obj, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
@@ -124,7 +125,7 @@ def test_a_failed_cache_write_leaves_no_file(demo_splits, tmp_path, monkeypatch)
 
 
 def test_changed_preprocessing_parameter_gives_a_new_cache_directory(tmp_path):
-    base = cache_dir_for(tmp_path, DATA_CFG)
+    base = prepare_cache_dir(tmp_path, DATA_CFG)
     assert cache_dir_for(tmp_path, dict(DATA_CFG)) == base
     for key, value in (("fov_mm", 200.0), ("intensity_percentile", 99.0), ("spacing", [1.0, 1.0, 1.5])):
         changed = cache_dir_for(tmp_path, {**DATA_CFG, key: value})
@@ -171,3 +172,9 @@ def test_datamodule_batches(demo_splits, tmp_path):
     assert batch["seg"].shape == (2, 1, 128, 128, 128)
     assert len(batch["subject_id"]) == 2
     assert len(dm.train_dataloader()) == 2 and len(dm.val_dataloader()) == 1
+
+
+def test_the_cache_path_getter_creates_nothing(tmp_path):
+    path = cache_dir_for(tmp_path / "cache", DATA_CFG)
+    assert not (tmp_path / "cache").exists()
+    assert prepare_cache_dir(tmp_path / "cache", DATA_CFG) == path and (path / "contract.json").is_file()

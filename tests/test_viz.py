@@ -49,3 +49,38 @@ def test_atomic_dir_replaces_a_folder_only_when_complete(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "new.png").write_bytes(b"new")
     assert [p.name for p in target.iterdir()] == ["new.png"]
+
+
+def test_two_writers_of_one_folder_get_their_own_staging_folders(tmp_path):
+    from vae_dynamics.io import atomic_dir
+
+    target = tmp_path / "evaluation"
+    with atomic_dir(target) as first, atomic_dir(target) as second:  # e.g. two Snakemake jobs
+        assert first != second
+        (first / "a.txt").write_text("first")
+        (second / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]  # the last to finish wins, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+
+
+def test_atomic_path_honours_the_umask_without_changing_it(tmp_path):
+    import os
+    import threading
+
+    from vae_dynamics.io import write_text
+
+    old = os.umask(0o027)
+    try:
+        seen = []
+        threads = [
+            threading.Thread(target=lambda i=i: write_text(str(i), tmp_path / f"f{i}.txt")) for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+            seen.append(os.umask(0o027))  # read back: nobody toggled it
+        assert set(seen) == {0o027}
+        assert {oct((tmp_path / f"f{i}.txt").stat().st_mode & 0o777) for i in range(8)} == {oct(0o640)}
+    finally:
+        os.umask(old)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,18 +14,21 @@ from typing import Any
 import pandas as pd
 
 
+def _unique_sibling(path: Path, kind: str) -> Path:
+    """A fresh hidden name beside `path` (unique per call: concurrent writers never share one)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+    tmp = _unique_sibling(path, "tmp")
+    # O_EXCL: ours alone; mode 0o666 filtered by the process umask, read without changing it
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -34,15 +37,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty folder beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield an empty folder beside `path`; it replaces `path` only if the block succeeds.
+
+    The folder has a name of its own (two writers never share one). An existing `path` is first renamed
+    aside, so that `path` is missing only between two renames, never while a folder is deleted.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _unique_sibling(path, "tmp")
+    tmp.mkdir()
     try:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
+        old = _unique_sibling(path, "old")
+        had_old = path.exists()
+        if had_old:
+            os.replace(path, old)
         os.replace(tmp, path)
+        if had_old:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,14 +24,17 @@ from vae_dynamics.io import atomic_dir, write_json, write_text
 def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
     """Send stdout, stderr and log records of a workflow step to its Snakemake log file.
 
-    DDP processes of rank > 0 (Lightning re-runs the step's script for them) append to rank 0's log.
+    Every process appends (O_APPEND: writes never overwrite each other), rank 0 after a header line.
+    DDP processes of rank > 0 (Lightning re-runs the step's script for them, or srun starts them with
+    rank 0) append to the same log; nothing truncates it, so no process erases another's lines.
     """
     from vae_dynamics.training.run import launched_rank
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if launched_rank() == 0:
-        Path(path).write_text("")  # a fresh log; every process then appends (O_APPEND: no overwrites)
     with open(path, "a", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        rank = launched_rank()
+        fh.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {'start' if rank == 0 else f'rank {rank}'} "
+                 f"(pid {os.getpid()}) ====\n")  # fmt: skip
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()

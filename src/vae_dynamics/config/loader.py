@@ -74,6 +74,10 @@ def _grid(v: list[int]) -> str | None:
     return None if list(v) == [8, 8, 8] else "is fixed to [8, 8, 8] (do not change)"
 
 
+def _logvar_bias(v: float) -> str | None:
+    return None if -20 <= v <= 5 else "must lie in [-20, 5] (sigma from 4.5e-5 to 12)"
+
+
 def _z_dim(v: int) -> str | None:
     return None if v == 128 else "is fixed to 128"
 
@@ -132,6 +136,8 @@ COMMON_SCHEMA: dict[str, dict[str, Field]] = {
         "strategy": Field("str", default="auto", optional=True, check=_choice("auto", "ddp")),
         # torch.compile of the model: auto = on with CUDA, off on CPU (compiling costs more than it gains there)
         "compile": Field("auto|bool", default="auto", optional=True),
+        # lr multiplier of the encoder's last Linear (fan-in 32·8³); see docs/LEARNING.md
+        "encoder_head_lr_scale": Field("float", default=1.0, optional=True, check=_positive),
     },
     "logging": {
         "save_dir": Field("str"),
@@ -148,7 +154,15 @@ VARIANT_SCHEMA: dict[str, dict[str, dict[str, Field]]] = {
         },
     },
     "tcvae_sbd": {
-        "model": {"sbd_grid_size": Field("list[int]", check=_grid, length=3)},
+        "model": {
+            "sbd_grid_size": Field("list[int]", check=_grid, length=3),
+            # Not in the request's YAML: how the SBD starts (docs/LEARNING.md). Gains of the z and the
+            # coordinate columns of the 1×1×1 projection, the GroupNorm after it, the initial log σ².
+            "sbd_z_gain": Field("float", default=0.1, optional=True, check=_non_negative),
+            "sbd_coord_gain": Field("float", default=1.0, optional=True, check=_positive),
+            "sbd_project_norm": Field("bool", default=True, optional=True),
+            "logvar_init_bias": Field("float", default=-4.0, optional=True, check=_logvar_bias),
+        },
         "loss": {
             "alpha": Field("float", check=_non_negative),
             "gamma": Field("float", check=_non_negative),
@@ -156,8 +170,12 @@ VARIANT_SCHEMA: dict[str, dict[str, dict[str, Field]]] = {
             "beta_tc_annealing_epochs": Field("int", check=_non_negative),
             "compute_in_fp32": Field("bool"),
         },
-        # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32".
-        "train": {"compute_tcvae_terms_in_fp32": Field("bool", optional=True)},
+        "train": {
+            # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32".
+            "compute_tcvae_terms_in_fp32": Field("bool", optional=True),
+            # Exp2's default: the encoder head at lr/100 (docs/LEARNING.md); Exp1 keeps 1.0.
+            "encoder_head_lr_scale": Field("float", default=0.01, optional=True, check=_positive),
+        },
     },
 }
 

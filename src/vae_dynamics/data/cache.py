@@ -61,8 +61,13 @@ def contract_hash(data_cfg: Mapping[str, Any]) -> str:
 
 
 def cache_dir_for(cache_root: str | os.PathLike[str], data_cfg: Mapping[str, Any]) -> Path:
-    """<cache_root>/<contract hash>/, with contract.json describing what is cached there."""
-    path = Path(cache_root) / contract_hash(data_cfg)
+    """<cache_root>/<contract hash>/: where this preprocessing contract's items live (creates nothing)."""
+    return Path(cache_root) / contract_hash(data_cfg)
+
+
+def prepare_cache_dir(cache_root: str | os.PathLike[str], data_cfg: Mapping[str, Any]) -> Path:
+    """cache_dir_for, created, with contract.json describing what is cached there (written once)."""
+    path = cache_dir_for(cache_root, data_cfg)
     path.mkdir(parents=True, exist_ok=True)
     contract_file = path / "contract.json"
     if not contract_file.exists():
@@ -201,7 +206,7 @@ def build_cache(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fill the cache for every subject of the split CSVs (in `workers` processes); write a manifest."""
-    cache_dir = cache_dir_for(cache_root, data_cfg)
+    cache_dir = prepare_cache_dir(cache_root, data_cfg)
     records = [r for csv in split_csvs for r in subject_records(csv)]
     bar = dict(total=len(records), desc="build_persistent_cache", unit="subject", disable=not progress)
     start = time.perf_counter()

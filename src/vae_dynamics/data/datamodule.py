@@ -15,8 +15,8 @@ from monai.data import DataLoader
 from vae_dynamics.data.cache import (
     CACHE_IMAGE_DTYPE,
     RamCachedDataset,
-    cache_dir_for,
     make_dataset,
+    prepare_cache_dir,
     ram_share,
     subject_records,
 )
@@ -118,6 +118,21 @@ class DeviceResidentBatches:
             }
 
 
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """A permutation per epoch seeded by (seed, epoch): a resumed run replays the batch order of an
+    uninterrupted one (a generator seeded once would restart at epoch 0's order after a resume)."""
+
+    def __init__(self, n: int, seed: int, epoch: Callable[[], int]) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class BraTSDataModule(L.LightningDataModule):
     """Yields batch["image"] float32 [B,4,128,128,128] and batch["seg"] uint8 [B,1,128,128,128].
 
@@ -152,7 +167,7 @@ class BraTSDataModule(L.LightningDataModule):
     def disk_dataset(self, split: str):
         """The `split` ("train" or "val") subjects served from the persistent disk cache only."""
         records = {"train": self.train_records, "val": self.val_records}[split]
-        cache_dir = cache_dir_for(self.cache_root, self.data_cfg)
+        cache_dir = prepare_cache_dir(self.cache_root, self.data_cfg)
         return make_dataset(records, cache_dir, transforms_from_config(self.data_cfg))
 
     def _training_device(self) -> torch.device:
@@ -169,6 +184,12 @@ class BraTSDataModule(L.LightningDataModule):
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         )
+        if len(train) < world:
+            raise ValueError(
+                f"the training split ({self.splits_dir / 'train.csv'}) has {len(train)} subject(s), fewer than "
+                f"the {world} processes of this run (train.devices × train.num_nodes): every process needs "
+                "at least one subject"
+            )
         device = self.resident_device
         if device is None:
             device = self._training_device()
@@ -196,10 +217,11 @@ class BraTSDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.data_cfg["num_workers"]
+        sampler = EpochSeededSampler(len(dataset), self.seed, self._current_epoch) if shuffle else None
         return DataLoader(  # MONAI's DataLoader seeds each worker's random state
             dataset,
             batch_size=self.data_cfg["batch_size"],
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),

@@ -16,6 +16,9 @@ SCALARS = (
     "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
     "kl_total", "n_subjects", "parameters", "epochs",
 )  # fmt: skip
+# Reconstruction headline: over the all-zero and the training-mean-volume predictors, and whether the
+# decoder uses the code (z_dependence: 1 = another subject's code reconstructs as well).
+RECON_SCALARS = ("val_mse_over_zero_predictor", "val_mse_over_mean_volume", "z_dependence")
 
 
 def flatten_metrics(
@@ -30,7 +33,8 @@ def flatten_metrics(
     for factor, value in (metrics.get("dci_informativeness_per_factor") or {}).items():
         row[f"dci_informativeness[{factor}]"] = value
     recon = metrics.get("reconstruction", {})
-    row["val_mse_over_zero_predictor"] = recon.get("val_mse_over_zero_predictor")
+    for key in RECON_SCALARS:
+        row[key] = recon.get(key)
     for modality, values in recon.get("per_modality", {}).items():
         for key, value in values.items():
             row[f"{key}[{modality}]"] = value
@@ -60,9 +64,11 @@ def compare_experiments(
 ) -> pd.DataFrame:
     """runs: name -> {"metrics": metrics.json, "summary": train_summary.json, "epochs": metrics.csv,
     "traversals": traversals.png}. Writes summary.csv (one column per experiment) and summary.md."""
-    columns, notes = {}, []
+    columns, notes, factor_files, traversed = {}, [], set(), set()
     for name, files in runs.items():
         metrics = json.loads(Path(files["metrics"]).read_text())
+        factor_files.add(metrics.get("factors_csv", "the subject factors"))
+        traversed.add(len(metrics.get("traversals", {}).get("dims", [])))
         summary = json.loads(Path(files["summary"]).read_text())
         columns[name] = flatten_metrics(metrics, summary, pd.read_csv(files["epochs"]))
         notes.append(
@@ -73,7 +79,7 @@ def compare_experiments(
     table.index.name = "quantity"
     write_csv(table.reset_index(), out_csv)
 
-    headline = [k for k in (*SCALARS, "val_mse_over_zero_predictor") if k in table.index]
+    headline = [k for k in (*SCALARS, *RECON_SCALARS) if k in table.index]
     recon_rows = [k for k in table.index if k.startswith(("mse[", "psnr[", "ssim["))]
     loss_rows = [k for k in table.index if k.startswith("final ")]
     names = list(columns)
@@ -88,8 +94,11 @@ def compare_experiments(
         f"# {' vs '.join(names)}",
         "",
         "Disentanglement is measured on the posterior means μ against the subject factors "
-        "(results/factors/factors.csv); higher MIG, DCI and SAP are better. Reconstruction quality is "
-        "measured on the validation subjects inside the brain mask.",
+        f"({', '.join(sorted(factor_files))}); higher MIG, DCI and SAP are better. Reconstruction quality is "
+        "measured on the validation subjects inside the brain mask. `val_mse_over_zero_predictor` and "
+        "`val_mse_over_mean_volume` < 1 mean better than an all-zero image and than the training-mean volume; "
+        "`z_dependence` is the error with another subject's code over the error with its own "
+        "(1 = the decoder ignores z).",
         "",
         "## Checkpoints",
         *notes,
@@ -103,7 +112,7 @@ def compare_experiments(
         "## Final epoch loss terms",
         *md_table(loss_rows),
         "",
-        "## Traversals (the 8 dimensions with the largest KL)",
+        f"## Traversals (the {'/'.join(str(n) for n in sorted(traversed))} dimensions with the largest KL)",
     ]
     for name, files in runs.items():
         rel = os.path.relpath(files["traversals"], out_dir)

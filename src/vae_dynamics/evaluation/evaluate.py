@@ -24,7 +24,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from scipy.stats import spearmanr
 
 from vae_dynamics.evaluation.encode import TrainedRun, load_run, split_datasets
-from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical
+from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical, latent_columns
 from vae_dynamics.evaluation.traversals import (
     TRAVERSAL_MODALITIES,
     TRAVERSAL_VALUES,
@@ -64,10 +64,28 @@ def masked_quality(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> 
 
 
 @torch.inference_mode()
-def reconstruction_quality(run: TrainedRun, val_dataset) -> tuple[pd.DataFrame, dict[str, Any], list[dict]]:
-    """Per validation subject and modality: quality of x̂ = decode(μ) inside the brain; and the items seen."""
+def mean_volume(dataset) -> torch.Tensor:
+    """The voxelwise mean of a dataset's images [4, D, H, W]: the best predictor that ignores the code."""
+    total = None
+    for i in range(len(dataset)):
+        x = dataset[i]["image"].float()
+        total = x.clone() if total is None else total.add_(x)
+    return total / len(dataset)
+
+
+@torch.inference_mode()
+def reconstruction_quality(
+    run: TrainedRun, val_dataset, train_mean: torch.Tensor | None = None
+) -> tuple[pd.DataFrame, dict[str, Any], list[dict]]:
+    """Per validation subject and modality: quality of x̂ = decode(μ) inside the brain; and the items seen.
+
+    The summary holds the validation MSE over the all-zero predictor's, over the training-mean
+    volume's (`train_mean`; < 1 means the code adds something to the average head), and z_dependence:
+    mean over subjects of MSE(x_i, decode(μ_{i+1})) / MSE(x_i, decode(μ_i)), the next validation
+    subject's code in place of its own (1 = the decoder ignores z).
+    """
     modalities = run.cfg["data"]["modalities"]
-    rows, items, ratios = [], [], []
+    rows, items, ratios, errors, mean_errors = [], [], [], [], []
     for i in range(len(val_dataset)):
         item = val_dataset[i]
         x = item["image"].float()
@@ -78,14 +96,29 @@ def reconstruction_quality(run: TrainedRun, val_dataset) -> tuple[pd.DataFrame, 
             rows.append(
                 {"subject_id": item["subject_id"], "modality": name, **masked_quality(x_hat[c], x[c], brain)}
             )
+        errors.append(float(torch.sum((x_hat - x) ** 2)))
         ratios.append(float(torch.mean((x_hat - x) ** 2) / torch.clamp(torch.mean(x**2), min=1e-12)))
+        if train_mean is not None:
+            mean_errors.append(float(torch.sum((train_mean - x) ** 2)))
         items.append({"subject_id": item["subject_id"], "mu": mu[0].cpu(), "seg": item["seg"]})
+    dependence = []
+    if len(items) >= 2:
+        for i in range(len(items)):
+            x = val_dataset[i]["image"].float()
+            other = items[(i + 1) % len(items)]["mu"][None].to(run.device)
+            swapped = float(torch.sum((run.model.decode(other)[0].float().cpu() - x) ** 2))
+            dependence.append(swapped / max(errors[i], 1e-12))
     table = pd.DataFrame(rows, columns=["subject_id", "modality", "mse", "psnr", "ssim"])
     per_modality = {
         name: {k: float(group[k].mean()) for k in ("mse", "psnr", "ssim")}
         for name, group in table.groupby("modality", sort=False)
     }
-    summary = {"per_modality": per_modality, "val_mse_over_zero_predictor": float(np.mean(ratios))}
+    summary = {
+        "per_modality": per_modality,
+        "val_mse_over_zero_predictor": float(np.mean(ratios)),
+        "val_mse_over_mean_volume": float(sum(errors) / sum(mean_errors)) if mean_errors else None,
+        "z_dependence": float(np.mean(dependence)) if dependence else None,
+    }
     return table, summary, items
 
 
@@ -151,17 +184,28 @@ def _evaluate_into(
         "checkpoint_choice": run.summary.get("checkpoint_choice"),
         "epochs": run.summary.get("epochs"),
         "parameters": int(sum(p.numel() for p in run.model.parameters())),
+        "factors_csv": str(factors_csv),
     }
     metrics.update(compute_metrics(latents, factors))
 
-    recon_table, recon_summary, val_items = reconstruction_quality(run, split_datasets(run)["val"])
+    datasets = split_datasets(run)
+    recon_table, recon_summary, val_items = reconstruction_quality(
+        run, datasets["val"], mean_volume(datasets["train"])
+    )
     write_csv(recon_table, tmp / "recon_metrics.csv")
     metrics["reconstruction"] = recon_summary
+    metrics["val_mse_over_zero_predictor"] = recon_summary["val_mse_over_zero_predictor"]
+    metrics["val_mse_over_mean_volume"] = recon_summary["val_mse_over_mean_volume"]
+    metrics["z_dependence"] = recon_summary["z_dependence"]
 
-    kl = np.asarray(metrics["kl_per_dim"])
+    if "kl_per_dim" in metrics:  # latents with logvar_* columns: rank dimensions by their KL
+        kl, ranked_by = np.asarray(metrics["kl_per_dim"]), "kl"
+    else:  # μ only (e.g. latents from another encoder): rank by the between-subject variance of μ
+        kl, ranked_by = latents[latent_columns(latents, "mu_")].var().to_numpy(), "var(mu)"
     order = [int(j) for j in np.argsort(-kl, kind="stable")]
     rho, names = factor_correlations(latents, factors, order)
     metrics["factor_correlations"] = {
+        "dims_ranked_by": ranked_by,
         "dims_by_kl": order,
         "factors": names,
         "max_abs_spearman_per_factor": {n: float(rho[:, k].max()) for k, n in enumerate(names)},
@@ -188,7 +232,7 @@ def _evaluate_into(
         plot_traversal_dimension(
             slices[i], dim, float(kl[dim]), TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, TRAVERSAL_VIEWS,
             tmp / "traversals" / f"z{dim:03d}.png",
-            title=f"{experiment}: z{dim} (KL {kl[dim]:.2f} nats) around {ref['subject_id']}",
+            title=f"{experiment}: z{dim} ({ranked_by} {kl[dim]:.2f}) around {ref['subject_id']}",
         )  # fmt: skip
     return metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -9,7 +10,14 @@ import torch
 
 from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_vae_loss
 from vae_dynamics.models import TCVAESBD, BaselineVAE
+from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share, z_dependence
 from vae_dynamics.training.schedules import linear_warmup
+
+log = logging.getLogger("vae_dynamics.train")
+
+# After the β warm-up, a run whose decoder changes its output by less than this when handed another
+# subject's code (z_dependence) is reported as ignoring z.
+Z_IGNORED_BELOW = 1.05
 
 
 def distributed_world() -> tuple[int, int]:
@@ -33,6 +41,19 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(t), dim=0)
 
 
+def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: every parameter at lr, the encoder's last Linear at lr · encoder_head_lr_scale.
+
+    That Linear reads all 32·8³ head features; Adam moves each weight by about lr per step, so its
+    outputs (μ, log σ²) can move by lr · Σ|h| ≈ thousands of times lr in one step, whatever the
+    gradient's size: a shared drift of μ and an exploding σ that stall the SBD (docs/LEARNING.md).
+    """
+    head = list(model.encoder.head.parameters())
+    ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * encoder_head_lr_scale}]
+
+
 class _VAEStepsMixin:
     """Shared step plumbing: forward, loss with the epoch's β, logging of every returned term.
 
@@ -49,6 +70,8 @@ class _VAEStepsMixin:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         x_hat, mu, logvar, z = self.model(x)
+        if stage == "val":
+            self._val_posteriors.append((mu.detach().float(), logvar.detach().float()))
         try:
             terms = self.compute_loss(x_hat, x, mu, logvar, z)
         except NonFiniteLossError as exc:
@@ -79,10 +102,42 @@ class _VAEStepsMixin:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0 and batch["image"].shape[0] >= 2:
+            self._probe_decoder(batch["image"])
         return self._step(batch, "val")
 
+    # ---- diagnostics: is the code used? (models/diagnostics.py) ----------------------------------
+    _val_posteriors: list
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_posteriors, self._probe = [], {}
+
+    def _probe_decoder(self, x: torch.Tensor) -> None:
+        """z-dependence and the spatial share of the decoder input, on the first validation batch."""
+        mu, _ = self.model.encoder(x)
+        self._probe = {"z_dependence": z_dependence(self.model, x, mu),
+                       "spatial_share": spatial_share(decoder_input(self.model, mu))}  # fmt: skip
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._val_posteriors:
+            return
+        mu, logvar = (torch.cat(t) for t in zip(*self._val_posteriors))
+        stats = {**(latent_summary(mu, logvar) if mu.shape[0] >= 2 else {}), **self._probe}
+        world, _ = distributed_world()
+        self.log_dict({f"val/{k}": float(v) for k, v in stats.items()}, sync_dist=world > 1)
+        if self.current_epoch + 1 >= self.warmup_epochs and stats:
+            problems = []
+            if stats.get("active_units", 2) < 2:
+                problems.append(f"only {stats['active_units']:.0f} active latent unit(s)")
+            if stats.get("z_dependence", 2.0) < Z_IGNORED_BELOW:
+                problems.append(f"the decoder ignores z (z_dependence {stats['z_dependence']:.3f})")
+            if problems:
+                log.warning("epoch %d: %s (docs/LEARNING.md says what to look at)",
+                            self.current_epoch, "; ".join(problems))  # fmt: skip
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr)
+        scale = self.hparams.get("encoder_head_lr_scale", 1.0)  # absent in checkpoints saved before it
+        return torch.optim.AdamW(param_groups(self.model, self.hparams.lr, scale))
 
 
 class VAELitModule(_VAEStepsMixin, L.LightningModule):
@@ -97,6 +152,7 @@ class VAELitModule(_VAEStepsMixin, L.LightningModule):
         beta_kl_target: float,
         beta_kl_annealing_epochs: int,
         channels_last: bool = False,
+        encoder_head_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,6 +165,10 @@ class VAELitModule(_VAEStepsMixin, L.LightningModule):
         return linear_warmup(
             self.current_epoch, self.hparams.beta_kl_target, self.hparams.beta_kl_annealing_epochs
         )
+
+    @property
+    def warmup_epochs(self) -> int:
+        return self.hparams.beta_kl_annealing_epochs
 
     def compute_loss(self, x_hat, x, mu, logvar, z) -> dict[str, torch.Tensor]:
         return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=self.beta_kl)
@@ -129,6 +189,7 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         gamma: float = 1.0,
         compute_in_fp32: bool = True,
         channels_last: bool = False,
+        encoder_head_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +203,10 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         return linear_warmup(
             self.current_epoch, self.hparams.beta_tc_target, self.hparams.beta_tc_annealing_epochs
         )
+
+    @property
+    def warmup_epochs(self) -> int:
+        return self.hparams.beta_tc_annealing_epochs
 
     def compute_loss(self, x_hat, x, mu, logvar, z) -> dict[str, torch.Tensor]:
         world, rank = distributed_world()

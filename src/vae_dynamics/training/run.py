@@ -23,6 +23,7 @@ import yaml
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_config, save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
@@ -34,6 +35,13 @@ from vae_dynamics.training.callbacks import (
     EpochMetricsLogger,
     ReconSnapshotCallback,
     TargetBetaCheckpoint,
+)
+from vae_dynamics.training.checkpointing import (
+    AtomicCheckpointIO,
+    DamagedCheckpointError,
+    Preempted,
+    PreemptionCheckpoint,
+    intact_resume_checkpoint,
 )
 from vae_dynamics.training.lit_modules import LIT_MODULES
 
@@ -54,6 +62,14 @@ class ResumeError(RuntimeError):
     """A resume was asked for but is impossible or would mix different experiments."""
 
 
+class RankSetupTimeout(RuntimeError):
+    """A DDP process of rank > 0 waited too long for rank 0 to prepare the run directory."""
+
+
+# How long ranks > 0 wait for rank 0's splits and config (seconds; rank 0 may index a large dataset).
+RANK_WAIT_ENV = "VAE_DYNAMICS_RANK_WAIT_S"
+
+
 def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Constructor keywords of the experiment's model from a validated config."""
     m = cfg["model"]
@@ -63,6 +79,9 @@ def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     if m["variant"] == "tcvae_sbd":
         kwargs["sbd_grid_size"] = tuple(m["sbd_grid_size"])
+        kwargs.update(
+            {k: m[k] for k in ("sbd_z_gain", "sbd_coord_gain", "sbd_project_norm", "logvar_init_bias")}
+        )
     return kwargs
 
 
@@ -71,7 +90,8 @@ def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
     variant = cfg["model"]["variant"]
     if variant not in LIT_MODULES:
         raise ConfigError(f"model.variant: {variant!r} unknown; valid variants: {sorted(LIT_MODULES)}")
-    common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg))
+    common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg),
+                  encoder_head_lr_scale=cfg["train"]["encoder_head_lr_scale"])  # fmt: skip
     module = LIT_MODULES[variant](model_kwargs(cfg), **common, **cfg["loss"])
     if use_compile(cfg):
         # nn.Module.compile() compiles in place: the state_dict keeps its keys (no `_orig_mod.`), so
@@ -227,18 +247,19 @@ def resolve_strategy(cfg: dict[str, Any]) -> str:
     return "ddp" if strategy == "auto" and world_size(cfg) > 1 else strategy
 
 
-def launched_rank() -> int:
+def launched_rank(devices_per_node: int | None = None) -> int:
     """0 for the process that writes the run's files; > 0 for the other processes of a DDP run.
 
     Lightning re-runs the command for ranks > 0 with LOCAL_RANK / NODE_RANK set (torchrun sets RANK);
     `srun` with several tasks sets SLURM_PROCID. A single-task SLURM job is rank 0 whatever SLURM says.
+    The global rank is NODE_RANK · (processes per node) + LOCAL_RANK; processes per node come from
+    LOCAL_WORLD_SIZE (torchrun) or `devices_per_node` (train.devices).
     """
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
     if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"]) + int(os.environ.get("NODE_RANK", 0)) * int(
-            os.environ.get("WORLD_SIZE", 1)
-        )
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", devices_per_node or 1))
+        return int(os.environ["LOCAL_RANK"]) + int(os.environ.get("NODE_RANK", 0)) * per_node
     if int(os.environ.get("SLURM_NTASKS", 1)) > 1:
         return int(os.environ.get("SLURM_PROCID", 0))
     return 0
@@ -264,14 +285,14 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         run_dir / "recon", cfg["logging"]["recon_every_n_epochs"], cfg["logging"]["num_recon_samples"],
         cfg["data"]["modalities"],
     )  # fmt: skip
-    plugins = []
+    plugins: list = [AtomicCheckpointIO()]  # checkpoints written beside their destination, never $TMPDIR
     if world_size(cfg) > 1 and os.environ.get("SLURM_NTASKS") == "1" and cfg["train"]["num_nodes"] == 1:
         # One SLURM task holding several devices (e.g. a Snakemake job): Lightning starts one process
         # per device itself. With one task per device (`srun --ntasks-per-node=N`) SLURM starts them.
         plugins.append(LightningEnvironment())
     return L.Trainer(
         default_root_dir=run_dir,
-        plugins=plugins or None,
+        plugins=plugins,
         accelerator="gpu" if on_cuda else "cpu",
         devices=cfg["train"]["devices"],
         num_nodes=cfg["train"]["num_nodes"],
@@ -279,7 +300,13 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         precision=resolve_precision(cfg),
         max_epochs=cfg["train"]["max_epochs"],
         logger=CSVLogger(save_dir=run_dir, name="logs"),
-        callbacks=[checkpoint, recon, EpochMetricsLogger(), TQDMProgressBar(refresh_rate=1)]
+        callbacks=[
+            checkpoint,
+            recon,
+            EpochMetricsLogger(),
+            TQDMProgressBar(refresh_rate=1),
+            PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
+        ]
         + ([CompileTimer()] if use_compile(cfg) else []),
         log_every_n_steps=1,
         num_sanity_val_steps=0,
@@ -310,12 +337,15 @@ def train(
     Under DDP every rank runs this function (Lightning re-runs the command for ranks > 0, or srun starts
     them all); only rank 0 writes the run directory's files, the other ranks read what it wrote.
     """
-    rank = launched_rank()
+    rank = launched_rank(cfg["train"]["devices"])
     if run_dir is None:
         run_dir = os.environ.get(RUN_DIR_ENV) if rank > 0 else None
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     splits_dir = Path(splits_dir) if splits_dir else None
     ckpt_path = check_resume(run_dir, cfg, splits_dir) if resume else None
+    damage_note = None
+    if ckpt_path is not None:  # last.ckpt, or the newest intact one when it is damaged
+        ckpt_path, damage_note = intact_resume_checkpoint(ckpt_path.parent)
     if rank > 0:
         return _train_other_rank(cfg, run_dir, ckpt_path)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +354,9 @@ def train(
     handler = setup_file_logging(run_dir)
     try:
         log.info("%s run %s in %s", "resuming" if resume else "starting", experiment_name(cfg), run_dir)
+        if damage_note is not None:
+            log.warning(damage_note)
+            print(f"train: WARNING: {damage_note}", file=sys.stderr)
         if ckpt_path is not None:
             log.info("resuming from %s", ckpt_path)
         log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
@@ -336,7 +369,7 @@ def train(
         module = build_module(cfg, datamodule.n_train)
         trainer = build_trainer(cfg, run_dir)
         log.info("device: %s, precision: %s", trainer.strategy.root_device, trainer.precision)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit(trainer, module, datamodule, ckpt_path)
         checkpoint = trainer.checkpoint_callback
         best, choice = choose_checkpoint(checkpoint, run_dir, warmup_epochs(cfg))
         summary = {
@@ -356,23 +389,39 @@ def train(
         log.info("finished: %s", summary)
         return summary
     finally:
+        os.environ.pop(RUN_DIR_ENV, None)
         teardown_file_logging(handler)
 
 
 def _train_other_rank(cfg: dict[str, Any], run_dir: Path, ckpt_path: Path | None) -> dict[str, Any]:
     """A rank > 0 of a DDP run: train on what rank 0 prepared (splits, config); write nothing."""
     splits = run_dir / "splits"
-    deadline = time.time() + 600
+    wait_s = float(os.environ.get(RANK_WAIT_ENV, 6 * 3600))
+    deadline = time.time() + wait_s
     while not ((splits / "val.csv").is_file() and (run_dir / "config_resolved.yaml").is_file()):
         if time.time() > deadline:  # srun starts all ranks at once: wait for rank 0's files
-            raise ResumeError(f"a DDP process waited 10 minutes for rank 0 to prepare {splits}; none came")
+            raise RankSetupTimeout(
+                f"a DDP process waited {wait_s:.0f} s for rank 0 to write {splits}/val.csv and "
+                f"{run_dir}/config_resolved.yaml (rank 0 indexes and splits the data first); none came. "
+                f"Look at rank 0's log; raise the wait with {RANK_WAIT_ENV}=<seconds>."
+            )
         time.sleep(1)
     L.seed_everything(cfg["train"]["seed"], workers=True)
     datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
     module = build_module(cfg, datamodule.n_train)
     trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit(trainer, module, datamodule, ckpt_path)
     return {"run_dir": str(run_dir.resolve())}
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule, ckpt_path: Path | None) -> None:
+    """trainer.fit; a pre-emption (SIGTERM/SIGUSR1, last.ckpt saved) leaves as Preempted (exit 75)."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as exc:
+        raise Preempted("SIGTERM received; last.ckpt holds the last completed step") from exc
+    except Preempted as exc:
+        raise Preempted(f"{exc}; last.ckpt holds the last completed step") from exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,8 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = train(cfg, args.run_dir, args.resume, args.splits)
-    except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError) as exc:
+    except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError, DamagedCheckpointError) as exc:
         sys.exit(f"train: {exc}")
+    except Preempted as exc:
+        print(f"train: pre-empted: {exc}; run the same command with --resume to continue", file=sys.stderr)
+        raise SystemExit(exc.code) from None
     if "best_checkpoint" in summary:  # rank 0
         print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
 

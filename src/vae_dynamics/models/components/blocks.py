@@ -90,5 +90,10 @@ def run_blocks(
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, I)."""
+    """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, I), drawn in float32 even under autocast.
+
+    Under bf16/fp16 autocast the encoder's head returns half-precision mu and logvar; sampling in that
+    precision would round z (bf16 keeps 8 bits), and the fp32 MWS terms would see the rounded draw.
+    """
+    mu, logvar = mu.float(), logvar.float()
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

@@ -10,7 +10,7 @@ from torch import nn
 from vae_dynamics.models.components.blocks import group_norm, reparameterize
 from vae_dynamics.models.components.decoder import UpsamplingDecoder, decoder_widths
 from vae_dynamics.models.components.resnet3d import ResNet3dEncoder
-from vae_dynamics.models.components.sbd import SpatialBroadcast
+from vae_dynamics.models.components.sbd import BroadcastProjection, SpatialBroadcast
 
 
 class TCVAESBD(nn.Module):
@@ -24,6 +24,10 @@ class TCVAESBD(nn.Module):
         norm: str = "GROUP",
         sbd_grid_size: Sequence[int] = (8, 8, 8),
         gradient_checkpointing: bool = False,
+        sbd_z_gain: float = 1.0,
+        sbd_coord_gain: float = 1.0,
+        sbd_project_norm: bool = True,
+        logvar_init_bias: float = 0.0,
     ) -> None:
         super().__init__()
         if norm.upper() != "GROUP":
@@ -35,7 +39,15 @@ class TCVAESBD(nn.Module):
             input_channels, base_filters, z_dim, gradient_checkpointing=gradient_checkpointing
         )
         self.broadcast = SpatialBroadcast(z_dim, grid_size=sbd_grid_size[0])
-        self.project = nn.Sequential(nn.Conv3d(z_dim + 3, c0, kernel_size=1), group_norm(c0), nn.SiLU())
+        # 131 -> C0 by a 1×1×1 Conv3d (the request); the gains and the GroupNorm after it are this
+        # codebase's choices (model.sbd_z_gain, model.sbd_coord_gain, model.sbd_project_norm).
+        self.project = nn.Sequential(
+            BroadcastProjection(z_dim, c0, z_gain=sbd_z_gain, coord_gain=sbd_coord_gain),
+            group_norm(c0) if sbd_project_norm else nn.Identity(),
+            nn.SiLU(),
+        )
+        # The posterior's initial log-variance (model.logvar_init_bias): 0 gives sigma = 1 at init.
+        nn.init.constant_(self.encoder.head.bias[z_dim:], logvar_init_bias)
         self.decoder = UpsamplingDecoder(base_filters, input_channels, gradient_checkpointing)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,191 @@
+"""Checkpoints that survive a shared cluster: atomic writes beside the destination, damage checks,
+and a save at the next step boundary when SLURM (or anyone) asks the job to stop.
+
+- AtomicCheckpointIO: Lightning's TorchCheckpointIO stages each file through fsspec in $TMPDIR and
+  moves it across file systems (a copy that a kill or a full disk can cut short). Here the file is
+  written beside its destination, fsync'ed and renamed with os.replace; a failed save removes its
+  staging file, leaves every existing checkpoint as it was, and says which file, how much was written
+  and whether the disk is full.
+- intact_resume_checkpoint: last.ckpt if it loads, else the newest intact checkpoint of the run (and
+  why), else an error naming the damaged file.
+- PreemptionCheckpoint: on SIGTERM or SIGUSR1 (`sbatch --signal=USR1@120`), save last.ckpt at the
+  next step boundary and exit with PREEMPTED_EXIT_CODE, so that a retry or a requeue resumes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger("vae_dynamics.train")
+
+# EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry".
+PREEMPTED_EXIT_CODE = 75
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; existing checkpoints are untouched."""
+
+
+def _fsync_dir(path: Path) -> None:
+    """Best effort: persist a rename in `path` (not every file system supports fsync on a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a staging file beside the destination, fsync, os.replace; never $TMPDIR."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(staging, path)
+        except BaseException as exc:
+            written = os.path.getsize(staging) if os.path.exists(staging) else 0
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the staging file is gone, the old checkpoint stays
+            free = shutil.disk_usage(path.parent).free
+            full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = "the disk is full (or the quota is reached)" if full else f"{type(exc).__name__}: {exc}"
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {reason}; {written / 1e6:.1f} MB were written before the "
+                f"failure, {free / 1e6:.1f} MB are free in {path.parent}. Existing checkpoints are unchanged."
+            ) from exc
+        _fsync_dir(path.parent)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be resumed from (None when it is intact): unreadable, truncated, bad CRC, no state."""
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.save's format: a zip archive with CRCs
+            bad = archive.testzip()
+            if bad is not None:
+                return f"member {bad} fails its CRC check"
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    missing = [k for k in ("state_dict", "epoch", "global_step", "optimizer_states") if k not in ckpt]
+    return f"no {', '.join(missing)} in it" if missing else None
+
+
+class DamagedCheckpointError(RuntimeError):
+    """No intact checkpoint to resume from."""
+
+
+def intact_resume_checkpoint(checkpoints_dir: Path) -> tuple[Path, str | None]:
+    """last.ckpt if it loads; else the newest intact *.ckpt beside it and a note of what happened.
+
+    Raises DamagedCheckpointError naming the damaged file when no checkpoint of the run is intact:
+    restarting from epoch 0 in the same run directory would silently mix two trainings.
+    """
+    last = checkpoints_dir / "last.ckpt"
+    problem = checkpoint_problem(last)
+    if problem is None:
+        return last, None
+    others = sorted(
+        (p for p in checkpoints_dir.glob("*.ckpt") if p.name != "last.ckpt"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for candidate in others:
+        if checkpoint_problem(candidate) is None:
+            return candidate, (
+                f"{last} is damaged ({problem}); resuming from the newest intact checkpoint {candidate.name} "
+                "instead (the epochs after it are trained again)"
+            )
+    raise DamagedCheckpointError(
+        f"{last} is damaged ({problem}) and no other intact checkpoint is in {checkpoints_dir}; "
+        "refusing to restart from epoch 0 in the same run directory. Delete the run directory to start "
+        "over, or restore the file from a backup."
+    )
+
+
+class Preempted(SystemExit):
+    """The run was asked to stop (SIGTERM/SIGUSR1); last.ckpt holds the step it reached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGUSR1 (ours) or SIGTERM (Lightning's flag), save last.ckpt at the next step boundary and stop.
+
+    SIGUSR1 is taken over while training runs (Lightning's SLURM auto-requeue handler would requeue the
+    job itself, behind Snakemake's back); the previous handler comes back when training ends.
+    """
+
+    def __init__(self, last_path: str | os.PathLike[str]) -> None:
+        self.last_path = Path(last_path)
+        self.requested: str | None = None
+        self._previous: Any = None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.requested is not None:
+            raise Preempted(f"{self.requested} received")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+        if not isinstance(exception, (Preempted, SIGTERMException)):
+            return
+        trainer.save_checkpoint(self.last_path)
+        log.warning(
+            "pre-empted (%s) at epoch %d, global step %d: saved %s; run the same command again (or let "
+            "Snakemake's retry / a SLURM requeue do it) to resume from there",
+            exception if isinstance(exception, Preempted) else "SIGTERM received",
+            trainer.current_epoch, trainer.global_step, self.last_path,
+        )  # fmt: skip
