@@ -20,7 +20,7 @@ $(BIN)/vae-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(HAS_GPU),1)
-	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)" || $(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)"
 endif
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(BIN)/vae-train

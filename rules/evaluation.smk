@@ -63,6 +63,18 @@ rule evaluate_latents:
             category="{exp}",
             subcategory="latent space",
         ),
+        kl=report(
+            "results/{exp}/evaluation/kl_per_dim.png",
+            caption="../workflow/report/kl_per_dim.rst",
+            category="{exp}",
+            subcategory="latent space",
+        ),
+        latent_map=report(
+            "results/{exp}/evaluation/latent_map.png",
+            caption="../workflow/report/latent_map.rst",
+            category="{exp}",
+            subcategory="latent space",
+        ),
         per_dimension=report(
             directory("results/{exp}/evaluation/traversals"),
             patterns=["{dim}.png"],

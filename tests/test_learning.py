@@ -7,6 +7,7 @@ instead of exp(0.5·logvar), lr 0, a recon callback that ignores its every-n set
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -143,8 +144,13 @@ def test_recon_snapshots_only_at_selected_epochs_with_4_modalities_x_input_recon
 @pytest.mark.slow
 def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
     run_dir = tmp_path / "exp2"
+    splits = tmp_path / "splits"  # 3 train / 2 val subjects: the latent diagnostics need two
+    splits.mkdir()
+    subjects = pd.concat([pd.read_csv(demo_splits / "train.csv"), pd.read_csv(demo_splits / "val.csv")])
+    subjects.iloc[:3].to_csv(splits / "train.csv", index=False)
+    subjects.iloc[3:].to_csv(splits / "val.csv", index=False)
     args = train_script_args("exp2_tcvae_sbd", run_dir, tmp_path / "cache", "train.lr=2e-4")
-    args += ["--splits", str(demo_splits)]
+    args += ["--splits", str(splits)]
     result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best checkpoint:" in result.stdout
@@ -154,11 +160,34 @@ def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
             values = metrics[f"{stage}/{key}"].dropna().to_numpy(dtype=float)
             assert len(values) == 1 and np.isfinite(values).all(), f"{stage}/{key}"
     assert metrics["train/beta_tc"].dropna().iloc[0] == 0.0
+    for key in ("active_units", "mu_spread_rms", "mean_sigma", "kl_top5", "spatial_share", "z_dependence"):
+        values = metrics[f"val/{key}"].dropna().to_numpy(dtype=float)  # the "is z used?" diagnostics
+        assert len(values) == 1 and np.isfinite(values).all(), key
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert state["global_step"] == 2 and state["hyper_parameters"]["lr"] == 2e-4
-    assert state["hyper_parameters"]["dataset_size"] == 4
-    assert (run_dir / "config_resolved.yaml").is_file() and (run_dir / "train.log").is_file()
+    assert state["global_step"] == 1 and state["hyper_parameters"]["lr"] == 2e-4
+    assert state["hyper_parameters"]["dataset_size"] == 3
+    assert (run_dir / "config_resolved.yaml").is_file()
     assert len(list((run_dir / "recon" / "epoch_0").glob("*.png"))) == 1
+    log = (run_dir / "train.log").read_text()
+    assert "samples/s" in log and "epoch 0 done" in log  # progress lines: stderr is not a terminal
+    assert "\r" not in result.stderr  # no progress bar in a log file
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {"train/loss", "train/tc", "val/recon", "val/z_dependence"} <= set(events.Tags()["scalars"])
+    (recon_tag,) = [t for t in events.Tags()["images"] if t.startswith("recon/")]
+    assert events.Images(recon_tag)[0].width > 100
+
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    from importlib.metadata import version
+
+    assert prov["packages"]["torch"] == version("torch") and prov["packages"]["lightning"] == version(
+        "lightning"
+    )
+    assert prov["finished"] >= prov["started"] and prov["host"] and prov["command"][0] == "train.py"
+    assert len(prov["git_commit"] or "") in (0, 40)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -78,6 +78,16 @@ def _logvar_bias(v: float) -> str | None:
     return None if -20 <= v <= 5 else "must lie in [-20, 5] (sigma from 4.5e-5 to 12)"
 
 
+def _loggers(v: list[str]) -> str | None:
+    known = ("csv", "tensorboard", "wandb", "mlflow")
+    unknown = [x for x in v if x not in known]
+    if unknown:
+        return f"unknown logger(s) {unknown}; known: {list(known)}"
+    if "csv" not in v or len(set(v)) != len(v):
+        return "must list csv (the request's metrics.csv) and each logger once"
+    return None
+
+
 def _z_dim(v: int) -> str | None:
     return None if v == 128 else "is fixed to 128"
 
@@ -143,6 +153,10 @@ COMMON_SCHEMA: dict[str, dict[str, Field]] = {
         "save_dir": Field("str"),
         "recon_every_n_epochs": Field("int", check=_positive),
         "num_recon_samples": Field("int", check=_non_negative),
+        # Not in the request's YAML. csv is the request's metrics.csv and always kept.
+        "loggers": Field("list[str]", default=["csv", "tensorboard"], optional=True, check=_loggers),
+        # Progress lines in train.log when stderr is not a terminal (a TQDM bar otherwise).
+        "progress_every_n_steps": Field("int", default=50, optional=True, check=_positive),
     },
 }
 

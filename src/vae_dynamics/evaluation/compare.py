@@ -49,6 +49,19 @@ def flatten_metrics(
     return row
 
 
+def _provenance_line(prov: Mapping[str, Any]) -> str:
+    """One line: commit (dirty?), versions, GPUs, host and dates of the training run."""
+    run = prov.get("training")
+    if not run:
+        return "no provenance.json (a run from before it was recorded)"
+    commit = (run.get("git_commit") or "no git checkout")[:12] + (
+        " (uncommitted changes)" if run.get("git_dirty") else ""
+    )
+    packages = ", ".join(f"{k} {v}" for k, v in run.get("packages", {}).items() if v and k != "vae_dynamics")
+    gpus = ", ".join(run.get("gpus") or []) or "no GPU"
+    return f"commit {commit}; {packages}; CUDA {run.get('cuda')}; {gpus}; {run.get('host')}, {run.get('started')} – {run.get('finished')}"
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
@@ -64,7 +77,7 @@ def compare_experiments(
 ) -> pd.DataFrame:
     """runs: name -> {"metrics": metrics.json, "summary": train_summary.json, "epochs": metrics.csv,
     "traversals": traversals.png}. Writes summary.csv (one column per experiment) and summary.md."""
-    columns, notes, factor_files, traversed = {}, [], set(), set()
+    columns, notes, factor_files, traversed, provenance_lines = {}, [], set(), set(), []
     for name, files in runs.items():
         metrics = json.loads(Path(files["metrics"]).read_text())
         factor_files.add(metrics.get("factors_csv", "the subject factors"))
@@ -75,6 +88,7 @@ def compare_experiments(
             f"- **{name}** ({summary['experiment']}): checkpoint `{Path(summary['best_checkpoint']).name}` — "
             f"{summary.get('checkpoint_choice', 'best val/loss')}"
         )
+        provenance_lines.append(f"- **{name}**: {_provenance_line(metrics.get('provenance') or {})}")
     table = pd.DataFrame(columns)
     table.index.name = "quantity"
     write_csv(table.reset_index(), out_csv)
@@ -102,6 +116,9 @@ def compare_experiments(
         "",
         "## Checkpoints",
         *notes,
+        "",
+        "## Provenance (training run)",
+        *provenance_lines,
         "",
         "## Latent space",
         *md_table(headline),

@@ -10,6 +10,7 @@ into the output folder, which is assembled beside it and renamed into place when
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -33,14 +34,19 @@ from vae_dynamics.evaluation.traversals import (
     tumour_centre,
 )
 from vae_dynamics.io import atomic_dir, write_csv, write_json
+from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
+from vae_dynamics.training.tracking import finish_provenance, provenance
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
+    plot_kl_per_dim,
+    plot_latent_map,
     plot_traversal_dimension,
     plot_traversal_overview,
 )
 
 log = logging.getLogger(__name__)
 N_TRAVERSED = 8
+MAP_FACTORS = 6  # panels of latent_map.png: the first continuous factors
 SSIM_WINDOW = 7
 
 
@@ -151,6 +157,10 @@ def factor_correlations(
     return rho, names
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def evaluate_run(
     summary_path: str | os.PathLike[str],
     latents_csv: str | os.PathLike[str],
@@ -185,6 +195,10 @@ def _evaluate_into(
         "epochs": run.summary.get("epochs"),
         "parameters": int(sum(p.numel() for p in run.model.parameters())),
         "factors_csv": str(factors_csv),
+        "provenance": {
+            "training": _read_json(run.run_dir / "provenance.json"),  # runs from before it: None
+            "evaluation": finish_provenance(provenance()),
+        },
     }
     metrics.update(compute_metrics(latents, factors))
 
@@ -213,6 +227,18 @@ def _evaluate_into(
     plot_factor_correlations(
         rho, [f"z{j} ({kl[j]:.2f})" for j in order], names, tmp / "factor_correlations.png",
         title=f"{experiment}: |Spearman ρ| of μ_j and subject factors ({len(latents)} subjects)",
+    )  # fmt: skip
+
+    mu_all = latents[latent_columns(latents, "mu_")].to_numpy(dtype=float)
+    plot_kl_per_dim(
+        kl, mu_all.var(axis=0), ACTIVE_UNIT_THRESHOLD, tmp / "kl_per_dim.png",
+        title=f"{experiment}: {ranked_by} per latent dimension ({metrics['active_units']} active units)",
+    )  # fmt: skip
+    table = latents[["subject_id"]].merge(factors, on="subject_id", how="left")
+    main = [n for n in names if not is_categorical(table[n])][:MAP_FACTORS] if names else []
+    plot_latent_map(
+        mu_all, {n: table[n].to_numpy(dtype=float) for n in main}, tmp / "latent_map.png",
+        title=f"{experiment}: μ of {len(latents)} subjects on its two principal axes",
     )  # fmt: skip
 
     # Reference: the validation subject with the largest tumour; slices through its tumour centre.

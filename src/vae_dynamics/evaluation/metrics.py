@@ -34,9 +34,9 @@ from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegress
 from sklearn.metrics import mutual_info_score
 
 from vae_dynamics.io import write_json
+from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 
 N_BINS = 20
-ACTIVE_UNIT_THRESHOLD = 0.01
 MIN_SUBJECTS = 100  # below this the binned MI estimates are dominated by their bias
 
 

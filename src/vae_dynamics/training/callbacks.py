@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vae_dynamics.training.tracking import log_image
 from vae_dynamics.viz.recon import save_recon_panel
 
 log = logging.getLogger("vae_dynamics.train")
@@ -39,10 +40,11 @@ class ReconSnapshotCallback(L.Callback):
                 with torch.autocast(device_type=pl_module.device.type, enabled=False):
                     mu, _ = pl_module.model.encoder(x)
                     x_hat = pl_module.model.decode(mu)  # posterior mean: stable snapshots
+                png = out / f"{item['subject_id']}.png"
                 save_recon_panel(
-                    item["image"], x_hat[0], out / f"{item['subject_id']}.png", self.modalities,
-                    title=f"{item['subject_id']} — epoch {epoch}",
+                    item["image"], x_hat[0], png, self.modalities, title=f"{item['subject_id']} — epoch {epoch}",
                 )  # fmt: skip
+                log_image(trainer, f"recon/{item['subject_id']}", png, epoch)
         log.info("epoch %d: recon snapshots -> %s", epoch, out)
 
 

@@ -22,14 +22,13 @@ import torch
 import yaml
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_config, save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
 from vae_dynamics.data.splits import make_splits
-from vae_dynamics.io import atomic_path
+from vae_dynamics.io import atomic_path, write_json
 from vae_dynamics.training.callbacks import (
     CompileTimer,
     EpochMetricsLogger,
@@ -44,6 +43,7 @@ from vae_dynamics.training.checkpointing import (
     intact_resume_checkpoint,
 )
 from vae_dynamics.training.lit_modules import LIT_MODULES
+from vae_dynamics.training.tracking import build_loggers, finish_provenance, progress_callbacks, provenance
 
 log = logging.getLogger("vae_dynamics.train")
 
@@ -285,6 +285,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         run_dir / "recon", cfg["logging"]["recon_every_n_epochs"], cfg["logging"]["num_recon_samples"],
         cfg["data"]["modalities"],
     )  # fmt: skip
+    progress = progress_callbacks(cfg["logging"]["progress_every_n_steps"])
     plugins: list = [AtomicCheckpointIO()]  # checkpoints written beside their destination, never $TMPDIR
     if world_size(cfg) > 1 and os.environ.get("SLURM_NTASKS") == "1" and cfg["train"]["num_nodes"] == 1:
         # One SLURM task holding several devices (e.g. a Snakemake job): Lightning starts one process
@@ -299,15 +300,16 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),
         max_epochs=cfg["train"]["max_epochs"],
-        logger=CSVLogger(save_dir=run_dir, name="logs"),
+        logger=build_loggers(cfg["logging"]["loggers"], run_dir, experiment_name(cfg)),
         callbacks=[
             checkpoint,
             recon,
             EpochMetricsLogger(),
-            TQDMProgressBar(refresh_rate=1),
+            *progress,
             PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
         ]
         + ([CompileTimer()] if use_compile(cfg) else []),
+        enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in progress),
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=True,
@@ -352,6 +354,8 @@ def train(
     for sub in ("checkpoints", "logs", "recon", "splits"):
         (run_dir / sub).mkdir(exist_ok=True)
     handler = setup_file_logging(run_dir)
+    record = provenance()
+    write_json(record, run_dir / "provenance.json")
     try:
         log.info("%s run %s in %s", "resuming" if resume else "starting", experiment_name(cfg), run_dir)
         if damage_note is not None:
@@ -386,6 +390,7 @@ def train(
             "n_train": datamodule.n_train,
             "n_val": len(datamodule.val_records),
         }
+        write_json(finish_provenance(record), run_dir / "provenance.json")
         log.info("finished: %s", summary)
         return summary
     finally:

@@ -118,3 +118,68 @@ def plot_traversal_dimension(
             ax.set_yticks([])
         fig.suptitle(title or f"z{dim} (KL {kl:.2f} nats)", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.5 * rows + 0.6)))
+
+
+def plot_kl_per_dim(
+    kl: np.ndarray, mu_variance: np.ndarray, threshold: float, path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """Where the information is: KL per dimension, largest first; active units (Var μ > threshold) coloured."""
+    order = np.argsort(-kl, kind="stable")
+    active = mu_variance[order] > threshold
+    with figure_file(path, dpi=90, figsize=(10, 3.4)) as (fig, ax):
+        x = np.arange(len(kl))
+        ax.bar(
+            x[active], kl[order][active], width=0.9, color="tab:blue", label=f"active (Var μ > {threshold:g})"
+        )
+        ax.bar(x[~active], kl[order][~active], width=0.9, color="lightgrey", label="inactive")
+        n_active = int(active.sum())
+        ax.axvline(n_active - 0.5 if n_active else -0.5, color="tab:red", ls="--", lw=1)
+        ax.text(max(n_active - 0.5, 0), ax.get_ylim()[1] * 0.95, f" {n_active} active", color="tab:red",
+                va="top", fontsize=8)  # fmt: skip
+        ax.set(
+            xlabel="latent dimension, sorted by KL", ylabel="KL(q(z_j|x) ‖ N(0,1)) [nats]", xlim=(-1, len(kl))
+        )
+        ticks = x[:: max(1, len(kl) // 16)]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"z{order[t]}" for t in ticks], fontsize=6, rotation=90)
+        ax.legend(fontsize=7, loc="upper right")
+        if title:
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+
+
+def plot_latent_map(
+    mu: np.ndarray, factors: dict[str, np.ndarray], path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """The posterior means projected on their two principal axes, one panel per factor (colour)."""
+    centred = mu - mu.mean(axis=0, keepdims=True)
+    if len(mu) >= 2 and np.abs(centred).max() > 0:
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centred @ vt[:1].T, np.zeros(len(mu))]
+        explained = (s[:2] ** 2) / max((s**2).sum(), 1e-12)
+    else:
+        xy, explained = np.zeros((len(mu), 2)), np.zeros(2)
+    names = list(factors) or ["(no factor)"]
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    with figure_file(
+        path, dpi=90, nrows=nrows, ncols=ncols, figsize=(4 * ncols, 3.4 * nrows), squeeze=False
+    ) as (
+        fig,
+        axes,
+    ):
+        for ax, name in zip(axes.flat, names):
+            values = factors.get(name)
+            if values is None:
+                ax.scatter(xy[:, 0], xy[:, 1], s=14)
+            else:
+                points = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=14, cmap="viridis")
+                fig.colorbar(points, ax=ax, fraction=0.05)
+            ax.set_title(name, fontsize=8)
+            ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f} % of Var μ)", fontsize=7)
+            ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f} %)", fontsize=7)
+        for ax in list(axes.flat)[len(names) :]:
+            ax.axis("off")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()

@@ -1,0 +1,180 @@
+"""What a researcher watches around a run: experiment loggers, progress lines, provenance.
+
+- build_loggers: `logging.loggers` -> Lightning loggers, all writing into the run directory
+  (csv: logs/version_*/metrics.csv, as the request requires; tensorboard: tensorboard/; wandb and
+  mlflow when their packages are installed: `pip install -e ".[wandb]"` / `".[mlflow]"`).
+- progress_callbacks: a TQDM bar on a terminal; in a log file (Snakemake, SLURM) one line every
+  `logging.progress_every_n_steps` steps and one per epoch, with samples/s, ETA and the loss terms.
+- provenance: versions, CUDA/cuDNN, GPUs, git commit (and whether the tree was dirty), host, command
+  line, start and end time -> provenance.json in the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+log = logging.getLogger("vae_dynamics.train")
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+# The Python module each optional logger needs, and the extra that installs it.
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+                   "mlflow": ("mlflow", "mlflow")}  # fmt: skip
+
+
+class LoggerUnavailableError(RuntimeError):
+    """A logger named in logging.loggers needs a package that is not installed."""
+
+
+def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logger]:
+    """Lightning loggers for `logging.loggers`, in that order (CSV first: the request's metrics.csv)."""
+    loggers: list[Logger] = []
+    for name in names:
+        if name in LOGGER_PACKAGES:
+            module, extra = LOGGER_PACKAGES[name]
+            if importlib.util.find_spec(module) is None:
+                raise LoggerUnavailableError(
+                    f'logging.loggers: {name!r} needs the {module} package: pip install -e ".[{extra}]" '
+                    f"(or remove {name!r} from logging.loggers)"
+                )
+        if name == "csv":
+            loggers.append(CSVLogger(save_dir=run_dir, name="logs"))
+        elif name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", default_hp_metric=False))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(run_dir), name=run_dir.name, project=experiment))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_dir.name,
+                                        tracking_uri=f"file:{run_dir / 'mlruns'}"))  # fmt: skip
+    return loggers
+
+
+def log_image(trainer: L.Trainer, tag: str, png: Path, step: int) -> None:
+    """Send a saved PNG to every logger that shows images (TensorBoard, W&B)."""
+    loggers = [lg for lg in trainer.loggers if type(lg).__name__ in ("TensorBoardLogger", "WandbLogger")]
+    if not loggers:
+        return
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]  # H, W, RGB floats in [0, 1]
+    for lg in loggers:
+        if type(lg).__name__ == "TensorBoardLogger":
+            lg.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+        else:
+            lg.log_image(key=tag, images=[image], step=step)
+
+
+class LogProgress(Callback):
+    """One log line every `every_n_steps` training steps and one per epoch: rate, ETA, loss terms."""
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = every_n_steps
+        self.start: float | None = None
+        self.samples = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start, self.samples, self.first_step = time.perf_counter(), 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.samples += batch["image"].shape[0] * trainer.world_size
+        if trainer.global_step % self.every_n_steps == 0:
+            log.info("%s", self._line(trainer, outputs))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("epoch %d done: %s", trainer.current_epoch, self._line(trainer, None))
+
+    def _line(self, trainer: L.Trainer, outputs: Any) -> str:
+        elapsed = max(time.perf_counter() - (self.start or time.perf_counter()), 1e-9)
+        done = trainer.global_step - self.first_step
+        per_epoch = trainer.num_training_batches if trainer.num_training_batches != float("inf") else 0
+        total = trainer.max_epochs * per_epoch if trainer.max_epochs and per_epoch else None
+        eta = (total - trainer.global_step) * elapsed / done if total and done else None
+        loss = (
+            float(outputs["loss"] if isinstance(outputs, dict) else outputs) if outputs is not None else None
+        )
+        parts = [f"epoch {trainer.current_epoch}", f"step {trainer.global_step}" + (f"/{total}" if total else ""),
+                 f"{self.samples / elapsed:.1f} samples/s"]  # fmt: skip
+        if eta is not None:
+            parts.append(f"ETA {dt.timedelta(seconds=round(eta))}")
+        if loss is not None:
+            parts.append(f"loss {loss:.6g}")
+        terms = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        parts += [f"{k} {v:.4g}" for k, v in sorted(terms.items())]
+        return ", ".join(parts)
+
+
+def progress_callbacks(every_n_steps: int, interactive: bool | None = None) -> list[Callback]:
+    """A TQDM bar on a terminal; progress lines in train.log (and the step's log) otherwise."""
+    if interactive is None:
+        interactive = sys.stderr.isatty()
+    return [TQDMProgressBar(refresh_rate=1)] if interactive else [LogProgress(every_n_steps)]
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def provenance(started: float | None = None) -> dict[str, Any]:
+    """Where and with what a run ran: enough to trace metrics.json back to the code that made it."""
+    repo = Path(__file__).resolve().parents[3]
+    commit = _git(["rev-parse", "HEAD"], repo)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
+    cuda = torch.cuda.is_available()
+    return {
+        "started": dt.datetime.fromtimestamp(started or time.time(), dt.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "finished": None,
+        "host": socket.gethostname(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "cwd": os.getcwd(),
+        "git_commit": commit,
+        "git_dirty": bool(status) if commit else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {
+            name: _package_version(name)
+            for name in ("vae_dynamics", "torch", "lightning", "monai", "numpy", "nibabel", "snakemake")
+        },  # fmt: skip
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def finish_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
