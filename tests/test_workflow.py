@@ -187,22 +187,25 @@ def test_completed_run_rerun_is_a_noop(interrupted_then_finished):
 def test_changed_parameter_retrains_in_a_new_run_directory(interrupted_then_finished, demo_root):
     work = interrupted_then_finished["work"]
     old_summary = json.loads((work / "results/exp2/train_summary.json").read_text())
-    out = snakemake(work, "-n", "--config", 'overrides={"train.max_epochs": 3, "model.base_filters": 16, '
+    out = snakemake(work, "-n", "--config", 'overrides={"train.lr": 3e-4, "model.base_filters": 16, '
                     '"data.batch_size": 2, "data.num_workers": 0, "train.precision": "32-true"}',
                     "--", "results/exp2/done").stdout  # fmt: skip
     assert "train_exp2" in out and "index_subjects" not in out
     from vae_dynamics.workflow import config_hash, resolve_experiment
 
-    new_cfg = resolve_experiment(
-        REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml", data_root=str(demo_root),
-        overrides={**OVERRIDES, "train.max_epochs": 3}, cache_dir="results/cache/tensors",
-    )  # fmt: skip
-    old_cfg = resolve_experiment(
-        REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml", data_root=str(demo_root),
-        overrides=OVERRIDES, cache_dir="results/cache/tensors",
-    )  # fmt: skip
+    def resolved(**extra):
+        return resolve_experiment(
+            REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml", data_root=str(demo_root),
+            overrides={**OVERRIDES, **extra}, cache_dir="results/cache/tensors",
+        )  # fmt: skip
+
+    old_cfg = resolved()
     assert old_summary["run_dir"].endswith(config_hash(old_cfg))  # the identity the workflow uses
-    assert config_hash(new_cfg) != config_hash(old_cfg)  # so a changed parameter never resumes it
+    assert config_hash(resolved(**{"train.lr": 3e-4})) != config_hash(old_cfg)  # a new run, never resumed
+    assert config_hash(resolved(**{"model.sbd_z_gain": 0.5})) != config_hash(old_cfg)
+    # how long, how fast, where: the same run (a longer max_epochs continues it)
+    for same in ({"train.max_epochs": 30}, {"data.num_workers": 3}, {"logging.recon_every_n_epochs": 7}):
+        assert config_hash(resolved(**same)) == config_hash(old_cfg), same
 
 
 def test_changed_data_root_reindexes(interrupted_then_finished, tmp_path):
@@ -237,3 +240,16 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
 def test_snakemake_lint_is_clean():
     result = snakemake(REPO, "--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_dry_run_imports_neither_torch_nor_monai():
+    """`snakemake -n` on a login node: the rules' imports stay light (no torch, MONAI or Lightning)."""
+    code = (
+        "import sys, runpy; sys.argv = ['snakemake', '-n', '--cores', '1', '--configfile', 'config/demo.yaml', "
+        "'--snakefile', 'Snakefile', '--', 'results/exp2/done']\n"
+        "try:\n    runpy.run_module('snakemake', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'monai', 'lightning') if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'EXIT', code)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "HEAVY [] EXIT 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

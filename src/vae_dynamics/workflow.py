@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -16,7 +14,7 @@ from typing import Any
 import yaml
 
 from vae_dynamics.config import ConfigError, load_config
-from vae_dynamics.data.cache import CONTRACT_KEYS
+from vae_dynamics.config.identity import CONTRACT_KEYS, run_identity
 from vae_dynamics.io import atomic_dir, write_json, write_text
 
 
@@ -97,8 +95,12 @@ def resolve_experiment(
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
-    """Identity of a training run: any change of the resolved config starts a new run directory."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    """Identity of a training run (config/identity.py): what it learns, not how long, fast or where.
+
+    Raising train.max_epochs or changing data.num_workers keeps the run directory (the run continues);
+    a change of the model, loss, data contract, splits seed, optimiser or precision starts a new one.
+    """
+    return run_identity(cfg)
 
 
 def train_step(
@@ -114,7 +116,8 @@ def train_step(
 
     run_dir = Path(run_dir)
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-    summary = train(cfg, run_dir, resume=resume, splits_dir=None if resume else splits_dir)
+    # On resume the splits are compared with the run's own (re-indexed data is refused, as on the CLI).
+    summary = train(cfg, run_dir, resume=resume, splits_dir=splits_dir)
     if "best_checkpoint" not in summary:  # a DDP process of rank > 0: rank 0 writes the outputs
         return summary
     summary["resumed"] = resume

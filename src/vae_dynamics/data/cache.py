@@ -29,6 +29,7 @@ from monai.data import PersistentDataset
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from vae_dynamics.config.identity import CONTRACT_KEYS
 from vae_dynamics.data import FILE_KEYS
 from vae_dynamics.data.transforms import transforms_from_config
 from vae_dynamics.io import atomic_path, write_json
@@ -42,7 +43,6 @@ PREPROCESSING_VERSION = 1
 # 2^-12 (half a unit in the last place below 1), and disk, RAM and host-to-GPU copies are halved.
 # Consumers cast to float32 (on the device, after the copy): BraTSDataModule.on_after_batch_transfer.
 CACHE_IMAGE_DTYPE = torch.float16
-CONTRACT_KEYS = ("modalities", "roi_size", "spacing", "orientation", "fov_mm", "intensity_percentile")
 
 
 def preprocessing_contract(data_cfg: Mapping[str, Any]) -> dict[str, Any]:

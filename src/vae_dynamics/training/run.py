@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_dynamics.config import ConfigError, diff_keys, experiment_name, load_config, save_config
+from vae_dynamics.config.identity import RESUME_FREE_KEYS, RESUME_LOCKED_KEYS, RESUME_LOCKED_SECTIONS
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.index import NoValidSubjectsError, index_subjects
 from vae_dynamics.data.splits import make_splits
@@ -47,15 +48,8 @@ from vae_dynamics.training.tracking import build_loggers, finish_provenance, pro
 
 log = logging.getLogger("vae_dynamics.train")
 
-# Sections whose change makes a checkpoint meaningless for this config (resume is refused).
-RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
-# Keys outside those sections that must not change on resume: the global batch (M of the MWS
-# estimator) and the data shards depend on the device count.
-RESUME_LOCKED_KEYS = ("train.devices", "train.num_nodes")
 # Set by rank 0 before Lightning launches the other ranks (which re-run the same command).
 RUN_DIR_ENV = "VAE_DYNAMICS_RUN_DIR"
-# Keys that change where data is held or how fast it flows, not what is learnt.
-RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir", "data.gpu_cache"}
 
 
 class ResumeError(RuntimeError):
