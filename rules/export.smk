@@ -20,6 +20,8 @@ rule export_recon_panels:
         ),
     wildcard_constraints:
         exp="exp1|exp2",
+    resources:
+        gpu=1,  # decodes on CUDA when present (the script claims its own GPU: vae_dynamics/gpus.py)
     log:
         "logs/export_recon_panels_{exp}.log",
     benchmark:

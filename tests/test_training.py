@@ -209,3 +209,30 @@ def test_default_run_directory_is_timestamped_with_the_experiment_name(tmp_path)
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
     path = new_run_dir(cfg)
     assert path.parent == tmp_path / "runs" and path.name.endswith("_exp2_tcvae_sbd")
+
+
+def test_a_damaged_last_ckpt_resumes_from_the_newest_intact_checkpoint_or_stops(exp2_run, tmp_path, capsys):
+    import shutil
+
+    from vae_dynamics.training.checkpointing import DamagedCheckpointError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exp2_run["run_dir"], run_dir)
+    (best,) = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])  # a copy cut short by a kill
+    loss = {"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4}
+    cfg = small_exp_config("exp2_tcvae_sbd", run_dir.parent, **loss, **{"train.max_epochs": 4})
+    summary = train(cfg, run_dir, resume=True)
+    assert summary["global_step"] == 8  # from the best checkpoint's step 6, one more epoch of 2 steps
+    note = "last.ckpt is damaged"
+    assert note in capsys.readouterr().err and best.name in (run_dir / "train.log").read_text()
+    # nothing intact: refuse, naming the file, and change nothing
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.write_bytes(b"PK\x03\x04 truncated")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(
+        DamagedCheckpointError, match=rf"{last}.* is damaged .* refusing to restart from epoch 0"
+    ):
+        train(cfg, run_dir, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before

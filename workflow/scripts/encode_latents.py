@@ -3,9 +3,10 @@
 import torch
 
 from vae_dynamics.evaluation.encode import encode_latents
+from vae_dynamics.gpus import claim_gpus
 from vae_dynamics.workflow import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0]), claim_gpus(1):
     torch.set_num_threads(snakemake.threads)
     table = encode_latents(
         snakemake.input.summary, snakemake.output[0], batch_size=snakemake.params.batch_size,

@@ -5,9 +5,10 @@ from pathlib import Path
 import torch
 
 from vae_dynamics.evaluation.evaluate import evaluate_run
+from vae_dynamics.gpus import claim_gpus
 from vae_dynamics.workflow import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0]), claim_gpus(1):
     torch.set_num_threads(snakemake.threads)
     i = snakemake.input
     metrics = evaluate_run(i.summary, i.latents, i.factors, Path(snakemake.output.metrics).parent)

@@ -1,0 +1,81 @@
+"""GPU placement for concurrent jobs on one machine: each job claims its own GPUs.
+
+Snakemake counts GPUs (`resources: gpu=N`) but does not say which: without this, two GPU jobs on a
+4-GPU workstation both run on cuda:0. `claim_gpus(n)` takes n free GPUs under per-GPU lock files
+(fcntl locks: released by the kernel when the process ends, even if it is killed) and sets
+CUDA_VISIBLE_DEVICES to them before CUDA is initialised. It does nothing when a scheduler already
+chose (CUDA_VISIBLE_DEVICES set, as SLURM does), when the machine has no GPU, or when n is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("vae_dynamics.gpus")
+
+# Comma-separated GPU indices to choose from (default: every GPU nvidia-smi lists).
+GPUS_ENV = "VAE_DYNAMICS_GPUS"
+
+
+def machine_gpus() -> list[str]:
+    """GPU indices of this machine, without initialising CUDA (nvidia-smi, or VAE_DYNAMICS_GPUS)."""
+    if os.environ.get(GPUS_ENV) is not None:
+        return [g.strip() for g in os.environ[GPUS_ENV].split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"vae_dynamics-gpu-locks-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def claim_gpus(n: int, wait_s: float = 24 * 3600, poll_s: float = 2.0) -> Iterator[list[str]]:
+    """Hold n GPUs of this machine for the block (CUDA_VISIBLE_DEVICES); yield their indices."""
+    gpus = machine_gpus()
+    if n <= 0 or not gpus or os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        yield []
+        return
+    if n > len(gpus):
+        raise RuntimeError(f"{n} GPU(s) asked for, this machine has {len(gpus)} ({', '.join(gpus)})")
+    folder = lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    held: list[tuple[str, int]] = []
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            for gpu in gpus:
+                if len(held) == n or gpu in {g for g, _ in held}:
+                    continue
+                fd = os.open(folder / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                held.append((gpu, fd))
+            if len(held) == n:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {wait_s:.0f} s for {n} free GPU(s) of {gpus}; locks in {folder}")
+            time.sleep(poll_s)
+        chosen = [g for g, _ in held]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+        log.info("GPU(s) %s claimed (CUDA_VISIBLE_DEVICES=%s)", chosen, os.environ["CUDA_VISIBLE_DEVICES"])
+        yield chosen
+    finally:
+        if held:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        for _, fd in held:
+            os.close(fd)  # closing the descriptor releases the lock
