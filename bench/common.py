@@ -79,3 +79,14 @@ def save_records(records: list[dict[str, Any]], out: str | Path, echo: bool = Tr
     write_text(json.dumps(records, indent=2) + "\n", out)
     for r in records if echo else ():
         print(f"{r['name']:<45} {r['value']:>14.4g} {r['unit']:<12} {json.dumps(r['config'])}")
+
+
+def replace_between_markers(doc: Path, name: str, text: str) -> None:
+    """Rewrite what lies between `<!-- {name}:start -->` and `<!-- {name}:end -->` in `doc` (atomically)."""
+    import re
+
+    content = doc.read_text()
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{doc}: no <!-- {name}:start/end --> markers")
+    write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content), doc)

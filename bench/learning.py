@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import versions  # noqa: E402
+from common import replace_between_markers, versions  # noqa: E402
 
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.data.demo import generate  # noqa: E402
@@ -227,11 +226,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def update_doc(text: str, doc: Path = DOC) -> None:
-    content = doc.read_text()
-    pattern = re.compile(r"(<!-- learning-results:start -->\n).*?(\n<!-- learning-results:end -->)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{doc}: no <!-- learning-results:start/end --> markers")
-    write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content), doc)
+    replace_between_markers(doc, "learning-results", text)
 
 
 def main(argv: list[str] | None = None) -> None:

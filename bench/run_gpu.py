@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, record, save_records, timed, train_flops_per_sample  # noqa: E402
+from common import MODELS, record, replace_between_markers, save_records, timed, train_flops_per_sample  # noqa: E402
 
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.data.cache import build_cache  # noqa: E402
@@ -271,12 +270,7 @@ def markdown(records: list[dict]) -> str:
 
 
 def update_doc(text: str, doc: Path = DOC) -> None:
-    """Replace the text between the GPU-results markers of docs/PERFORMANCE.md."""
-    content = doc.read_text()
-    pattern = re.compile(r"(<!-- gpu-results:start -->\n).*?(\n<!-- gpu-results:end -->)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{doc}: no <!-- gpu-results:start/end --> markers")
-    doc.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content))
+    replace_between_markers(doc, "gpu-results", text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,14 +81,15 @@ def mean_volume(dataset) -> torch.Tensor:
 
 @torch.inference_mode()
 def reconstruction_quality(
-    run: TrainedRun, val_dataset, train_mean: torch.Tensor | None = None
+    run: TrainedRun, val_dataset, train_mean: torch.Tensor | None = None, other_dataset=None
 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict]]:
     """Per validation subject and modality: quality of x̂ = decode(μ) inside the brain; and the items seen.
 
     The summary holds the validation MSE over the all-zero predictor's, over the training-mean
     volume's (`train_mean`; < 1 means the code adds something to the average head), and z_dependence:
     mean over subjects of MSE(x_i, decode(μ_{i+1})) / MSE(x_i, decode(μ_i)), the next validation
-    subject's code in place of its own (1 = the decoder ignores z).
+    subject's code in place of its own (1 = the decoder ignores z); with a single validation subject,
+    the code of the first subject of `other_dataset` (the training split).
     """
     modalities = run.cfg["data"]["modalities"]
     rows, items, ratios, errors, mean_errors = [], [], [], [], []
@@ -108,10 +109,13 @@ def reconstruction_quality(
             mean_errors.append(float(torch.sum((train_mean - x) ** 2)))
         items.append({"subject_id": item["subject_id"], "mu": mu[0].cpu(), "seg": item["seg"]})
     dependence = []
-    if len(items) >= 2:
+    others = [it["mu"] for it in items]
+    if len(items) == 1 and other_dataset is not None and len(other_dataset):  # one val subject: a train code
+        others.append(run.model.encoder(other_dataset[0]["image"].float()[None].to(run.device))[0][0].cpu())
+    if len(others) >= 2:
         for i in range(len(items)):
             x = val_dataset[i]["image"].float()
-            other = items[(i + 1) % len(items)]["mu"][None].to(run.device)
+            other = others[(i + 1) % len(others)][None].to(run.device)
             swapped = float(torch.sum((run.model.decode(other)[0].float().cpu() - x) ** 2))
             dependence.append(swapped / max(errors[i], 1e-12))
     table = pd.DataFrame(rows, columns=["subject_id", "modality", "mse", "psnr", "ssim"])
@@ -204,7 +208,7 @@ def _evaluate_into(
 
     datasets = split_datasets(run)
     recon_table, recon_summary, val_items = reconstruction_quality(
-        run, datasets["val"], mean_volume(datasets["train"])
+        run, datasets["val"], mean_volume(datasets["train"]), other_dataset=datasets["train"]
     )
     write_csv(recon_table, tmp / "recon_metrics.csv")
     metrics["reconstruction"] = recon_summary
