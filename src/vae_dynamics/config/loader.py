@@ -157,6 +157,9 @@ COMMON_SCHEMA: dict[str, dict[str, Field]] = {
         "loggers": Field("list[str]", default=["csv", "tensorboard"], optional=True, check=_loggers),
         # Progress lines in train.log when stderr is not a terminal (a TQDM bar otherwise).
         "progress_every_n_steps": Field("int", default=50, optional=True, check=_positive),
+        # val/z_dependence and val/spatial_share (two extra decodes of one validation batch) every n epochs;
+        # the latent statistics (active units, μ spread, σ, KL) are logged every epoch.
+        "diagnostics_every_n_epochs": Field("int", default=1, optional=True, check=_positive),
     },
 }
 

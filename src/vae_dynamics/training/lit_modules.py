@@ -102,9 +102,11 @@ class _VAEStepsMixin:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if batch_idx == 0 and batch["image"].shape[0] >= 2:
-            self._probe_decoder(batch["image"])
-        return self._step(batch, "val")
+        loss = self._step(batch, "val")
+        every = self.hparams.get("diagnostics_every_n_epochs", 1)
+        if batch_idx == 0 and batch["image"].shape[0] >= 2 and (self.current_epoch + 1) % every == 0:
+            self._probe_decoder(batch["image"], self._val_posteriors[-1][0])
+        return loss
 
     # ---- diagnostics: is the code used? (models/diagnostics.py) ----------------------------------
     _val_posteriors: list
@@ -112,9 +114,8 @@ class _VAEStepsMixin:
     def on_validation_epoch_start(self) -> None:
         self._val_posteriors, self._probe = [], {}
 
-    def _probe_decoder(self, x: torch.Tensor) -> None:
+    def _probe_decoder(self, x: torch.Tensor, mu: torch.Tensor) -> None:
         """z-dependence and the spatial share of the decoder input, on the first validation batch."""
-        mu, _ = self.model.encoder(x)
         self._probe = {"z_dependence": z_dependence(self.model, x, mu),
                        "spatial_share": spatial_share(decoder_input(self.model, mu))}  # fmt: skip
 
@@ -153,6 +154,7 @@ class VAELitModule(_VAEStepsMixin, L.LightningModule):
         beta_kl_annealing_epochs: int,
         channels_last: bool = False,
         encoder_head_lr_scale: float = 1.0,
+        diagnostics_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -190,6 +192,7 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         compute_in_fp32: bool = True,
         channels_last: bool = False,
         encoder_head_lr_scale: float = 1.0,
+        diagnostics_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -85,7 +85,8 @@ def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
     if variant not in LIT_MODULES:
         raise ConfigError(f"model.variant: {variant!r} unknown; valid variants: {sorted(LIT_MODULES)}")
     common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg),
-                  encoder_head_lr_scale=cfg["train"]["encoder_head_lr_scale"])  # fmt: skip
+                  encoder_head_lr_scale=cfg["train"]["encoder_head_lr_scale"],
+                  diagnostics_every_n_epochs=cfg["logging"]["diagnostics_every_n_epochs"])  # fmt: skip
     module = LIT_MODULES[variant](model_kwargs(cfg), **common, **cfg["loss"])
     if use_compile(cfg):
         # nn.Module.compile() compiles in place: the state_dict keeps its keys (no `_orig_mod.`), so
