@@ -25,7 +25,7 @@ from vae_dynamics.training.callbacks import ReconSnapshotCallback
 from vae_dynamics.training.lit_modules import TCVAELitModule, VAELitModule
 
 MODALITIES = ["t1c", "t1n", "t2f", "t2w"]
-LEARNING_STEPS = 30
+LEARNING_STEPS = 20  # the study (docs/LEARNING.md): 0.35 of the zero predictor at step 15, 0.22 at 30
 
 
 def test_reparameterisation_draws_have_the_posterior_mean_and_variance():

@@ -72,7 +72,11 @@ def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logg
 
 def log_image(trainer: L.Trainer, tag: str, png: Path, step: int) -> None:
     """Send a saved PNG to every logger that shows images (TensorBoard, W&B)."""
-    loggers = [lg for lg in trainer.loggers if type(lg).__name__ in ("TensorBoardLogger", "WandbLogger")]
+    loggers = [
+        lg
+        for lg in getattr(trainer, "loggers", []) or []
+        if type(lg).__name__ in ("TensorBoardLogger", "WandbLogger")
+    ]
     if not loggers:
         return
     import matplotlib.image
