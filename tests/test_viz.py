@@ -84,3 +84,45 @@ def test_atomic_path_honours_the_umask_without_changing_it(tmp_path):
         assert {oct((tmp_path / f"f{i}.txt").stat().st_mode & 0o777) for i in range(8)} == {oct(0o640)}
     finally:
         os.umask(old)
+
+
+def test_loss_curves_show_training_terms_per_step_beside_the_epoch_means(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from vae_dynamics.viz import curves
+
+    logs = tmp_path / "logs" / "version_0"
+    logs.mkdir(parents=True)
+    rows = [
+        {"epoch": e, "step": 3 * e + k, "train_step/loss": 10.0 - (3 * e + k)}
+        for e in range(2)
+        for k in range(3)
+    ]
+    rows += [
+        {"epoch": e, "step": 3 * e + 2, "train/loss": 9.0 - 3 * e, "val/loss": 9.5 - 3 * e} for e in range(2)
+    ]
+    pd.DataFrame(rows).to_csv(logs / "metrics.csv", index=False)
+    per_epoch = curves.read_metrics(tmp_path / "logs")
+    assert per_epoch["train/loss"].tolist() == [9.0, 6.0]
+    assert not [c for c in per_epoch.columns if c.startswith("train_step/")]
+    steps = curves.read_step_metrics(tmp_path / "logs")
+    assert steps["step"].tolist() == list(range(6)) and steps["train_step/loss"].tolist() == [
+        10,
+        9,
+        8,
+        7,
+        6,
+        5,
+    ]
+    drawn = {}
+    real_plot = plt.Axes.plot
+
+    def spy(ax, x, y, *args, **kwargs):
+        drawn[kwargs.get("label")] = (list(x), list(y))
+        return real_plot(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", spy)
+    curves.plot_loss_curves(tmp_path / "logs", tmp_path / "curves.png")
+    x, y = drawn["train (per step)"]
+    assert y == [10, 9, 8, 7, 6, 5] and x == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
