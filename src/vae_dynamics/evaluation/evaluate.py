@@ -211,10 +211,7 @@ def _evaluate_into(
         run, datasets["val"], mean_volume(datasets["train"]), other_dataset=datasets["train"]
     )
     write_csv(recon_table, tmp / "recon_metrics.csv")
-    metrics["reconstruction"] = recon_summary
-    metrics["val_mse_over_zero_predictor"] = recon_summary["val_mse_over_zero_predictor"]
-    metrics["val_mse_over_mean_volume"] = recon_summary["val_mse_over_mean_volume"]
-    metrics["z_dependence"] = recon_summary["z_dependence"]
+    metrics["reconstruction"] = recon_summary  # val_mse_over_{zero_predictor,mean_volume}, z_dependence
 
     if "kl_per_dim" in metrics:  # latents with logvar_* columns: rank dimensions by their KL
         kl, ranked_by = np.asarray(metrics["kl_per_dim"]), "kl"

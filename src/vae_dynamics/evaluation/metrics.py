@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.metrics import mutual_info_score
 
 from vae_dynamics.io import write_json
+from vae_dynamics.models import diagnostics
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 
 N_BINS = 20
@@ -74,8 +76,8 @@ def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> in
 
 
 def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """Mean over subjects of KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension (nats)."""
-    return np.mean(0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0), axis=0)
+    """Mean over subjects of KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension (nats), for arrays (models/diagnostics.py)."""
+    return diagnostics.kl_per_dimension(torch.as_tensor(mu), torch.as_tensor(logvar)).numpy()
 
 
 def mutual_information_matrix(mu: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -34,8 +34,9 @@ def spatial_share(h: torch.Tensor) -> float:
 
 
 def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Mean over subjects of KL(q(z_k|x) || N(0,1)) per dimension k, [d] (nats)."""
-    mu, logvar = mu.float(), logvar.float()
+    """Mean over subjects of KL(q(z_k|x) || N(0,1)) per dimension k, [d] (nats); float32 or wider."""
+    dtype = torch.promote_types(mu.dtype, torch.float32)
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
     return (0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)).mean(dim=0)
 
 

@@ -95,9 +95,10 @@ class _VAEStepsMixin:
             on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=False, sync_dist=sync,
         )  # fmt: skip
         if stage == "train":  # per-step curves beside the per-epoch means (loss_curves.png, TensorBoard)
+            # already global and equal on every rank: no collective per step (sync_dist=False)
             self.log_dict(
                 {f"train_step/{k}": v for k, v in logged.items() if not k.startswith("beta")},
-                on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False, sync_dist=sync,
+                on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False, sync_dist=False,
             )  # fmt: skip
         self.log(f"{stage}_loss", logged["loss"], on_epoch=True, batch_size=batch_size,
                  prog_bar=True, logger=False, sync_dist=sync)  # fmt: skip

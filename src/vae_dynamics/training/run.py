@@ -44,10 +44,17 @@ from vae_dynamics.training.checkpointing import (
     intact_resume_checkpoint,
 )
 from vae_dynamics.training.lit_modules import LIT_MODULES
-from vae_dynamics.training.tracking import build_loggers, finish_provenance, progress_callbacks, provenance
+from vae_dynamics.training.tracking import (
+    LoggerUnavailableError,
+    build_loggers,
+    finish_provenance,
+    progress_callbacks,
+    provenance,
+)
 
 log = logging.getLogger("vae_dynamics.train")
 
+STEP_LOG_EVERY_CUDA = 10
 # Set by rank 0 before Lightning launches the other ranks (which re-run the same command).
 RUN_DIR_ENV = "VAE_DYNAMICS_RUN_DIR"
 
@@ -305,7 +312,9 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         ]
         + ([CompileTimer()] if use_compile(cfg) else []),
         enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in progress),
-        log_every_n_steps=1,
+        # Sending step values to the loggers reads them back from the device (a sync): every step on
+        # CPU, every STEP_LOG_EVERY_CUDA steps on CUDA so that the GPU queue stays full.
+        log_every_n_steps=STEP_LOG_EVERY_CUDA if on_cuda else 1,
         num_sanity_val_steps=0,
         enable_model_summary=True,
     )
@@ -442,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = train(cfg, args.run_dir, args.resume, args.splits)
-    except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError, DamagedCheckpointError) as exc:
+    except (ConfigError, ResumeError, NoValidSubjectsError, FileNotFoundError, DamagedCheckpointError,
+            LoggerUnavailableError) as exc:  # fmt: skip
         sys.exit(f"train: {exc}")
     except Preempted as exc:
         print(f"train: pre-empted: {exc}; run the same command with --resume to continue", file=sys.stderr)

@@ -41,16 +41,16 @@ def plot_loss_curves(logs_dir: str | os.PathLike[str], out_png: str | os.PathLik
     (grey, at fractional epochs); return the epoch table."""
     df = read_metrics(logs_dir)
     steps = read_step_metrics(logs_dir)
-    if len(steps):  # each step at its fractional epoch: epoch + (index within the epoch) / (steps in it)
-        rank = steps.groupby("epoch").cumcount()
-        steps["x"] = steps["epoch"] + rank / steps.groupby("epoch")["step"].transform("count")
+    if len(steps) and "step" in df:  # each logged step at its fractional epoch (steps may be sparse)
+        steps_per_epoch = (df["step"].max() + 1) / len(df)  # epoch rows carry their last step
+        steps["x"] = steps["step"] / steps_per_epoch
     terms = sorted({c.split("/", 1)[1] for c in df.columns if c.startswith(("train/", "val/"))})
     ncols = min(3, len(terms))
     nrows = -(-len(terms) // ncols)
     size = (4.2 * ncols, 3.0 * nrows)
     with figure_file(out_png, nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
         for ax, term in zip(axes.flat, terms):
-            if f"{STEP_PREFIX}{term}" in steps:
+            if f"{STEP_PREFIX}{term}" in steps and "x" in steps:
                 ax.plot(steps["x"], steps[f"{STEP_PREFIX}{term}"], "-", lw=0.7, alpha=0.4, color="grey",
                         label="train (per step)")  # fmt: skip
             for stage, style in (("train", "-o"), ("val", "--s")):
