@@ -16,16 +16,16 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 
 .PHONY: install test test-fast lint format demo bench bench-gpu bench-learning clean
 
-$(BIN)/vae-train: pyproject.toml
+$(BIN)/vae-dynamics: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(HAS_GPU),1)
 	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)"
 endif
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(BIN)/vae-train
+	touch $(BIN)/vae-dynamics
 
-install: $(BIN)/vae-train
+install: $(BIN)/vae-dynamics
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@
 #   snakemake --profile profiles/slurm -- results/exp2/done          (SLURM cluster)
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done   (embedded demo)
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/compare/done  (demo, Exp1 vs Exp2)
+#   snakemake --cores 2 --configfile config/demo.yaml -- results/sweep/done    (demo sweep: β × seeds)
 
 
 configfile: "config/config.yaml"
@@ -18,6 +19,7 @@ include: "rules/data.smk"
 include: "rules/training.smk"
 include: "rules/export.smk"
 include: "rules/evaluation.smk"
+include: "rules/sweep.smk"
 
 
 rule all:

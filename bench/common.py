@@ -13,10 +13,11 @@ import lightning
 import monai
 import torch
 
+from vae_dynamics import experiments
 from vae_dynamics.io import write_text
-from vae_dynamics.models import TCVAESBD, BaselineVAE
 
-MODELS = {"exp1": BaselineVAE, "exp2": TCVAESBD}
+# experiment key -> its nn.Module class (from the registry)
+MODELS = {key: e.model_cls() for key, e in experiments.EXPERIMENTS.items()}
 
 
 def versions() -> dict[str, str]:

@@ -38,17 +38,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import replace_between_markers, versions  # noqa: E402
 
+from vae_dynamics import experiments  # noqa: E402
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.data.demo import generate  # noqa: E402
 from vae_dynamics.data.index import index_subjects  # noqa: E402
 from vae_dynamics.data.transforms import transforms_from_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
 from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
-from vae_dynamics.models import TCVAESBD, BaselineVAE  # noqa: E402
 from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share  # noqa: E402
 from vae_dynamics.models.diagnostics import z_dependence as code_dependence  # noqa: E402
 from vae_dynamics.training.lit_modules import param_groups  # noqa: E402
-from vae_dynamics.training.run import model_kwargs  # noqa: E402
 from vae_dynamics.training.schedules import linear_warmup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,14 +72,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 DEFAULT_SET = ["exp1", "exp2_before", "exp2", "exp2_without_z_gain", "exp2_without_head_lr",
                "exp2_without_logvar_bias", "exp2_z_zero"]  # fmt: skip
-CONFIGS = {"exp1": "exp1_baseline_vae", "exp2": "exp2_tcvae_sbd"}
 
 
 def load_volumes(work: Path, n_subjects: int, n_val: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Demo subjects through the package's preprocessing: (train [n-n_val,4,128³], val [n_val,4,128³])."""
     generate(work / "data", n_subjects, seed=0, workers=workers)
     subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
-    data_cfg = load_config(config_path(CONFIGS["exp2"]))["data"]
+    data_cfg = load_config(config_path("exp2"))["data"]
     transform = transforms_from_config(data_cfg)
     rows = subjects.to_dict("records")
     images = torch.stack(
@@ -92,9 +90,10 @@ def load_volumes(work: Path, n_subjects: int, n_val: int, workers: int) -> tuple
 def build(variant: str, base_filters: int) -> tuple[str, torch.nn.Module, dict[str, Any]]:
     """The variant's model (seed 0) and its validated config."""
     exp, overrides = VARIANTS[variant]
-    cfg = load_config(config_path(CONFIGS[exp]), {"model.base_filters": base_filters, **overrides})
+    cfg = load_config(config_path(exp), {"model.base_filters": base_filters, **overrides})
     torch.manual_seed(0)
-    model = (TCVAESBD if exp == "exp2" else BaselineVAE)(**model_kwargs(cfg))
+    experiment = experiments.get(exp)
+    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
     return exp, model, cfg
 
 

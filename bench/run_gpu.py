@@ -182,7 +182,7 @@ def prepare_data(work: Path, n_subjects: int, epoch_subjects: int, workers: int)
     generate(work / "data", n_subjects, seed=0, workers=workers)
     index_subjects(work / "data", work / "index", workers=workers, progress=False)
     make_splits(work / "index" / "subjects.csv", work / "splits", val_split=0.1, seed=0)
-    cfg = load_config(config_path("exp2_tcvae_sbd"), {"data.cache_dir": str(work / "cache")})
+    cfg = load_config(config_path("exp2"), {"data.cache_dir": str(work / "cache")})
     build_cache(cfg["data"], [work / "splits" / "train.csv", work / "splits" / "val.csv"], work / "cache",
                 workers=workers, progress=False)  # fmt: skip
     train = pd.read_csv(work / "splits" / "train.csv")
@@ -200,7 +200,7 @@ def training_loop(
 ) -> list[dict]:
     """The real loop (the package's module, data module and Trainer) for `steps` training steps."""
     cfg = load_config(
-        config_path("exp2_tcvae_sbd"),
+        config_path("exp2"),
         {"data.cache_dir": str(work / "cache"), "data.cache_rate": 1.0, "train.max_epochs": 1, **overrides},
     )
     run_dir = work / "runs" / label

@@ -1,37 +1,42 @@
-# Config loading and validation, and the input functions shared by the rules.
+# Config loading and validation, and the input functions shared by the rules. Everything here is
+# light (no torch): `snakemake -n` runs on a login node.
+import functools
+import re
 from pathlib import Path
 
-import yaml
 from snakemake.utils import min_version, validate
 
-from vae_dynamics.workflow import config_hash, resolve_experiment
+from vae_dynamics import workflow as wf
 
 min_version("8.0")
 
 validate(config, "../workflow/schemas/config.schema.yaml")
 
-EXPERIMENTS = {"exp2": config["experiment"], "exp1": config["baseline_experiment"]}
+EXPERIMENTS = wf.experiment_keys()  # the registry's experiments: exp2, exp1
 DEMO = config.get("demo") or None
-DATA_ROOT = "results/demo/data" if DEMO else config.get("data_root")
-CACHE_DIR = "results/cache/tensors"
+# A sweep's runs (results/sweep/<exp>/<name>), every config validated before any work.
+SWEEP = wf.sweep_runs(config)
+RUNS = [*EXPERIMENTS, *SWEEP]
+# The {run} wildcard: a main run (exp2, exp1) or a sweep run (sweep/exp2/beta_tc_target=6,seed=43).
+RUN_PATTERN = "|".join(re.escape(r) for r in RUNS)
+SWEEP_PATTERN = "|".join(re.escape(r) for r in SWEEP) or "sweep/(?!)"
 
-def experiment_config(exp):
-    """The resolved experiment config (YAML + data_root + overrides), validated."""
-    return resolve_experiment(
-        EXPERIMENTS[exp],
-        data_root=DATA_ROOT,
-        overrides=config.get("overrides"),
-        cache_dir=CACHE_DIR,
-        experiment=exp,
-    )
+
+@functools.cache
+def run_config(run):
+    """The resolved, validated experiment config of a run (YAML + data_root + overrides [+ sweep point])."""
+    return wf.run_config(config, run)
+
 
 def data_config():
-    """Data section shared by both experiments (the data pipeline is identical)."""
-    return experiment_config("exp2")["data"]
+    """Data section shared by every run (the data pipeline is identical)."""
+    return run_config(EXPERIMENTS[0])["data"]
 
-def run_dir(exp):
-    """Stable run directory per resolved config: a rerun resumes, a changed config starts afresh."""
-    return f"results/{exp}/runs/{config_hash(experiment_config(exp))}"
+
+def run_dir(run):
+    """Run directory named by the run's identity: raising max_epochs resumes it, a new model starts afresh."""
+    return f"results/{run}/runs/{wf.config_hash(run_config(run))}"
+
 
 def index_inputs(wildcards):
-    return ["results/demo/data/factors.csv"] if DEMO else []
+    return [f"{wf.DEMO_DATA}/factors.csv"] if DEMO else []

@@ -46,7 +46,7 @@ rule make_splits:
         val="results/splits/val.csv",
     params:
         val_split=lambda wildcards: data_config()["val_split"],
-        seed=lambda wildcards: experiment_config("exp2")["train"]["seed"],
+        seed=lambda wildcards: run_config(EXPERIMENTS[0])["train"]["seed"],
     log:
         "logs/make_splits.log",
     conda:

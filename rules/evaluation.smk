@@ -23,20 +23,20 @@ rule subject_factors:
 
 rule encode_latents:
     input:
-        summary="results/{exp}/train_summary.json",
+        summary="results/{run}/train_summary.json",
     output:
-        "results/{exp}/latents.csv",
+        "results/{run}/latents.csv",
     wildcard_constraints:
-        exp="exp1|exp2",
+        run=RUN_PATTERN,
     params:
-        batch_size=lambda wildcards: experiment_config(wildcards.exp)["data"]["batch_size"],
+        batch_size=lambda wildcards: run_config(wildcards.run)["data"]["batch_size"],
     threads: 4
     resources:
         gpu=1,
     log:
-        "logs/encode_latents_{exp}.log",
+        "logs/encode_latents_{run}.log",
     benchmark:
-        "benchmarks/encode_latents_{exp}.tsv"
+        "benchmarks/encode_latents_{run}.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     script:
@@ -45,52 +45,52 @@ rule encode_latents:
 
 rule evaluate_latents:
     input:
-        summary="results/{exp}/train_summary.json",
-        latents="results/{exp}/latents.csv",
+        summary="results/{run}/train_summary.json",
+        latents="results/{run}/latents.csv",
         factors="results/factors/factors.csv",
     output:
-        metrics="results/{exp}/evaluation/metrics.json",
-        recon="results/{exp}/evaluation/recon_metrics.csv",
+        metrics="results/{run}/evaluation/metrics.json",
+        recon="results/{run}/evaluation/recon_metrics.csv",
         correlations=report(
-            "results/{exp}/evaluation/factor_correlations.png",
+            "results/{run}/evaluation/factor_correlations.png",
             caption="../workflow/report/factor_correlations.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="latent space",
         ),
         traversals=report(
-            "results/{exp}/evaluation/traversals.png",
+            "results/{run}/evaluation/traversals.png",
             caption="../workflow/report/traversals.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="latent space",
         ),
         kl=report(
-            "results/{exp}/evaluation/kl_per_dim.png",
+            "results/{run}/evaluation/kl_per_dim.png",
             caption="../workflow/report/kl_per_dim.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="latent space",
         ),
         latent_map=report(
-            "results/{exp}/evaluation/latent_map.png",
+            "results/{run}/evaluation/latent_map.png",
             caption="../workflow/report/latent_map.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="latent space",
         ),
         per_dimension=report(
-            directory("results/{exp}/evaluation/traversals"),
+            directory("results/{run}/evaluation/traversals"),
             patterns=["{dim}.png"],
             caption="../workflow/report/traversal_dimension.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="traversals per dimension",
         ),
     wildcard_constraints:
-        exp="exp1|exp2",
+        run=RUN_PATTERN,
     threads: 4
     resources:
         gpu=1,
     log:
-        "logs/evaluate_latents_{exp}.log",
+        "logs/evaluate_latents_{run}.log",
     benchmark:
-        "benchmarks/evaluate_latents_{exp}.tsv"
+        "benchmarks/evaluate_latents_{run}.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     script:

@@ -3,29 +3,29 @@
 
 rule export_recon_panels:
     input:
-        summary="results/{exp}/train_summary.json",
+        summary="results/{run}/train_summary.json",
     output:
         panels=report(
-            directory("results/{exp}/recon_panels"),
+            directory("results/{run}/recon_panels"),
             patterns=["{subject}.png"],
             caption="../workflow/report/recon_panels.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="reconstructions",
         ),
         curves=report(
-            "results/{exp}/loss_curves.png",
+            "results/{run}/loss_curves.png",
             caption="../workflow/report/loss_curves.rst",
-            category="{exp}",
+            category="{run}",
             subcategory="training",
         ),
     wildcard_constraints:
-        exp="exp1|exp2",
+        run=RUN_PATTERN,
     resources:
         gpu=1,  # decodes on CUDA when present (the script claims its own GPU: vae_dynamics/gpus.py)
     log:
-        "logs/export_recon_panels_{exp}.log",
+        "logs/export_recon_panels_{run}.log",
     benchmark:
-        "benchmarks/export_recon_panels_{exp}.tsv"
+        "benchmarks/export_recon_panels_{run}.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     script:
@@ -34,16 +34,16 @@ rule export_recon_panels:
 
 rule done:
     input:
-        summary="results/{exp}/train_summary.json",
-        panels="results/{exp}/recon_panels",
-        curves="results/{exp}/loss_curves.png",
-        evaluation="results/{exp}/evaluation/metrics.json",
+        summary="results/{run}/train_summary.json",
+        panels="results/{run}/recon_panels",
+        curves="results/{run}/loss_curves.png",
+        evaluation="results/{run}/evaluation/metrics.json",
     output:
-        "results/{exp}/done",
+        "results/{run}/done",
     wildcard_constraints:
-        exp="exp1|exp2",
+        run=RUN_PATTERN,
     log:
-        "logs/done_{exp}.log",
+        "logs/done_{run}.log",
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     script:

@@ -1,7 +1,12 @@
-# Training: one rule per experiment (train_exp2, train_exp1). The run directory with its
-# Lightning checkpoints is NOT an output (Snakemake deletes outputs of failed jobs): a rerun
-# after an interruption resumes from <run_dir>/checkpoints/last.ckpt. The outputs are small
-# files written atomically when training has finished.
+# Training: train_exp2 / train_exp1 (the main runs) and train_sweep_run (one job per sweep run).
+# The run directory with its Lightning checkpoints is NOT an output (Snakemake deletes outputs of failed
+# jobs): a rerun after an interruption resumes from <run_dir>/checkpoints/last.ckpt. The outputs are
+# small files written atomically when training has finished.
+#
+# params hold what defines the result: the run directory (the run's identity, config/identity.py) and
+# train.max_epochs. Raising max_epochs reruns the job, which resumes the same run directory; changing
+# data.num_workers or logging keys alone reruns nothing. The script resolves the full config itself.
+
 
 for exp in EXPERIMENTS:
 
@@ -12,17 +17,18 @@ for exp in EXPERIMENTS:
             manifest="results/cache/manifest.json",
             train="results/splits/train.csv",
             val="results/splits/val.csv",
-            experiment=EXPERIMENTS[exp],
+            experiment=wf.experiment_yaml(config, exp),
         output:
             summary=f"results/{exp}/train_summary.json",
             metrics=f"results/{exp}/metrics.csv",
         params:
-            config=lambda wildcards, exp=exp: experiment_config(exp),
+            run=exp,
             run_dir=lambda wildcards, exp=exp: run_dir(exp),
+            max_epochs=lambda wildcards, exp=exp: run_config(exp)["train"]["max_epochs"],
         threads: 4
         resources:
             # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
-            gpu=lambda wildcards, exp=exp: experiment_config(exp)["train"]["devices"],
+            gpu=lambda wildcards, exp=exp: run_config(exp)["train"]["devices"],
         log:
             f"logs/train_{exp}.log",
         benchmark:
@@ -31,3 +37,31 @@ for exp in EXPERIMENTS:
             "../workflow/envs/vae_dynamics.yaml"
         script:
             "../workflow/scripts/train.py"
+
+
+rule train_sweep_run:
+    input:
+        manifest="results/cache/manifest.json",
+        train="results/splits/train.csv",
+        val="results/splits/val.csv",
+        experiment=lambda wildcards: wf.experiment_yaml(config, wf.run_experiment(wildcards.run)),
+    output:
+        summary="results/{run}/train_summary.json",
+        metrics="results/{run}/metrics.csv",
+    wildcard_constraints:
+        run=SWEEP_PATTERN,
+    params:
+        run=lambda wildcards: wildcards.run,
+        run_dir=lambda wildcards: run_dir(wildcards.run),
+        max_epochs=lambda wildcards: run_config(wildcards.run)["train"]["max_epochs"],
+    threads: 4
+    resources:
+        gpu=lambda wildcards: run_config(wildcards.run)["train"]["devices"],
+    log:
+        "logs/train_{run}.log",
+    benchmark:
+        "benchmarks/train_{run}.tsv"
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
+    script:
+        "../workflow/scripts/train.py"

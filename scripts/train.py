@@ -7,7 +7,7 @@ python scripts/train.py --config C --run-dir D --resume          # continue D/ch
 python scripts/train.py --config C --set train.max_epochs=3 --set data.batch_size=2
 """
 
-from vae_dynamics.training.run import main
+from vae_dynamics.cli import train_main as main
 
 if __name__ == "__main__":
     main()

@@ -166,7 +166,7 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
     ],
 )
 def test_launched_rank_counts_processes_per_node_not_the_world(monkeypatch, env, devices, rank):
-    from vae_dynamics.training.run import launched_rank
+    from vae_dynamics.training.distributed import launched_rank
 
     for key in (
         "RANK",
@@ -185,9 +185,11 @@ def test_launched_rank_counts_processes_per_node_not_the_world(monkeypatch, env,
 
 def test_a_rank_waiting_for_rank_0_times_out_with_its_own_error(monkeypatch, tmp_path):
     from vae_dynamics.config import config_path, load_config
-    from vae_dynamics.training.run import RANK_WAIT_ENV, RankSetupTimeout, _train_other_rank
+    from vae_dynamics.training.distributed import RANK_WAIT_ENV, RankSetupTimeout
+    from vae_dynamics.training.run import _train_other_rank
+    from vae_dynamics.training.run_dir import RunDir
 
     monkeypatch.setenv(RANK_WAIT_ENV, "0.5")
     cfg = load_config(config_path("exp2_tcvae_sbd"))
     with pytest.raises(RankSetupTimeout, match=rf"waited 0 s for rank 0 .*{RANK_WAIT_ENV}"):
-        _train_other_rank(cfg, tmp_path, None)
+        _train_other_rank(cfg, RunDir(tmp_path), None)

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from vae_dynamics.cli import main as cli_main
 from vae_dynamics.data import FILE_KEYS
-from vae_dynamics.data.demo import main as demo_main
 from vae_dynamics.data.demo import make_subject
 
 
@@ -67,7 +67,7 @@ def test_demo_is_deterministic_for_a_seed_and_differs_across_seeds():
 
 
 def test_demo_cli_writes_subjects(tmp_path):
-    demo_main(["--out", str(tmp_path / "d"), "--n-subjects", "1", "--seed", "3"])
+    cli_main(["demo", "--out", str(tmp_path / "d"), "--n-subjects", "1", "--seed", "3"])
     assert (tmp_path / "d" / "BraTS-MEN-00000-000" / "BraTS-MEN-00000-000-t2f.nii.gz").is_file()
     assert len(pd.read_csv(tmp_path / "d" / "factors.csv")) == 1
     assert not list((tmp_path / "d").glob(".*tmp"))

@@ -13,7 +13,8 @@ from conftest import small_exp_config, train_script_args
 
 from vae_dynamics.losses import NonFiniteLossError
 from vae_dynamics.training.lit_modules import TCVAELitModule
-from vae_dynamics.training.run import ResumeError, train
+from vae_dynamics.training.run import train
+from vae_dynamics.training.run_dir import ResumeError
 from vae_dynamics.viz.curves import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -204,10 +205,10 @@ def test_script_rejects_bad_config_before_any_work(tmp_path):
 
 
 def test_default_run_directory_is_timestamped_with_the_experiment_name(tmp_path):
-    from vae_dynamics.training.run import new_run_dir
+    from vae_dynamics.training.run_dir import RunDir
 
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
-    path = new_run_dir(cfg)
+    path = RunDir.new(cfg).path
     assert path.parent == tmp_path / "runs" and path.name.endswith("_exp2_tcvae_sbd")
 
 

@@ -26,7 +26,7 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
     DDP processes of rank > 0 (Lightning re-runs the step's script for them, or srun starts them with
     rank 0) append to the same log; nothing truncates it, so no process erases another's lines.
     """
-    from vae_dynamics.training.run import launched_rank
+    from vae_dynamics.training.distributed import launched_rank
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
@@ -47,9 +47,18 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
             root.removeHandler(handler)
 
 
-EXPERIMENT_KEYS = ("exp1", "exp2")  # per-experiment override blocks inside the workflow's `overrides`
-# Keys that define the data both experiments see (SPEC §3: no differences in the data pipeline).
+# Keys that define the data every run sees (SPEC §3: no differences in the data pipeline): one index,
+# split and cache serve all experiments and every run of a sweep.
 SHARED_DATA_KEYS = {f"data.{k}" for k in (*CONTRACT_KEYS, "root_dir", "cache_dir", "val_split")}
+CACHE_DIR = "results/cache/tensors"
+DEMO_DATA = "results/demo/data"
+
+
+def experiment_keys() -> list[str]:
+    """The registered experiments (exp1, exp2, ...): the per-experiment blocks of `overrides` and `sweep`."""
+    from vae_dynamics import experiments
+
+    return list(experiments.EXPERIMENTS)
 
 
 def experiment_overrides(overrides: Mapping[str, Any] | str | None, experiment: str | None) -> dict[str, Any]:
@@ -57,7 +66,8 @@ def experiment_overrides(overrides: Mapping[str, Any] | str | None, experiment: 
     if isinstance(overrides, str):  # `--config 'overrides={...}'` arrives as a string
         overrides = yaml.safe_load(overrides) or {}
     overrides = dict(overrides or {})
-    shared = {k: v for k, v in overrides.items() if k not in EXPERIMENT_KEYS}
+    keys = experiment_keys()
+    shared = {k: v for k, v in overrides.items() if k not in keys}
     specific = overrides.get(experiment) or {} if experiment else {}
     if not isinstance(specific, Mapping):
         raise ConfigError(f"overrides.{experiment}: expected a mapping of dotted keys, got {specific!r}")
@@ -76,12 +86,14 @@ def resolve_experiment(
     overrides: Mapping[str, Any] | str | None = None,
     cache_dir: str | None = None,
     experiment: str | None = None,
+    point: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The experiment config with the workflow's data root, cache dir and overrides applied.
 
-    `overrides` holds shared dotted keys and, under `exp1:` / `exp2:`, keys for one experiment only.
+    `overrides` holds shared dotted keys and, under `exp1:` / `exp2:`, keys for one experiment only;
+    `point` (a sweep's grid point and seed) wins over both.
     """
-    merged = experiment_overrides(overrides, experiment)
+    merged = {**experiment_overrides(overrides, experiment), **(point or {})}
     if data_root:
         merged["data.root_dir"] = str(data_root)
     if cache_dir:
@@ -94,6 +106,30 @@ def resolve_experiment(
         raise ConfigError(f"experiment {experiment}: {exc}") from None
 
 
+# ---- the workflow config (config/config.yaml + --config) -> what each rule needs ------------------------
+
+
+def data_root(config: Mapping[str, Any]) -> str | None:
+    """The BraTS-MEN folder: the generated demo data, or `data_root` (None: the YAML's data.root_dir)."""
+    return DEMO_DATA if config.get("demo") else config.get("data_root")
+
+
+def experiment_yaml(config: Mapping[str, Any], exp: str) -> str:
+    """The experiment YAML the workflow config names for `exp` (its registered default otherwise)."""
+    from vae_dynamics import experiments
+
+    e = experiments.get(exp)
+    return str(config.get(e.workflow_key) or e.yaml_path)
+
+
+def experiment_config(config: Mapping[str, Any], exp: str, point: Mapping[str, Any] | None = None) -> dict:
+    """The validated config of one workflow run: `exp` (+ a sweep point)."""
+    return resolve_experiment(
+        experiment_yaml(config, exp), data_root=data_root(config), overrides=config.get("overrides"),
+        cache_dir=CACHE_DIR, experiment=exp, point=point,
+    )  # fmt: skip
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """Identity of a training run (config/identity.py): what it learns, not how long, fast or where.
 
@@ -101,6 +137,85 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
     a change of the model, loss, data contract, splits seed, optimiser or precision starts a new one.
     """
     return run_identity(cfg)
+
+
+# ---- sweeps ---------------------------------------------------------------------------------------------
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).replace("/", "_").replace(",", "_").replace(" ", "")
+
+
+def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every run of the workflow config's `sweep`: results path -> {exp, name, point}, validated.
+
+    sweep: {seeds: [42, 43], exp2: {loss.beta_tc_target: [1, 6]}, exp1: {}} gives, per experiment
+    named, the product of its grid and the seeds: results/sweep/exp2/beta_tc_target=1,seed=42, ...
+    `sweep.overrides` (dotted keys) apply to every sweep run, e.g. a shorter train.max_epochs.
+    Every run's config is validated here, before any work; errors name the run and the key.
+    """
+    import itertools
+
+    from vae_dynamics.config.identity import IDENTITY_FREE_KEYS
+
+    sweep = config.get("sweep") or {}
+    if isinstance(sweep, str):
+        sweep = yaml.safe_load(sweep) or {}
+    seeds = sweep.get("seeds") or []
+    settings = dict(sweep.get("overrides") or {})
+    for key in settings:
+        if key in SHARED_DATA_KEYS:
+            raise ConfigError(f"sweep.overrides.{key}: the data, split and cache are shared by all runs")
+    runs: dict[str, dict[str, Any]] = {}
+    for exp in experiment_keys():
+        if exp not in sweep:
+            continue
+        grid = dict(sweep[exp] or {})
+        for key, values in grid.items():
+            where = f"sweep.{exp}.{key}"
+            if key in SHARED_DATA_KEYS or key == "train.seed":
+                raise ConfigError(
+                    f"{where}: cannot be swept (the data, split and cache are shared by all runs; "
+                    "seeds go in sweep.seeds)"
+                )
+            if key in IDENTITY_FREE_KEYS or key.startswith("logging."):
+                raise ConfigError(f"{where}: does not change what a run learns; sweeping it repeats runs")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: expected a non-empty list of values, got {values!r}")
+        short = [k.rsplit(".", 1)[-1] for k in grid]
+        labels = [s if short.count(s) == 1 else k for s, k in zip(short, grid)]
+        axes = [[(k, v) for v in grid[k]] for k in grid] + (
+            [[("train.seed", s) for s in seeds]] if seeds else []
+        )
+        for combo in itertools.product(*axes):
+            point = dict(combo)
+            parts = [f"{lab}={_fmt_value(point[k])}" for lab, k in zip(labels, grid)]
+            if seeds:
+                parts.append(f"seed={point['train.seed']}")
+            name = ",".join(parts) or "default"
+            path = f"sweep/{exp}/{name}"
+            try:
+                cfg = experiment_config(config, exp, {**settings, **point})
+            except ConfigError as exc:
+                raise ConfigError(f"sweep run {path}: {exc}") from None
+            runs[path] = {"exp": exp, "name": name, "point": point, "settings": settings,
+                          "identity": config_hash(cfg)}  # fmt: skip
+    return runs
+
+
+def run_config(config: Mapping[str, Any], run: str) -> dict[str, Any]:
+    """The config of a workflow run: `exp2` (the main run) or `sweep/exp2/<name>` (a sweep run)."""
+    if run.startswith("sweep/"):
+        runs = sweep_runs(config)
+        if run not in runs:
+            raise ConfigError(f"{run}: not a run of this workflow config's sweep; its runs: {sorted(runs)}")
+        return experiment_config(config, runs[run]["exp"], {**runs[run]["settings"], **runs[run]["point"]})
+    return experiment_config(config, run)
+
+
+def run_experiment(run: str) -> str:
+    """exp2 for `exp2` and `sweep/exp2/<name>`."""
+    return run.split("/")[1] if run.startswith("sweep/") else run
 
 
 def train_step(
@@ -131,11 +246,12 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
     """Recon panels of every validation subject from the chosen checkpoint, and the loss curves."""
     import torch
 
-    from vae_dynamics.evaluation.encode import load_run, split_datasets
+    from vae_dynamics.evaluation.encode import split_datasets
+    from vae_dynamics.training.run_dir import load_trained
     from vae_dynamics.viz.curves import plot_loss_curves
     from vae_dynamics.viz.recon import save_recon_panel
 
-    run = load_run(summary_path, device)
+    run = load_trained(summary_path, device)
     val = split_datasets(run)["val"]
     with atomic_dir(panels_dir) as tmp, torch.no_grad():
         for i in range(len(val)):

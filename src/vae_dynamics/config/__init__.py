@@ -1,22 +1,22 @@
-"""Experiment configs: the two YAMLs shipped with the package and their validating loader."""
+"""Experiment configs: the shipped YAMLs, their typed schema (schema.py) and the loader."""
 
 from vae_dynamics.config.loader import (
-    EXPERIMENT_NAMES,
-    ConfigError,
     config_path,
     diff_keys,
     experiment_name,
+    json_schema,
     load_config,
     save_config,
     validate_config,
 )
+from vae_dynamics.config.schema import ConfigError
 
 __all__ = [
-    "EXPERIMENT_NAMES",
     "ConfigError",
     "config_path",
     "diff_keys",
     "experiment_name",
+    "json_schema",
     "load_config",
     "save_config",
     "validate_config",

@@ -4,13 +4,12 @@ The cache directory is named by a hash of the preprocessing contract (every para
 `build_transforms` + the MONAI version + a code version): MONAI keys cache files by the input dict
 only, so changing preprocessing must change the directory or stale tensors would be served.
 
-    python -m vae_dynamics.data.cache --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml \
+    vae-dynamics cache --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml \
         --splits results/splits --cache-dir results/cache --manifest results/cache/manifest.json
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -226,29 +225,3 @@ def build_cache(
     if manifest_path is not None:
         write_json(manifest, manifest_path)
     return manifest
-
-
-def main(argv: list[str] | None = None) -> None:
-    from vae_dynamics.config import load_config
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="experiment YAML (its data section is used)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--splits", required=True, help="folder with train.csv and val.csv")
-    parser.add_argument("--cache-dir", help="cache root (default: data.cache_dir of the config)")
-    parser.add_argument("--manifest", required=True, help="manifest JSON to write")
-    parser.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    splits = Path(args.splits)
-    manifest = build_cache(
-        cfg["data"], [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg["data"]["cache_dir"],
-        args.manifest, workers=args.workers,
-    )  # fmt: skip
-    print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")
-
-
-if __name__ == "__main__":
-    main()

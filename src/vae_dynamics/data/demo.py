@@ -5,16 +5,14 @@ with four contrasts derived from its GM/WM/CSF maps, a dural-based meningioma (E
 necrotic core and edema), a bias field and noise, stored in BraTS geometry (240x240x155, 1 mm,
 LPS-stored affine, BraTS file names). `factors.csv` records every subject's generative factors.
 
-    python -m vae_dynamics.data.demo --out results/demo/data --n-subjects 8 --seed 0
+    vae-dynamics demo --out results/demo/data --n-subjects 8 --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,22 +275,3 @@ def generate(
     factors = pd.DataFrame(rows)
     write_csv(factors, out_dir / "factors.csv")
     return factors
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
-    parser.add_argument("--n-subjects", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    generate(args.out, args.n_subjects, args.seed, args.workers)
-    elapsed = time.perf_counter() - start
-    print(f"wrote {args.n_subjects} demo subjects to {args.out} in {elapsed:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

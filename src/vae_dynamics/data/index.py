@@ -1,13 +1,11 @@
 """index_subjects: find BraTS-MEN subject folders, validate every file, write subjects.csv/rejected.csv.
 
-python -m vae_dynamics.data.index --root /data/BraTS_Men_Train --out-dir results/index --workers 8
+vae-dynamics index --root /data/BraTS_Men_Train --out-dir results/index --workers 8
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -127,25 +125,3 @@ def index_subjects(root: str | Path, out_dir: str | Path, workers: int = 1, prog
         )
     write_csv(subjects, out_dir / "subjects.csv")
     return subjects, rejected_df
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--root", required=True, help="BraTS-MEN training folder")
-    parser.add_argument("--out-dir", required=True, help="where subjects.csv and rejected.csv are written")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        subjects, rejected = index_subjects(args.root, args.out_dir, args.workers, not args.no_progress)
-    except NoValidSubjectsError as exc:
-        sys.exit(f"index_subjects: {exc}")
-    print(f"{len(subjects)} valid subjects, {len(rejected)} rejected -> {args.out_dir}")
-    for row in rejected.itertuples():
-        print(f"  rejected {row.subject_id}: {row.file}: {row.reason}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

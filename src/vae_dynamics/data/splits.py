@@ -1,12 +1,11 @@
 """make_splits: a seeded, reproducible train/val split of the indexed subjects.
 
-    python -m vae_dynamics.data.splits --subjects results/index/subjects.csv --out-dir results/splits \
+    vae-dynamics splits --subjects results/index/subjects.csv --out-dir results/splits \
         --val-split 0.1 --seed 42
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -37,20 +36,3 @@ def make_splits(subjects_csv: str | Path, out_dir: str | Path, val_split: float,
     write_csv(train, out_dir / "train.csv")
     write_csv(val, out_dir / "val.csv")
     return train, val
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--subjects", required=True, help="subjects.csv from index_subjects")
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--val-split", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
-    train, val = make_splits(args.subjects, args.out_dir, args.val_split, args.seed)
-    print(f"{len(train)} train / {len(val)} val subjects -> {args.out_dir}")
-
-
-if __name__ == "__main__":
-    main()

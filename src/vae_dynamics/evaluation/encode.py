@@ -1,60 +1,24 @@
 """Encode every train and val subject of a finished run to its posterior (μ, log σ²).
 
-    python -m vae_dynamics.evaluation.encode --summary results/exp2/train_summary.json \
+    vae-dynamics encode --summary results/exp2/train_summary.json \
         --out results/exp2/latents.csv [--batch-size 8] [--workers 4] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from monai.data import DataLoader
 
 from vae_dynamics.io import write_csv
+from vae_dynamics.training.run_dir import TrainedRun, load_trained
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainedRun:
-    """A finished training run: its resolved config, the chosen checkpoint's module, where it lives."""
-
-    cfg: dict[str, Any]
-    module: Any  # the experiment's LightningModule, in eval mode on `device`
-    run_dir: Path
-    summary: dict[str, Any]
-    device: torch.device
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.module.model
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_run(summary_path: str | os.PathLike[str], device: str | torch.device | None = None) -> TrainedRun:
-    """Load the checkpoint a training summary chose (see `checkpoint_choice`) onto `device`."""
-    from vae_dynamics.training.lit_modules import LIT_MODULES
-
-    device = torch.device(device) if device is not None else default_device()
-    summary = json.loads(Path(summary_path).read_text())
-    run_dir = Path(summary["run_dir"])
-    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
-    module_cls = LIT_MODULES[cfg["model"]["variant"]]
-    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
-    return TrainedRun(cfg, module, run_dir, summary, device)
 
 
 def split_datasets(run: TrainedRun) -> dict[str, Any]:
@@ -110,26 +74,7 @@ def encode_latents(
     workers: int = 0,
 ) -> pd.DataFrame:
     """Write latents.csv for the run of `summary_path` (atomically)."""
-    run = load_run(summary_path, device)
+    run = load_trained(summary_path, device)
     table = latents_table(run, batch_size, workers)
     write_csv(table, out_csv)
     return table
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--summary", required=True, help="train_summary.json of a finished run")
-    parser.add_argument("--out", required=True, help="latents CSV to write")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    table = encode_latents(args.summary, args.out, args.device, args.batch_size, args.workers)
-    print(f"{len(table)} subjects -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()

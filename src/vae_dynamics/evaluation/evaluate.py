@@ -1,6 +1,6 @@
 """evaluate_latents: disentanglement metrics, reconstruction quality, correlations and traversals of a run.
 
-    python -m vae_dynamics.evaluation.evaluate --summary results/exp2/train_summary.json \
+    vae-dynamics evaluate --summary results/exp2/train_summary.json \
         --latents results/exp2/latents.csv --factors results/factors/factors.csv --out results/exp2/evaluation
 
 Writes metrics.json, recon_metrics.csv, factor_correlations.png, traversals.png and traversals/z<j>.png
@@ -9,7 +9,6 @@ into the output folder, which is assembled beside it and renamed into place when
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from monai.metrics import MSEMetric, PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy.stats import spearmanr
 
-from vae_dynamics.evaluation.encode import TrainedRun, load_run, split_datasets
+from vae_dynamics.evaluation.encode import split_datasets
 from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical, latent_columns
 from vae_dynamics.evaluation.traversals import (
     TRAVERSAL_MODALITIES,
@@ -35,6 +34,7 @@ from vae_dynamics.evaluation.traversals import (
 )
 from vae_dynamics.io import atomic_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
+from vae_dynamics.training.run_dir import TrainedRun, load_trained
 from vae_dynamics.training.tracking import finish_provenance, provenance
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
@@ -188,7 +188,7 @@ def _evaluate_into(
 ) -> dict[str, Any]:
     """Every file of the evaluation folder but metrics.json into `tmp`; return the metrics."""
     (tmp / "traversals").mkdir()
-    run = load_run(summary_path, device)
+    run = load_trained(summary_path, device)
     experiment = run.summary["experiment"]
     latents, factors = pd.read_csv(latents_csv), pd.read_csv(factors_csv)
 
@@ -262,22 +262,3 @@ def _evaluate_into(
             title=f"{experiment}: z{dim} ({ranked_by} {kl[dim]:.2f}) around {ref['subject_id']}",
         )  # fmt: skip
     return metrics
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--summary", required=True, help="train_summary.json of a finished run")
-    parser.add_argument("--latents", required=True, help="latents.csv of that run")
-    parser.add_argument("--factors", required=True, help="factors.csv (subject_factors)")
-    parser.add_argument("--out", required=True, help="evaluation folder to write")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    metrics = evaluate_run(args.summary, args.latents, args.factors, args.out, args.device)
-    print({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")})
-
-
-if __name__ == "__main__":
-    main()

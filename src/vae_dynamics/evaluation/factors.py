@@ -1,6 +1,6 @@
 """Subject factors measured from each segmentation at native resolution (+ the demo's ground truth).
 
-    python -m vae_dynamics.evaluation.factors --subjects results/index/subjects.csv \
+    vae-dynamics factors --subjects results/index/subjects.csv \
         --out results/factors/factors.csv [--demo-factors results/demo/data/factors.csv]
 
 Per subject: ET, NETC, SNFH and whole-tumour (WT = any label) volumes in mm³ and the WT centroid in
@@ -10,9 +10,7 @@ an empty centroid. Demo ground-truth factors are joined on subject_id with the p
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -82,20 +80,3 @@ def subject_factors(
     if out_csv is not None:
         write_csv(table, out_csv)
     return table
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--subjects", required=True, help="subjects.csv written by index_subjects")
-    parser.add_argument("--out", required=True, help="factors CSV to write")
-    parser.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    table = subject_factors(args.subjects, Path(args.out), args.demo_factors, args.workers)
-    print(f"{len(table)} subjects -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()

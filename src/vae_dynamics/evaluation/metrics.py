@@ -1,6 +1,6 @@
 """Disentanglement metrics of a code (posterior means μ) against known factors: MIG, DCI, SAP, active units.
 
-    python -m vae_dynamics.evaluation.metrics --latents L.csv --factors F.csv --out M.json \
+    vae-dynamics metrics --latents L.csv --factors F.csv --out M.json \
         [--factors-columns a,b,c]
 
 L.csv: `subject_id`, `mu_0..mu_{d-1}` (optional `logvar_*`, `split` = train/val); F.csv: `subject_id`
@@ -21,11 +21,8 @@ out for that factor (e.g. the centroid of a subject without tumour).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,21 +249,3 @@ def metrics_from_files(
     if out_json is not None:
         write_json(result, out_json)
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--latents", required=True, help="CSV with subject_id and mu_* columns")
-    parser.add_argument("--factors", required=True, help="CSV with subject_id and factor columns")
-    parser.add_argument("--out", required=True, help="metrics JSON to write")
-    parser.add_argument("--factors-columns", help="comma-separated factor columns (default: all)")
-    args = parser.parse_args(argv)
-    columns = args.factors_columns.split(",") if args.factors_columns else None
-    result = metrics_from_files(args.latents, args.factors, Path(args.out), columns)
-    print(json.dumps({k: result[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
-
-
-if __name__ == "__main__":
-    main()

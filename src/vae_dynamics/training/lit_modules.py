@@ -11,6 +11,7 @@ import torch
 from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_vae_loss
 from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share, z_dependence
+from vae_dynamics.training.distributed import distributed_world, gather_batch
 from vae_dynamics.training.schedules import linear_warmup
 
 log = logging.getLogger("vae_dynamics.train")
@@ -18,27 +19,6 @@ log = logging.getLogger("vae_dynamics.train")
 # After the β warm-up, a run whose decoder changes its output by less than this when handed another
 # subject's code (z_dependence) is reported as ignoring z.
 Z_IGNORED_BELOW = 1.05
-
-
-def distributed_world() -> tuple[int, int]:
-    """(world size, rank) of the process group, (1, 0) outside DDP."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-def gather_batch(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a per-process tensor over all processes, in rank order, keeping its gradient."""
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(distributed_world()[0])]
-    torch.distributed.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
-    if len({int(n) for n in sizes}) != 1:
-        raise RuntimeError(
-            f"per-device minibatches differ in size ({[int(n) for n in sizes]}): the MWS estimator needs the "
-            "same M on every device (training drops the ragged last batch)"
-        )
-    return torch.cat(all_gather(t), dim=0)
 
 
 def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict]:
@@ -227,7 +207,3 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
             alpha=self.hparams.alpha, gamma=self.hparams.gamma, compute_in_fp32=self.hparams.compute_in_fp32,
             batch_posteriors=batch,
         )  # fmt: skip
-
-
-# model.variant -> the experiment's LightningModule.
-LIT_MODULES = {"baseline_vae": VAELitModule, "tcvae_sbd": TCVAELitModule}

@@ -1,0 +1,283 @@
+"""vae-dynamics: every step of the pipeline as a subcommand (the Snakemake rules call the same functions).
+
+    vae-dynamics train --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml [--set train.max_epochs=3]
+    vae-dynamics train --config C --run-dir D --resume          continue D/checkpoints/last.ckpt
+    vae-dynamics demo --out results/demo/data --n-subjects 6
+    vae-dynamics index --root /data/BraTS_Men_Train --out-dir results/index
+    vae-dynamics splits --subjects results/index/subjects.csv --out-dir results/splits
+    vae-dynamics cache --config C --splits results/splits --manifest results/cache/manifest.json
+    vae-dynamics encode --summary results/exp2/train_summary.json --out results/exp2/latents.csv
+    vae-dynamics factors --subjects results/index/subjects.csv --out results/factors/factors.csv
+    vae-dynamics evaluate --summary S --latents L --factors F --out results/exp2/evaluation
+    vae-dynamics metrics --latents L.csv --factors F.csv --out M.json
+    vae-dynamics config show|validate|schema [--config C] [--set KEY=VALUE ...]
+    vae-dynamics experiments                                    the registered experiments
+
+Each subcommand imports only what it needs: `vae-dynamics --help` and `config` do not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vae_dynamics import __version__
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--config", required=required, help="experiment YAML (model.variant selects the experiment)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_epochs=3 (value read as YAML; repeatable)",
+    )  # fmt: skip
+
+
+# ---- subcommands ------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vae_dynamics.config import load_config
+    from vae_dynamics.training.checkpointing import Preempted
+    from vae_dynamics.training.run import train
+
+    if args.resume and not args.run_dir:
+        raise UsageError("--resume needs --run-dir")
+    cfg = load_config(args.config, args.overrides)
+    try:
+        summary = train(cfg, args.run_dir, args.resume, args.splits)
+    except Preempted as exc:
+        print(f"train: pre-empted: {exc}; run the same command with --resume to continue", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+    if "best_checkpoint" in summary:  # rank 0
+        print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from vae_dynamics.data.demo import generate
+
+    start = time.perf_counter()
+    generate(args.out, args.n_subjects, args.seed, args.workers)
+    print(f"wrote {args.n_subjects} demo subjects to {args.out} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from vae_dynamics.data.index import index_subjects
+
+    subjects, rejected = index_subjects(args.root, args.out_dir, args.workers, not args.no_progress)
+    print(f"{len(subjects)} valid subjects, {len(rejected)} rejected -> {args.out_dir}")
+    for row in rejected.itertuples():
+        print(f"  rejected {row.subject_id}: {row.file}: {row.reason}", file=sys.stderr)
+
+
+def cmd_splits(args: argparse.Namespace) -> None:
+    from vae_dynamics.data.splits import make_splits
+
+    train, val = make_splits(args.subjects, args.out_dir, args.val_split, args.seed)
+    print(f"{len(train)} train / {len(val)} val subjects -> {args.out_dir}")
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from vae_dynamics.config import load_config
+    from vae_dynamics.data.cache import build_cache
+
+    cfg = load_config(args.config, args.overrides)
+    splits = Path(args.splits)
+    manifest = build_cache(
+        cfg["data"], [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg["data"]["cache_dir"],
+        args.manifest, workers=args.workers,
+    )  # fmt: skip
+    print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation.encode import encode_latents
+
+    table = encode_latents(args.summary, args.out, args.device, args.batch_size, args.workers)
+    print(f"{len(table)} subjects -> {args.out}")
+
+
+def cmd_factors(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation.factors import subject_factors
+
+    table = subject_factors(args.subjects, Path(args.out), args.demo_factors, args.workers)
+    print(f"{len(table)} subjects -> {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.summary, args.latents, args.factors, args.out, args.device)
+    print(json.dumps({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation.metrics import metrics_from_files
+
+    columns = args.factors_columns.split(",") if args.factors_columns else None
+    result = metrics_from_files(args.latents, args.factors, Path(args.out), columns)
+    print(json.dumps({k: result[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from vae_dynamics.config import load_config
+    from vae_dynamics.config.loader import json_schema_text
+
+    if args.action == "schema":
+        text = json_schema_text()
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"JSON schema of the experiment config -> {args.out}")
+        else:
+            sys.stdout.write(text)
+        return
+    if not args.config:
+        raise UsageError(f"config {args.action} needs --config")
+    cfg = load_config(args.config, args.overrides)
+    if args.action == "show":
+        sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+    else:
+        print(f"{args.config}: valid ({cfg['model']['variant']})")
+
+
+def cmd_experiments(args: argparse.Namespace) -> None:
+    from vae_dynamics import experiments
+
+    for e in experiments.EXPERIMENTS.values():
+        print(f"{e.key}  model.variant={e.variant}  {e.title}  ({e.yaml_path})")
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A combination of arguments that argparse cannot express."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae-dynamics", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("train", cmd_train, "train Exp1 or Exp2 (model.variant of --config); resumable")
+    _config_args(p)
+    p.add_argument("--run-dir", help="run directory (default: <logging.save_dir>/<timestamp>_<experiment>)")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.ckpt")
+    p.add_argument("--splits", help="folder with train.csv/val.csv (default: index data.root_dir)")
+
+    p = add("demo", cmd_demo, "generate the BraTS-MEN-format demo dataset from the MNI152 anatomy")
+    p.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
+    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+
+    p = add("index", cmd_index, "validate every subject folder -> subjects.csv, rejected.csv")
+    p.add_argument("--root", required=True, help="BraTS-MEN training folder")
+    p.add_argument("--out-dir", required=True, help="where subjects.csv and rejected.csv are written")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = add("splits", cmd_splits, "seeded train/val split of the indexed subjects")
+    p.add_argument("--subjects", required=True, help="subjects.csv from `vae-dynamics index`")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+
+    p = add("cache", cmd_cache, "preprocess every split subject once into the persistent cache")
+    _config_args(p)
+    p.add_argument("--splits", required=True, help="folder with train.csv and val.csv")
+    p.add_argument("--cache-dir", help="cache root (default: data.cache_dir of the config)")
+    p.add_argument("--manifest", required=True, help="manifest JSON to write")
+    p.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
+
+    p = add("encode", cmd_encode, "posterior (μ, log σ²) of every train and val subject of a finished run")
+    p.add_argument("--summary", required=True, help="train_summary.json of a finished run")
+    p.add_argument("--out", required=True, help="latents CSV to write")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+    p = add("factors", cmd_factors, "tumour volumes and centroid per subject (+ the demo's ground truth)")
+    p.add_argument("--subjects", required=True, help="subjects.csv written by `vae-dynamics index`")
+    p.add_argument("--out", required=True, help="factors CSV to write")
+    p.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
+    p.add_argument("--workers", type=int, default=1)
+
+    p = add(
+        "evaluate", cmd_evaluate, "metrics.json, reconstruction quality, correlations, traversals of a run"
+    )
+    p.add_argument("--summary", required=True, help="train_summary.json of a finished run")
+    p.add_argument("--latents", required=True, help="latents.csv of that run")
+    p.add_argument("--factors", required=True, help="factors.csv (`vae-dynamics factors`)")
+    p.add_argument("--out", required=True, help="evaluation folder to write")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+    p = add("metrics", cmd_metrics, "MIG, DCI, SAP and active units of latents against factors")
+    p.add_argument("--latents", required=True, help="CSV with subject_id and mu_* columns")
+    p.add_argument("--factors", required=True, help="CSV with subject_id and factor columns")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--factors-columns", help="comma-separated factor columns (default: all)")
+
+    p = add("config", cmd_config, "show or validate an experiment config, or print its JSON schema")
+    p.add_argument("action", choices=("show", "validate", "schema"))
+    _config_args(p, required=False)
+    p.add_argument("--out", help="schema: write to this file instead of stdout")
+
+    add("experiments", cmd_experiments, "list the registered experiments")
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that carry a message for the user (a traceback would add nothing)."""
+    from vae_dynamics.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, UsageError, FileNotFoundError]
+    if "vae_dynamics.training.run" in sys.modules:
+        from vae_dynamics.training.checkpointing import DamagedCheckpointError
+        from vae_dynamics.training.run_dir import ResumeError
+        from vae_dynamics.training.tracking import LoggerUnavailableError
+
+        errors += [DamagedCheckpointError, ResumeError, LoggerUnavailableError]
+    if "vae_dynamics.data.index" in sys.modules:
+        from vae_dynamics.data.index import NoValidSubjectsError
+
+        errors.append(NoValidSubjectsError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command != "train":  # training logs to <run_dir>/train.log and prints progress itself
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except Exception as exc:
+        if isinstance(exc, _expected_errors()):
+            sys.exit(f"{args.command}: {exc}")
+        raise
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """`vae-train ...` = `vae-dynamics train ...` (kept for existing scripts)."""
+    main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

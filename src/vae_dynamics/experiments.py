@@ -1,0 +1,128 @@
+"""The registry of experiments: the one place that lists them and what each is made of.
+
+Every other place (config validation, training, export, evaluation, the workflow, the benchmarks)
+reads this table. Adding an experiment: write its config model (config/schema.py or a new file), its
+model and LightningModule, its YAML next to the others, and add one `Experiment` here.
+
+Light on purpose (no torch): the model and module classes are named by import path and loaded when
+a step needs them, so that `snakemake -n` can read the registry on a login node.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vae_dynamics.config.schema import ConfigError, Exp1Config, Exp2Config, ExperimentConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: how it is named, configured, built and trained."""
+
+    key: str  # short name: results/<key>/, overrides.<key>, bench tables (exp1, exp2)
+    variant: str  # model.variant in its YAML
+    name: str  # run directories (<timestamp>_<name>), the YAML file (config/<name>.yaml), logger name
+    title: str  # for figures and reports
+    config_model: type[ExperimentConfig]
+    model_class: str  # "module:Class" of the nn.Module
+    lit_module: str  # "module:Class" of the LightningModule
+    warmup_key: str  # loss key: epochs of the β warm-up (the first epoch at the target β)
+    beta_key: str  # loss key: the target β (the sweep's usual axis)
+    workflow_key: str  # key of the workflow config (config/config.yaml) naming its YAML
+    model_keys: tuple[str, ...] = ()  # model.* keys passed to the model beyond the common ones
+    baseline: bool = False  # the reference the others are compared with (sweep figures)
+
+    @property
+    def yaml_path(self) -> Path:
+        return CONFIG_DIR / f"{self.name}.yaml"
+
+    def model_cls(self) -> type:
+        return _load(self.model_class)
+
+    def lit_cls(self) -> type:
+        return _load(self.lit_module)
+
+    def warmup_epochs(self, cfg: Mapping[str, Any]) -> int:
+        return int(cfg["loss"][self.warmup_key])
+
+    def model_kwargs(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords of the model from a validated config."""
+        m = cfg["model"]
+        kwargs = {k: m[k] for k in ("z_dim", "input_channels", "base_filters", "norm")}
+        kwargs["gradient_checkpointing"] = cfg["train"]["gradient_checkpointing"]
+        for key in self.model_keys:
+            kwargs[key] = tuple(m[key]) if isinstance(m[key], list) else m[key]
+        return kwargs
+
+
+def _load(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.key: e
+    for e in (
+        Experiment(
+            key="exp2",
+            variant="tcvae_sbd",
+            name="exp2_tcvae_sbd",
+            title="Exp2 β-TCVAE + SBD",
+            config_model=Exp2Config,
+            model_class="vae_dynamics.models.vae.tcvae_sbd:TCVAESBD",
+            lit_module="vae_dynamics.training.lit_modules:TCVAELitModule",
+            warmup_key="beta_tc_annealing_epochs",
+            beta_key="beta_tc_target",
+            workflow_key="experiment",
+            model_keys=(
+                "sbd_grid_size",
+                "sbd_z_gain",
+                "sbd_coord_gain",
+                "sbd_project_norm",
+                "logvar_init_bias",
+            ),
+        ),
+        Experiment(
+            key="exp1",
+            variant="baseline_vae",
+            name="exp1_baseline_vae",
+            title="Exp1 baseline VAE",
+            config_model=Exp1Config,
+            model_class="vae_dynamics.models.vae.baseline_vae:BaselineVAE",
+            lit_module="vae_dynamics.training.lit_modules:VAELitModule",
+            warmup_key="beta_kl_annealing_epochs",
+            beta_key="beta_kl_target",
+            workflow_key="baseline_experiment",
+            baseline=True,
+        ),
+    )
+}
+BY_VARIANT: dict[str, Experiment] = {e.variant: e for e in EXPERIMENTS.values()}
+
+
+def get(key: str) -> Experiment:
+    """The experiment named `key` (exp1, exp2, or its full name such as exp2_tcvae_sbd)."""
+    for e in EXPERIMENTS.values():
+        if key in (e.key, e.name):
+            return e
+    raise ConfigError(f"unknown experiment {key!r}; known: {sorted(EXPERIMENTS)}")
+
+
+def for_variant(variant: Any) -> Experiment:
+    """The experiment a config's model.variant selects."""
+    if variant not in BY_VARIANT:
+        raise ConfigError(
+            f"model.variant: {variant!r} is not a known experiment variant; valid variants: {sorted(BY_VARIANT)}"
+        )
+    return BY_VARIANT[variant]
+
+
+def of(cfg: Mapping[str, Any]) -> Experiment:
+    """The experiment of a (validated) config."""
+    return for_variant(cfg["model"]["variant"])

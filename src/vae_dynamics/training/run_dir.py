@@ -1,0 +1,188 @@
+"""A run directory: its layout, the resume policy, and loading a finished run for export/evaluation.
+
+<run_dir>/
+  config_resolved.yaml   the validated config the run was trained with
+  provenance.json        versions, host, git commit, start/end
+  train.log              log records of every (re)start
+  splits/{train,val}.csv the subjects of this run (kept on resume)
+  index/                 subjects.csv / rejected.csv when the run indexed root_dir itself
+  checkpoints/           last.ckpt (resume) and the chosen epoch*.ckpt
+  logs/                  metrics.csv (csv logger), TensorBoard events
+  recon/                 reconstruction snapshots every logging.recon_every_n_epochs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vae_dynamics import experiments
+from vae_dynamics.config import ConfigError, diff_keys, load_config
+from vae_dynamics.config.identity import RESUME_FREE_KEYS, RESUME_LOCKED_KEYS, RESUME_LOCKED_SECTIONS
+from vae_dynamics.io import atomic_path
+
+log = logging.getLogger("vae_dynamics.train")
+
+SPLIT_FILES = ("train.csv", "val.csv")
+
+
+class ResumeError(RuntimeError):
+    """A resume was asked for but is impossible or would mix different experiments."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one training run, and what may be done with them."""
+
+    path: Path
+
+    @classmethod
+    def new(cls, cfg: dict[str, Any]) -> RunDir:
+        """<logging.save_dir>/<timestamp>_<experiment name> (the CLI's default)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return cls(Path(cfg["logging"]["save_dir"]) / f"{stamp}_{experiments.of(cfg).name}")
+
+    config = property(lambda self: self.path / "config_resolved.yaml")
+    provenance = property(lambda self: self.path / "provenance.json")
+    train_log = property(lambda self: self.path / "train.log")
+    splits = property(lambda self: self.path / "splits")
+    index = property(lambda self: self.path / "index")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.ckpt")
+    logs = property(lambda self: self.path / "logs")
+    recon = property(lambda self: self.path / "recon")
+
+    def create(self) -> None:
+        for sub in (self.checkpoints, self.logs, self.recon, self.splits):
+            sub.mkdir(parents=True, exist_ok=True)
+
+    def has_checkpoint(self) -> bool:
+        return self.last_checkpoint.is_file()
+
+    def saved_config(self) -> dict[str, Any]:
+        """config_resolved.yaml, validated (a run whose config no longer validates is named)."""
+        try:
+            return load_config(self.config)
+        except ConfigError as exc:
+            raise ResumeError(f"the run's saved config does not validate: {exc}") from None
+
+    def splits_difference(self, given: Path) -> list[str]:
+        """How the split CSVs in `given` differ from the run's own (empty when they hold the same subjects)."""
+        diffs = []
+        for name in SPLIT_FILES:
+            if not (given / name).is_file():
+                raise FileNotFoundError(f"--splits: {given / name} not found")
+            a = pd.read_csv(self.splits / name, dtype=str).set_index("subject_id")
+            b = pd.read_csv(given / name, dtype=str).set_index("subject_id")
+            added, removed = sorted(set(b.index) - set(a.index)), sorted(set(a.index) - set(b.index))
+            if added:
+                diffs.append(f"{name}: {len(added)} subject(s) added ({', '.join(added[:5])})")
+            if removed:
+                diffs.append(f"{name}: {len(removed)} subject(s) removed ({', '.join(removed[:5])})")
+            common = sorted(set(a.index) & set(b.index))
+            moved = [s for s in common if not a.loc[s].equals(b.loc[s].reindex(a.columns))]
+            if moved:
+                diffs.append(f"{name}: files of {len(moved)} subject(s) changed ({', '.join(moved[:5])})")
+        return diffs
+
+    def check_resume(self, cfg: dict[str, Any], splits_dir: Path | None = None) -> Path:
+        """The checkpoint to resume from; refuse a missing checkpoint, a changed experiment or other splits.
+
+        What may change on resume: config/identity.py (RESUME_FREE_KEYS, and everything outside the
+        locked sections but the device count). The CLI's --resume and the workflow both come here.
+        """
+        if not self.has_checkpoint():
+            raise ResumeError(f"--resume: no checkpoint to resume from at {self.last_checkpoint}")
+        if splits_dir is not None and (self.splits / "train.csv").is_file():
+            diffs = self.splits_difference(Path(splits_dir))
+            if diffs:
+                raise ResumeError(
+                    f"refusing to resume {self.path}: --splits {splits_dir} differs from the run's own splits "
+                    f"({'; '.join(diffs)}); N and the data would change mid-run. Resume without --splits, "
+                    "or start a new run directory."
+                )
+        if self.config.is_file():
+            saved = self.saved_config()
+            diffs = [
+                d
+                for d in diff_keys(saved, cfg, RESUME_LOCKED_SECTIONS)
+                if d.split(":")[0] not in RESUME_FREE_KEYS
+            ]
+            diffs += [d for d in diff_keys(saved, cfg, ["train"]) if d.split(":")[0] in RESUME_LOCKED_KEYS]
+            if diffs:
+                raise ResumeError(
+                    f"refusing to resume {self.path}: its checkpoint was trained with a different config "
+                    f"({'; '.join(diffs)}). Start a new run directory instead."
+                )
+        return self.last_checkpoint
+
+    def prepare_splits(self, cfg: dict[str, Any], splits_dir: Path | None) -> Path:
+        """splits/{train,val}.csv: copied from `splits_dir`, kept on resume, or made by indexing root_dir."""
+        from vae_dynamics.data.index import index_subjects
+        from vae_dynamics.data.splits import make_splits
+
+        out = self.splits
+        if splits_dir is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            for name in SPLIT_FILES:
+                src = Path(splits_dir) / name
+                if not src.is_file():
+                    raise FileNotFoundError(f"--splits: {src} not found")
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(src, tmp)
+            return out
+        if all((out / name).is_file() for name in SPLIT_FILES):
+            return out
+        data = cfg["data"]
+        log.info("indexing %s", data["root_dir"])
+        subjects, rejected = index_subjects(data["root_dir"], self.index, workers=max(1, data["num_workers"]))
+        for row in rejected.itertuples():
+            log.warning("rejected subject %s: %s: %s", row.subject_id, row.file, row.reason)
+        make_splits(self.index / "subjects.csv", out, data["val_split"], cfg["train"]["seed"])
+        return out
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: its resolved config, the chosen checkpoint's module, where it lives."""
+
+    cfg: dict[str, Any]
+    module: Any  # the experiment's LightningModule, in eval mode on `device`
+    run_dir: Path
+    summary: dict[str, Any]
+    device: Any  # torch.device
+
+    @property
+    def model(self):
+        return self.module.model
+
+    @property
+    def experiment(self) -> experiments.Experiment:
+        return experiments.of(self.cfg)
+
+
+def default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRun:
+    """Load the checkpoint a training summary chose (see `checkpoint_choice`) onto `device`."""
+    import torch
+
+    device = torch.device(device) if device is not None else default_device()
+    summary = json.loads(Path(summary_path).read_text())
+    run = RunDir(Path(summary["run_dir"]))
+    cfg = load_config(run.config)
+    module_cls = experiments.of(cfg).lit_cls()
+    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
+    return TrainedRun(cfg, module, run.path, summary, device)
