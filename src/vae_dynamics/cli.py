@@ -11,6 +11,7 @@
     vae-dynamics evaluate --summary S --latents L --factors F --out results/exp2/evaluation
     vae-dynamics metrics --latents L.csv --factors F.csv --out M.json
     vae-dynamics config show|validate|schema [--config C] [--set KEY=VALUE ...]
+    vae-dynamics sweep list|summarize --configfile config/demo.yaml   a workflow sweep's runs / summary
     vae-dynamics experiments                                    the registered experiments
 
 Each subcommand imports only what it needs: `vae-dynamics --help` and `config` do not load torch.
@@ -152,6 +153,27 @@ def cmd_config(args: argparse.Namespace) -> None:
         print(f"{args.config}: valid ({cfg['model']['variant']})")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from vae_dynamics.workflow import load_workflow_config, sweep_runs
+
+    config = load_workflow_config(*args.configfile)
+    runs = sweep_runs(config)
+    if not runs:
+        raise UsageError(
+            f"the workflow config ({', '.join(args.configfile) or 'config/config.yaml'}) has no sweep"
+        )
+    if args.action == "list":
+        for run, spec in runs.items():
+            print(f"{run}  (run identity {spec['identity']})")
+        return
+    from vae_dynamics.evaluation.sweep import summarize_sweep
+
+    table = summarize_sweep(runs, args.results, Path(args.results) / "sweep")
+    missing = len(runs) - len(table)
+    print(f"{len(table)} of {len(runs)} runs summarised -> {args.results}/sweep/summary.md"
+          + (f" ({missing} missing, listed there)" if missing else ""))  # fmt: skip
+
+
 def cmd_experiments(args: argparse.Namespace) -> None:
     from vae_dynamics import experiments
 
@@ -239,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("show", "validate", "schema"))
     _config_args(p, required=False)
     p.add_argument("--out", help="schema: write to this file instead of stdout")
+
+    p = add("sweep", cmd_sweep, "list a workflow sweep's runs, or summarise the runs that finished")
+    p.add_argument("action", choices=("list", "summarize"))
+    p.add_argument(
+        "--configfile", action="append", default=[], help="workflow config merged over config/config.yaml"
+    )
+    p.add_argument("--results", default="results", help="the workflow's results folder")
 
     add("experiments", cmd_experiments, "list the registered experiments")
     return parser

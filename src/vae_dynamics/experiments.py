@@ -1,8 +1,9 @@
 """The registry of experiments: the one place that lists them and what each is made of.
 
 Every other place (config validation, training, export, evaluation, the workflow, the benchmarks)
-reads this table. Adding an experiment: write its config model (config/schema.py or a new file), its
-model and LightningModule, its YAML next to the others, and add one `Experiment` here.
+reads this table. Adding an experiment (say Exp3): its config model here (the common sections come
+from config/schema.py), its nn.Module under models/, its LightningModule, its YAML next to the others
+(config/exp3_<name>.yaml), and one `Experiment` record below; nothing else changes.
 
 Light on purpose (no torch): the model and module classes are named by import path and loaded when
 a step needs them, so that `snakemake -n` can read the registry on a login node.
@@ -14,11 +15,97 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from vae_dynamics.config.schema import ConfigError, Exp1Config, Exp2Config, ExperimentConfig
+from pydantic import Field, StrictBool, StrictInt, model_validator
+
+from vae_dynamics.config.schema import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    NonNegative,
+    NonNegativeInt,
+    Number,
+    Positive,
+    Section,
+    TrainConfig,
+    check,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+
+# ---- the config model of each experiment (the sections the request's YAML defines per variant) ----
+
+# Exp1: the baseline VAE -------------------------------------------------------------------------
+
+
+class Exp1Model(ModelConfig):
+    variant: Literal["baseline_vae"]
+
+
+class Exp1Loss(Section):
+    beta_kl_target: NonNegative = Field(description="β of the KL term after the warm-up")
+    beta_kl_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β warm-up from 0")
+
+
+class Exp1Config(ExperimentConfig):
+    model: Exp1Model
+    loss: Exp1Loss
+
+
+# Exp2: β-TCVAE with a Spatial Broadcast Decoder ------------------------------------------------
+
+
+class Exp2Model(ModelConfig):
+    variant: Literal["tcvae_sbd"]
+    sbd_grid_size: Annotated[
+        list[StrictInt], check(lambda v: v == [8, 8, 8], "is fixed to [8, 8, 8] (do not change)")
+    ]
+    # Not in the request's YAML: how the SBD starts (docs/LEARNING.md).
+    sbd_z_gain: NonNegative = Field(
+        0.1, description="initial gain of the z columns of the SBD's 1×1×1 projection"
+    )
+    sbd_coord_gain: Positive = Field(1.0, description="initial gain of its coordinate columns")
+    sbd_project_norm: StrictBool = Field(True, description="GroupNorm after the projection")
+    logvar_init_bias: Annotated[
+        Number, check(lambda v: -20 <= v <= 5, "must lie in [-20, 5] (sigma from 4.5e-5 to 12)")
+    ] = Field(-4.0, description="initial bias of the encoder's log σ² output")
+
+
+class Exp2Loss(Section):
+    alpha: NonNegative = Field(description="weight of the index-code mutual information")
+    gamma: NonNegative = Field(description="weight of the dimension-wise KL")
+    beta_tc_target: NonNegative = Field(description="weight of the total correlation after the warm-up")
+    beta_tc_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β_tc warm-up from 0")
+    compute_in_fp32: StrictBool = Field(description="the log-density terms of the MWS estimator in float32")
+
+
+class Exp2Train(TrainConfig):
+    # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32" (an alias).
+    compute_tcvae_terms_in_fp32: StrictBool | None = Field(None, exclude=True)
+    encoder_head_lr_scale: Positive = Field(
+        0.01, description="Exp2: the encoder head at lr/100 (docs/LEARNING.md)"
+    )
+
+
+class Exp2Config(ExperimentConfig):
+    model: Exp2Model
+    loss: Exp2Loss
+    train: Exp2Train
+
+    @model_validator(mode="after")
+    def _alias_agrees(self) -> Exp2Config:
+        alias = self.train.compute_tcvae_terms_in_fp32
+        if alias is not None and alias != self.loss.compute_in_fp32:
+            raise ValueError(
+                "train.compute_tcvae_terms_in_fp32 contradicts loss.compute_in_fp32 "
+                "(they are the same switch; set only loss.compute_in_fp32)"
+            )
+        return self
+
+
+# ---- the registry ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

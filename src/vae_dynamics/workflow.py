@@ -114,6 +114,27 @@ def data_root(config: Mapping[str, Any]) -> str | None:
     return DEMO_DATA if config.get("demo") else config.get("data_root")
 
 
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def load_workflow_config(*configfiles: str | os.PathLike[str], root: str | os.PathLike[str] = ".") -> dict:
+    """config/config.yaml with each --configfile merged over it, as Snakemake does."""
+    config: dict[str, Any] = {}
+    for path in (Path(root) / "config" / "config.yaml", *map(Path, configfiles)):
+        if not path.is_file():
+            raise FileNotFoundError(f"workflow config not found: {path}")
+        config = _merge(config, yaml.safe_load(path.read_text()) or {})
+    return config
+
+
 def experiment_yaml(config: Mapping[str, Any], exp: str) -> str:
     """The experiment YAML the workflow config names for `exp` (its registered default otherwise)."""
     from vae_dynamics import experiments

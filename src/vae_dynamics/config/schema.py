@@ -23,7 +23,6 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
-    model_validator,
 )
 
 # 64-true is not offered: the data pipeline, caches and snapshots are float32/float16 throughout.
@@ -46,54 +45,56 @@ def _number_from_string(v: Any) -> Any:
     return v
 
 
-def _check(ok, problem: str) -> AfterValidator:
-    def check(v: Any) -> Any:
+def check(ok, problem: str) -> AfterValidator:
+    """A value check: `ok(value)` or the error '<value> <problem>'."""
+
+    def validate(v: Any) -> Any:
         if not ok(v):
             raise ValueError(f"{v!r} {problem}")
         return v
 
-    return AfterValidator(check)
+    return AfterValidator(validate)
 
 
 Number = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_number_from_string)]
-Positive = Annotated[Number, _check(lambda v: v > 0, "must be > 0")]
-NonNegative = Annotated[Number, _check(lambda v: v >= 0, "must be >= 0")]
-PositiveInt = Annotated[StrictInt, _check(lambda v: v > 0, "must be > 0")]
-NonNegativeInt = Annotated[StrictInt, _check(lambda v: v >= 0, "must be >= 0")]
+Positive = Annotated[Number, check(lambda v: v > 0, "must be > 0")]
+NonNegative = Annotated[Number, check(lambda v: v >= 0, "must be >= 0")]
+PositiveInt = Annotated[StrictInt, check(lambda v: v > 0, "must be > 0")]
+NonNegativeInt = Annotated[StrictInt, check(lambda v: v >= 0, "must be >= 0")]
 AutoOrBool = Literal["auto"] | StrictBool
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """data: where the subjects are, how they are preprocessed (the cache contract) and loaded."""
 
     root_dir: StrictStr = Field(description="BraTS-MEN training folder (one sub-folder per subject)")
     modalities: Annotated[
         list[StrictStr],
-        _check(
+        check(
             lambda v: sorted(v) == sorted(MODALITIES) and len(set(v)) == 4,
             "must list the four BraTS modalities t1c, t1n, t2f, t2w once each",
         ),
     ] = Field(description="input channels, in this order")
     roi_size: Annotated[
         list[StrictInt],
-        _check(lambda v: v == [128, 128, 128], "must be [128, 128, 128] (the model input size)"),
+        check(lambda v: v == [128, 128, 128], "must be [128, 128, 128] (the model input size)"),
     ] = Field(description="model input size in voxels (fixed)")
     spacing: Annotated[list[Positive], Field(min_length=3, max_length=3)] = Field(
         description="voxel size, mm"
     )
-    orientation: Annotated[StrictStr, _check(lambda v: v == "RAS", "must be 'RAS'")]
+    orientation: Annotated[StrictStr, check(lambda v: v == "RAS", "must be 'RAS'")]
     batch_size: PositiveInt = Field(
         description="batch of ONE device (the global batch is devices·nodes·this)"
     )
     num_workers: NonNegativeInt = Field(description="DataLoader / preprocessing worker processes")
-    cache_rate: Annotated[Number, _check(lambda v: 0 <= v <= 1, "must lie in [0, 1]")] = Field(
+    cache_rate: Annotated[Number, check(lambda v: 0 <= v <= 1, "must lie in [0, 1]")] = Field(
         description="share of the training subjects held in memory"
     )
-    val_split: Annotated[Number, _check(lambda v: 0 < v < 1, "must lie strictly between 0 and 1")] = Field(
+    val_split: Annotated[Number, check(lambda v: 0 < v < 1, "must lie strictly between 0 and 1")] = Field(
         description="share of the subjects held out for validation"
     )
     cache_dir: StrictStr = Field("experiments/cache", description="persistent cache of preprocessed tensors")
@@ -102,20 +103,20 @@ class DataConfig(_Section):
         "auto",
         description="hold the training split on the GPU (float16); auto = when CUDA is used and it fits",
     )
-    intensity_percentile: Annotated[Number, _check(lambda v: 50 < v <= 100, "must lie in (50, 100]")] = Field(
+    intensity_percentile: Annotated[Number, check(lambda v: 50 < v <= 100, "must lie in (50, 100]")] = Field(
         99.5, description="per-channel intensity scaling percentile"
     )
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """model: the architecture (the variant selects the experiment)."""
 
     variant: StrictStr = Field(description="the experiment: baseline_vae (Exp1) or tcvae_sbd (Exp2)")
-    z_dim: Annotated[StrictInt, _check(lambda v: v == 128, "is fixed to 128")]
-    input_channels: Annotated[StrictInt, _check(lambda v: v == 4, "must be 4 (t1c, t1n, t2f, t2w)")]
+    z_dim: Annotated[StrictInt, check(lambda v: v == 128, "is fixed to 128")]
+    input_channels: Annotated[StrictInt, check(lambda v: v == 4, "must be 4 (t1c, t1n, t2f, t2w)")]
     base_filters: Annotated[
         StrictInt,
-        _check(
+        check(
             lambda v: v // 2 >= 8,
             "is too small: base_filters // 2 must be >= 8 (the last decoder stage), i.e. base_filters >= 16",
         ),
@@ -123,7 +124,7 @@ class ModelConfig(_Section):
     norm: Literal["GROUP"]
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """train: optimisation, precision and devices."""
 
     seed: StrictInt
@@ -144,7 +145,7 @@ class TrainConfig(_Section):
     )
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """logging: where runs go and what is recorded."""
 
     save_dir: StrictStr = Field(description="parent of the CLI's run directories")
@@ -152,8 +153,8 @@ class LoggingConfig(_Section):
     num_recon_samples: NonNegativeInt
     loggers: Annotated[
         list[StrictStr],
-        _check(lambda v: not set(v) - set(LOGGERS), f"names an unknown logger; known: {list(LOGGERS)}"),
-        _check(
+        check(lambda v: not set(v) - set(LOGGERS), f"names an unknown logger; known: {list(LOGGERS)}"),
+        check(
             lambda v: "csv" in v and len(set(v)) == len(v), "must list csv (metrics.csv) and each logger once"
         ),
     ] = Field(["csv", "tensorboard"], description="csv is the request's metrics.csv and always kept")
@@ -165,82 +166,14 @@ class LoggingConfig(_Section):
     )
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     """An experiment config: the five sections of the request's YAML."""
 
     data: DataConfig
     model: ModelConfig
-    loss: _Section
+    loss: Section
     train: TrainConfig
     logging: LoggingConfig
-
-
-# ---- Exp1: the baseline VAE -------------------------------------------------------------------------
-
-
-class Exp1Model(ModelConfig):
-    variant: Literal["baseline_vae"]
-
-
-class Exp1Loss(_Section):
-    beta_kl_target: NonNegative = Field(description="β of the KL term after the warm-up")
-    beta_kl_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β warm-up from 0")
-
-
-class Exp1Config(ExperimentConfig):
-    model: Exp1Model
-    loss: Exp1Loss
-
-
-# ---- Exp2: β-TCVAE with a Spatial Broadcast Decoder ------------------------------------------------
-
-
-class Exp2Model(ModelConfig):
-    variant: Literal["tcvae_sbd"]
-    sbd_grid_size: Annotated[
-        list[StrictInt], _check(lambda v: v == [8, 8, 8], "is fixed to [8, 8, 8] (do not change)")
-    ]
-    # Not in the request's YAML: how the SBD starts (docs/LEARNING.md).
-    sbd_z_gain: NonNegative = Field(
-        0.1, description="initial gain of the z columns of the SBD's 1×1×1 projection"
-    )
-    sbd_coord_gain: Positive = Field(1.0, description="initial gain of its coordinate columns")
-    sbd_project_norm: StrictBool = Field(True, description="GroupNorm after the projection")
-    logvar_init_bias: Annotated[
-        Number, _check(lambda v: -20 <= v <= 5, "must lie in [-20, 5] (sigma from 4.5e-5 to 12)")
-    ] = Field(-4.0, description="initial bias of the encoder's log σ² output")
-
-
-class Exp2Loss(_Section):
-    alpha: NonNegative = Field(description="weight of the index-code mutual information")
-    gamma: NonNegative = Field(description="weight of the dimension-wise KL")
-    beta_tc_target: NonNegative = Field(description="weight of the total correlation after the warm-up")
-    beta_tc_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β_tc warm-up from 0")
-    compute_in_fp32: StrictBool = Field(description="the log-density terms of the MWS estimator in float32")
-
-
-class Exp2Train(TrainConfig):
-    # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32" (an alias).
-    compute_tcvae_terms_in_fp32: StrictBool | None = Field(None, exclude=True)
-    encoder_head_lr_scale: Positive = Field(
-        0.01, description="Exp2: the encoder head at lr/100 (docs/LEARNING.md)"
-    )
-
-
-class Exp2Config(ExperimentConfig):
-    model: Exp2Model
-    loss: Exp2Loss
-    train: Exp2Train
-
-    @model_validator(mode="after")
-    def _alias_agrees(self) -> Exp2Config:
-        alias = self.train.compute_tcvae_terms_in_fp32
-        if alias is not None and alias != self.loss.compute_in_fp32:
-            raise ValueError(
-                "train.compute_tcvae_terms_in_fp32 contradicts loss.compute_in_fp32 "
-                "(they are the same switch; set only loss.compute_in_fp32)"
-            )
-        return self
 
 
 # ---- errors -----------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""The experiment registry is the one place that lists experiments; everything else reads it."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vae_dynamics import experiments
+from vae_dynamics.config import ConfigError, config_path, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_each_experiment_is_one_record_with_its_yaml_schema_model_and_module():
+    assert list(experiments.EXPERIMENTS) == ["exp2", "exp1"]
+    for e in experiments.EXPERIMENTS.values():
+        cfg = load_config(e.yaml_path)
+        assert experiments.of(cfg) is e and cfg["model"]["variant"] == e.variant
+        assert e.yaml_path.stem == e.name and config_path(e.key) == e.yaml_path
+        assert e.warmup_epochs(cfg) == 40
+        model = e.model_cls()(**{**e.model_kwargs(cfg), "base_filters": 16})
+        assert type(model).__name__ in e.model_class
+        assert e.lit_cls().__name__ in e.lit_module
+    exp2 = experiments.get("exp2_tcvae_sbd")
+    assert exp2.model_kwargs(load_config(exp2.yaml_path))["sbd_grid_size"] == (8, 8, 8)
+    with pytest.raises(ConfigError, match=r"model\.variant: 'ode' is not a known experiment variant"):
+        experiments.for_variant("ode")
+
+
+def test_no_other_place_decides_by_experiment_name():
+    """grep: outside the registry, the YAMLs and the tests, no code spells an experiment's variant or name."""
+    names = [e.variant for e in experiments.EXPERIMENTS.values()] + [e.name for e in experiments.EXPERIMENTS.values()]
+    pattern = re.compile("|".join(re.escape(f'"{n}"') for n in names))
+    files = [*REPO.glob("src/**/*.py"), *REPO.glob("rules/*.smk"), REPO / "Snakefile", *REPO.glob("workflow/**/*.py"),
+             *REPO.glob("bench/*.py")]  # fmt: skip
+    offenders = [
+        f"{f.relative_to(REPO)}:{i}: {line.strip()}"
+        for f in files
+        if f.name != "experiments.py"
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders, offenders
+
+
+def test_the_cli_and_the_config_commands_do_not_import_torch():
+    code = (
+        "import sys\nfrom vae_dynamics.cli import main\n"
+        "main(['config', 'validate', '--config', 'src/vae_dynamics/config/exp2_tcvae_sbd.yaml'])\n"
+        "main(['experiments'])\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'monai', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    assert "exp2  model.variant=tcvae_sbd" in out.stdout
+
+
+def test_vae_train_and_scripts_train_are_the_train_subcommand():
+    for cmd in ([str(Path(sys.executable).with_name("vae-train")), "--help"],
+                [sys.executable, str(REPO / "scripts" / "train.py"), "--help"]):  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "--resume" in out.stdout and "usage: vae-dynamics train" in out.stdout
