@@ -27,11 +27,12 @@ endif
 
 install: $(BIN)/vae-dynamics
 
+# In parallel: one pytest process per core, each test file in one process (its module fixtures built once).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow and not slurm"
 
 lint: install
 	$(BIN)/ruff check .

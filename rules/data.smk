@@ -62,7 +62,8 @@ rule build_persistent_cache:
     output:
         manifest="results/cache/manifest.json",
     params:
-        data=lambda wildcards: data_config(),
+        # the preprocessing contract and where the tensors go: data.num_workers etc. rebuild nothing
+        data=lambda wildcards: wf.cache_settings(data_config()),
     threads: 8
     log:
         "logs/build_persistent_cache.log",

@@ -1,12 +1,34 @@
-"""Shared fixtures: a small demo dataset generated once per test session (real NIfTI files)."""
+"""Shared fixtures: a small demo dataset generated once per test session (real NIfTI files).
+
+`make test` runs the suite in parallel (pytest-xdist, one process per core, `--dist loadfile`: a
+file's tests share one process, so module fixtures are built once). The longest files start first.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+# Longest first, so that they do not end the run alone (pytest --durations: the workflow module and
+# the SLURM cluster are the two largest, then the trainings).
+FIRST = ("test_workflow.py", "test_slurm.py", "test_learning.py", "test_training.py", "test_ddp.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
+
+
+def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # share the cores between the worker processes instead of oversubscribing them
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 from vae_dynamics.config import config_path, load_config
 from vae_dynamics.data.demo import generate

@@ -159,7 +159,13 @@ def test_sbd_start_keys_belong_to_exp2_and_exp1_keeps_a_plain_encoder_head():
 
 
 def test_every_problem_is_reported_at_once_with_key_and_value():
-    bad = ["data.batch_size=0", "loss.beta_tc_targt=3", "train.lr=.nan", "model.z_dim=64", "data.roi_size=[96, 96, 96]"]
+    bad = [
+        "data.batch_size=0",
+        "loss.beta_tc_targt=3",
+        "train.lr=.nan",
+        "model.z_dim=64",
+        "data.roi_size=[96, 96, 96]",
+    ]
     with pytest.raises(ConfigError) as info:
         load_config(config_path("exp2_tcvae_sbd"), bad)
     text = str(info.value)

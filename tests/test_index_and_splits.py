@@ -72,10 +72,11 @@ def test_index_fails_clearly_without_valid_subjects(tmp_path):
     with pytest.raises(NoValidSubjectsError, match="BraTS-MEN-00009-000.*missing file"):
         index_subjects(tmp_path / "root", tmp_path / "out", progress=False)
     result = subprocess.run(
-        [sys.executable, "-m", "vae_dynamics.data.index", "--root", str(tmp_path / "nope"), "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "vae_dynamics.cli", "index", "--root", str(tmp_path / "nope"), "--out-dir", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0 and "does not exist" in result.stderr
+    assert result.stderr.startswith("index: ") and "Traceback" not in result.stderr
 
 
 def test_gzip_check_catches_corrupt_data_not_only_headers(demo_copy, tmp_path):

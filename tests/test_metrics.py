@@ -148,7 +148,7 @@ def test_metrics_cli_writes_the_documented_keys(factors, tmp_path):
     factors.to_csv(tmp_path / "factors.csv", index=False)
     out = tmp_path / "m.json"
     result = subprocess.run(
-        [sys.executable, "-m", "vae_dynamics.evaluation.metrics", "--latents", str(tmp_path / "latents.csv"),
+        [sys.executable, "-m", "vae_dynamics.cli", "metrics", "--latents", str(tmp_path / "latents.csv"),
          "--factors", str(tmp_path / "factors.csv"), "--out", str(out), "--factors-columns", "size,pos_x"],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -163,3 +163,18 @@ def test_metrics_cli_writes_the_documented_keys(factors, tmp_path):
 def test_unknown_factor_column_is_named(factors):
     with pytest.raises(ValueError, match="tumour_volume"):
         compute_metrics(latents_from(factors, {}), factors, ["size", "tumour_volume"])
+
+
+def test_mutual_information_equals_sklearns_mutual_info_score():
+    from sklearn.metrics import mutual_info_score
+
+    from vae_dynamics.evaluation.metrics import discretize, mutual_information
+
+    rng = np.random.default_rng(3)
+    for n in (5, 40, 300):
+        codes = rng.integers(0, 4, n)
+        z = rng.normal(size=n) + codes * rng.uniform(0, 2)
+        binned = discretize(z)
+        assert mutual_information(codes, binned) == pytest.approx(mutual_info_score(codes, binned), abs=1e-12)
+        assert mutual_information(codes, codes) == pytest.approx(mutual_info_score(codes, codes), abs=1e-12)
+    assert mutual_information(np.zeros(7, int), np.arange(7)) == pytest.approx(0.0, abs=1e-12)

@@ -31,7 +31,9 @@ def test_each_experiment_is_one_record_with_its_yaml_schema_model_and_module():
 
 def test_no_other_place_decides_by_experiment_name():
     """grep: outside the registry, the YAMLs and the tests, no code spells an experiment's variant or name."""
-    names = [e.variant for e in experiments.EXPERIMENTS.values()] + [e.name for e in experiments.EXPERIMENTS.values()]
+    names = [e.variant for e in experiments.EXPERIMENTS.values()] + [
+        e.name for e in experiments.EXPERIMENTS.values()
+    ]
     pattern = re.compile("|".join(re.escape(f'"{n}"') for n in names))
     files = [*REPO.glob("src/**/*.py"), *REPO.glob("rules/*.smk"), REPO / "Snakefile", *REPO.glob("workflow/**/*.py"),
              *REPO.glob("bench/*.py")]  # fmt: skip

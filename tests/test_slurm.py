@@ -163,7 +163,8 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     cores = str(os.cpu_count())
     args = [
         str(BIN / "snakemake"), "--profile", "profiles/slurm", "--configfile", "config/demo.yaml",
-        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1",
         "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
         "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
         "--set-resources", "train_exp2:slurm_partition=gpu", "train_exp2:mem_mb=6000",
@@ -205,3 +206,35 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     )
     other = [line for line in jobs.splitlines() if "index_subjects" in line]
     assert other and "gres/gpu" not in other[0] and "JobState=COMPLETED" in other[0]
+
+    # a 2-run sweep: two training jobs, each its own SLURM job with its GPU, on the shared index/cache
+    (work / "config" / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
+        )  # fmt: skip
+    )
+    runs = ["sweep/exp2/seed=5", "sweep/exp2/seed=6"]
+    sweep_args = [a for a in args[: args.index("--")] if a not in ("--resources", "gpu=2")]
+    # options taking several values are given once (a second --configfile would replace the first)
+    for option, values in (
+        ("--configfile", ["config/sweep.yaml"]),
+        ("--set-resources", ["train_sweep_run:slurm_partition=gpu", "train_sweep_run:mem_mb=6000",
+                             f"train_sweep_run:cpus_per_task={cores}"]),
+        ("--set-threads", [f"train_sweep_run={cores}"]),
+    ):  # fmt: skip
+        at = sweep_args.index(option) + 1
+        sweep_args[at:at] = values
+    sweep_args += ["--", *[f"results/{run}/train_summary.json" for run in runs]]
+    result = subprocess.run(sweep_args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    for run in runs:
+        assert json.loads((work / "results" / run / "train_summary.json").read_text())["epochs"] == 1
+    jobs = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
+    ).stdout
+    sweep_jobs = [line for line in jobs.splitlines() if "train_sweep_run" in line]
+    assert len(sweep_jobs) == 2, jobs[-3000:]
+    assert all(
+        "Partition=gpu" in line and re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in sweep_jobs
+    )
+    assert all("JobState=COMPLETED" in line for line in sweep_jobs)

@@ -21,8 +21,12 @@ def workflow_config(sweep):
 
 def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names():
     config = workflow_config(
-        {"seeds": [42, 43], "overrides": {"train.max_epochs": 3}, "exp2": {"loss.beta_tc_target": [1, 6.5]},
-         "exp1": {}}  # fmt: skip
+        {
+            "seeds": [42, 43],
+            "overrides": {"train.max_epochs": 3},
+            "exp2": {"loss.beta_tc_target": [1, 6.5]},
+            "exp1": {},
+        }  # fmt: skip
     )
     runs = sweep_runs(config)
     assert list(runs) == [
@@ -90,4 +94,6 @@ def test_the_summary_gives_mean_and_sd_over_seeds_and_lists_missing_runs(tmp_pat
     for png in ("tradeoff.png", "seeds.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(out / "summary.csv")
-    assert {"mse[t1c]", "psnr[t2w]", "ssim[t2f]", "val_mse_over_zero_predictor", "train.seed"} <= set(csv.columns)
+    assert {"mse[t1c]", "psnr[t2w]", "ssim[t2f]", "val_mse_over_zero_predictor", "train.seed"} <= set(
+        csv.columns
+    )

@@ -151,6 +151,11 @@ def experiment_config(config: Mapping[str, Any], exp: str, point: Mapping[str, A
     )  # fmt: skip
 
 
+def cache_settings(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What build_persistent_cache needs: the preprocessing contract and the cache root."""
+    return {k: data_cfg[k] for k in (*CONTRACT_KEYS, "cache_dir")}
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """Identity of a training run (config/identity.py): what it learns, not how long, fast or where.
 
@@ -278,7 +283,8 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
         for i in range(len(val)):
             item = val[i]
             mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
-            x_hat = run.model.decode(mu)[0]
+            with run.autocast():
+                x_hat = run.model.decode(mu)[0].float()
             save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg["data"]["modalities"],
                              title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})")  # fmt: skip
     plot_loss_curves(run.run_dir / "logs", curves_png)

@@ -248,7 +248,8 @@ def _evaluate_into(
     modalities = run.cfg["data"]["modalities"]
     channels = [modalities.index(m) for m in TRAVERSAL_MODALITIES]
     top = order[:n_traversed]
-    slices = traverse(run.model, ref["mu"], top, centre, channels)
+    with run.autocast():  # figures: decoded in the precision the model was trained in
+        slices = traverse(run.model, ref["mu"], top, centre, channels)
     metrics["traversals"] = {"reference_subject": ref["subject_id"], "centre_voxel": list(centre), "dims": top,
                              "values_prior_sigma": [float(v) for v in TRAVERSAL_VALUES]}  # fmt: skip
     plot_traversal_overview(

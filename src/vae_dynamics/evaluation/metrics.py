@@ -6,7 +6,7 @@
 L.csv: `subject_id`, `mu_0..mu_{d-1}` (optional `logvar_*`, `split` = train/val); F.csv: `subject_id`
 and one column per factor. Definitions:
 - MIG (Chen et al. 2018): μ_j and continuous factors discretised into 20 equal-width bins, boolean and
-  categorical factors as they are; I(z_j; v_k) by sklearn's mutual_info_score (nats);
+  categorical factors as they are; I(z_j; v_k) from the joint histogram (nats, as sklearn's mutual_info_score);
   MIG = mean over factors of (largest - second largest I over j) / H(v_k).
 - DCI (Eastwood & Williams 2018): importance matrix R[j, k] from gradient-boosted trees (regressors for
   continuous factors, classifiers otherwise) fitted on the train split; disentanglement = Σ_j ρ_j (1 - H_K(R_j·)),
@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
-from sklearn.metrics import mutual_info_score
 
 from vae_dynamics.io import write_json
 from vae_dynamics.models import diagnostics
@@ -77,15 +76,34 @@ def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return diagnostics.kl_per_dimension(torch.as_tensor(mu), torch.as_tensor(logvar)).numpy()
 
 
-def mutual_information_matrix(mu: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """I(z_j; v) for each code dimension j, with μ_j in 20 equal-width bins."""
-    return np.array([mutual_info_score(codes, discretize(mu[:, j])) for j in range(mu.shape[1])])
+def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """I(a; b) in nats of two integer-coded variables (the empirical joint distribution)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    na, nb = int(a.max()) + 1, int(b.max()) + 1
+    joint = np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb) / len(a)
+    outer = np.outer(joint.sum(axis=1), joint.sum(axis=0))
+    nz = joint > 0
+    return max(0.0, float(np.sum(joint[nz] * np.log(joint[nz] / outer[nz]))))
 
 
-def mig_of_factor(mu: np.ndarray, codes: np.ndarray) -> float:
+def discretize_columns(mu: np.ndarray) -> np.ndarray:
+    """Each column of μ in 20 equal-width bins (integer codes), as `discretize`."""
+    return np.stack([discretize(mu[:, j]) for j in range(mu.shape[1])], axis=1)
+
+
+def mutual_information_matrix(
+    mu: np.ndarray, codes: np.ndarray, binned: np.ndarray | None = None
+) -> np.ndarray:
+    """I(z_j; v) for each code dimension j, with μ_j in 20 equal-width bins (`binned`: precomputed bins)."""
+    binned = discretize_columns(mu) if binned is None else binned
+    return np.array([mutual_information(codes, binned[:, j]) for j in range(binned.shape[1])])
+
+
+def mig_of_factor(mu: np.ndarray, codes: np.ndarray, binned: np.ndarray | None = None) -> float:
     """(largest - second largest I(z_j; v)) / H(v)."""
-    mi = np.sort(mutual_information_matrix(mu, codes))[::-1]
-    entropy = mutual_info_score(codes, codes)
+    mi = np.sort(mutual_information_matrix(mu, codes, binned))[::-1]
+    entropy = mutual_information(codes, codes)
     return float((mi[0] - mi[1]) / entropy)
 
 
@@ -180,6 +198,7 @@ def compute_metrics(
             f"need hundreds; below {MIN_SUBJECTS} treat these numbers as a smoke test"
         )
     mig, sap, skipped, used = {}, {}, [], []
+    binned_all = discretize_columns(mu_all)  # bins over every subject; recomputed for a subset
     for name in factor_columns:
         present = table[name].notna().to_numpy()
         values = table.loc[present, name]
@@ -188,7 +207,7 @@ def compute_metrics(
             continue
         used.append(name)
         mu = mu_all[present]
-        mig[name] = mig_of_factor(mu, factor_codes(values))
+        mig[name] = mig_of_factor(mu, factor_codes(values), binned_all if present.all() else None)
         scores = np.sort(sap_scores(mu, values))[::-1]
         sap[name] = float(scores[0] - scores[1])
     out["factors"] = used

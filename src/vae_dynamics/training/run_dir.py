@@ -168,6 +168,20 @@ class TrainedRun:
     def experiment(self) -> experiments.Experiment:
         return experiments.of(self.cfg)
 
+    def autocast(self):
+        """The training's mixed precision for decoding figures (traversals, panels): bf16-mixed on any
+        device, 16-mixed on CUDA; full precision otherwise. Metrics are computed in float32."""
+        import contextlib
+
+        import torch
+
+        precision = self.cfg["train"]["precision"]
+        if precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if precision == "16-mixed" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
 
 def default_device():
     import torch
