@@ -28,6 +28,14 @@ rule sweep_summary:
         done="results/sweep/done",
     params:
         runs=SWEEP,
+        # Snakemake does not recreate a deleted intermediate file while the final target is up to date:
+        # once the sweep is summarised, naming the runs whose evaluation has gone missing makes such a
+        # deletion rerun that run's evaluation (and the summary, which then runs once more next time).
+        unevaluated=lambda wildcards: (
+            [run for run in SWEEP if not Path(f"results/{run}/evaluation/metrics.json").exists()]
+            if Path("results/sweep/done").exists()
+            else []
+        ),
     log:
         "logs/sweep_summary.log",
     conda:

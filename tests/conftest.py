@@ -30,6 +30,7 @@ def pytest_configure(config):
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
+
 from vae_dynamics.config import config_path, load_config
 from vae_dynamics.data.demo import generate
 from vae_dynamics.data.index import index_subjects

@@ -184,8 +184,9 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     # 3 train subjects over 2 processes (2 each, padded), batch 2 per process: 1 step per epoch, 2 epochs
     assert summary["global_step"] == 2
     job_logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs/rule_train_exp2").glob("*.log"))
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in job_logs  # Lightning started the second process in the job
+    assert "localrule train_exp2" in job_logs and "gpu=2" in job_logs  # the one SLURM job of the training
     train_log = (work / "logs/train_exp2.log").read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in train_log  # Lightning started the second process in that job
     assert "\x00" not in train_log and "finished:" in train_log  # both ranks append; rank 0's log is whole
     assert summary["checkpoint_choice"] and summary["n_train"] == 3  # written by rank 0 only
     assert (Path(summary["run_dir"]) / "train.log").read_text().count("starting run") == 1

@@ -276,8 +276,9 @@ def test_a_two_run_sweep_runs_through_to_its_summary(interrupted_then_finished):
     assert "Nothing to be done" in again.stdout + again.stderr
     shutil.rmtree(work / "results/sweep/exp2/seed=8/evaluation")
     dry = snakemake(work, "-n", "--configfile", "config/sweep2.yaml", "--", "results/sweep/done").stdout
-    assert "seed=8" in dry and "seed=7" not in dry and "train_sweep_run" not in dry
-    assert re.search(r"^evaluate_latents\s+1$", dry, re.M)
+    assert set(re.findall(r"wildcards: run=(\S+)", dry)) == {"sweep/exp2/seed=8"}, dry[-3000:]
+    assert "train_sweep_run" not in dry and "encode_latents" not in dry
+    assert re.search(r"^evaluate_latents\s+1$", dry, re.M) and re.search(r"^sweep_summary\s+1$", dry, re.M)
 
 
 def test_changing_only_data_num_workers_reruns_nothing(interrupted_then_finished):
