@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from vae_dynamics.config import config_path, load_config
+from vae_dynamics.data.demo import generate
+from vae_dynamics.data.index import index_subjects
+from vae_dynamics.data.splits import make_splits
+
 # Longest first, so that they do not end the run alone (pytest --durations: the workflow module and
 # the SLURM cluster are the two largest, then the trainings).
 FIRST = ("test_workflow.py", "test_slurm.py", "test_learning.py", "test_training.py", "test_ddp.py")
@@ -30,11 +35,6 @@ def pytest_configure(config):
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
-
-from vae_dynamics.config import config_path, load_config
-from vae_dynamics.data.demo import generate
-from vae_dynamics.data.index import index_subjects
-from vae_dynamics.data.splits import make_splits
 
 N_DEMO_SUBJECTS = 5
 
