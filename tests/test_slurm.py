@@ -159,6 +159,7 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     demo["demo"]["n_subjects"] = 4
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)
+    demo.pop("sweep", None)  # the demo's sweep; this test runs its own 2-run sweep below
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
     cores = str(os.cpu_count())
     args = [
