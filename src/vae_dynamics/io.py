@@ -9,9 +9,10 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is only a type here: the workflow's dry run does not import it
+    import pandas as pd
 
 
 def _unique_sibling(path: Path, kind: str) -> Path:
