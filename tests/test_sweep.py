@@ -97,3 +97,13 @@ def test_the_summary_gives_mean_and_sd_over_seeds_and_lists_missing_runs(tmp_pat
     assert {"mse[t1c]", "psnr[t2w]", "ssim[t2f]", "val_mse_over_zero_predictor", "train.seed"} <= set(
         csv.columns
     )
+
+
+def test_the_baselines_grid_cell_reads_as_a_dash_not_nan(tmp_path):
+    config = workflow_config({"seeds": [0], "exp2": {"loss.beta_tc_target": [6]}, "exp1": {}})
+    runs = sweep_runs(config)
+    for run in runs:
+        fake_metrics(tmp_path / run / "evaluation" / "metrics.json", 0.1, 0.2)
+    summarize_sweep(runs, tmp_path, tmp_path / "sweep")
+    md = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| exp1 | – | 1 |" in md and "| exp2 | 6 | 1 |" in md and "nan" not in md

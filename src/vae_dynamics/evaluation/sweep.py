@@ -203,7 +203,7 @@ def summarize_sweep(
               "|---" * (len(group) + 1 + len(shown)) + "|"]  # fmt: skip
     for values, frame in table.groupby(group, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        cells = [str(v) for v in values] + [str(len(frame))] + [_mean_sd(frame[c]) for c in shown]
+        cells = [_fmt(v) for v in values] + [str(len(frame))] + [_mean_sd(frame[c]) for c in shown]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Every run", "", "| run | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for row in table.to_dict("records"):
@@ -216,6 +216,7 @@ def summarize_sweep(
 
 
 def _fmt(value: Any) -> str:
+    """A number as the summary shows it; '–' for a missing one (e.g. a key the baseline has no value for)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
