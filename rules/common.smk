@@ -25,7 +25,7 @@ SWEEP_PATTERN = "|".join(re.escape(r) for r in SWEEP) or "sweep/(?!)"
 @functools.cache
 def run_config(run):
     """The resolved, validated experiment config of a run (YAML + data_root + overrides [+ sweep point])."""
-    return wf.run_config(config, run)
+    return wf.run_config(config, run, SWEEP)  # SWEEP: resolved once, not once per run
 
 
 def data_config():

@@ -229,10 +229,15 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def run_config(config: Mapping[str, Any], run: str) -> dict[str, Any]:
-    """The config of a workflow run: `exp2` (the main run) or `sweep/exp2/<name>` (a sweep run)."""
+def run_config(
+    config: Mapping[str, Any], run: str, runs: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The config of a workflow run: `exp2` (the main run) or `sweep/exp2/<name>` (a sweep run).
+
+    `runs`: the sweep's runs when already resolved (`sweep_runs(config)` validates every run's config).
+    """
     if run.startswith("sweep/"):
-        runs = sweep_runs(config)
+        runs = sweep_runs(config) if runs is None else runs
         if run not in runs:
             raise ConfigError(f"{run}: not a run of this workflow config's sweep; its runs: {sorted(runs)}")
         return experiment_config(config, runs[run]["exp"], {**runs[run]["settings"], **runs[run]["point"]})
