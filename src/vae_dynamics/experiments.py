@@ -120,7 +120,6 @@ class Experiment:
     model_class: str  # "module:Class" of the nn.Module
     lit_module: str  # "module:Class" of the LightningModule
     warmup_key: str  # loss key: epochs of the β warm-up (the first epoch at the target β)
-    beta_key: str  # loss key: the target β (the sweep's usual axis)
     workflow_key: str  # key of the workflow config (config/config.yaml) naming its YAML
     model_keys: tuple[str, ...] = ()  # model.* keys passed to the model beyond the common ones
     baseline: bool = False  # the reference the others are compared with (sweep figures)
@@ -165,7 +164,6 @@ EXPERIMENTS: dict[str, Experiment] = {
             model_class="vae_dynamics.models.vae.tcvae_sbd:TCVAESBD",
             lit_module="vae_dynamics.training.lit_modules:TCVAELitModule",
             warmup_key="beta_tc_annealing_epochs",
-            beta_key="beta_tc_target",
             workflow_key="experiment",
             model_keys=(
                 "sbd_grid_size",
@@ -184,7 +182,6 @@ EXPERIMENTS: dict[str, Experiment] = {
             model_class="vae_dynamics.models.vae.baseline_vae:BaselineVAE",
             lit_module="vae_dynamics.training.lit_modules:VAELitModule",
             warmup_key="beta_kl_annealing_epochs",
-            beta_key="beta_kl_target",
             workflow_key="baseline_experiment",
             baseline=True,
         ),

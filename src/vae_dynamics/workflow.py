@@ -258,10 +258,11 @@ def train_step(
 ) -> dict[str, Any]:
     """Train (resuming if the run directory has a checkpoint), then write the small final outputs."""
     from vae_dynamics.training.run import train
+    from vae_dynamics.training.run_dir import RunDir
     from vae_dynamics.viz.curves import read_metrics
 
     run_dir = Path(run_dir)
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = RunDir(run_dir).has_checkpoint()
     # On resume the splits are compared with the run's own (re-indexed data is refused, as on the CLI).
     summary = train(cfg, run_dir, resume=resume, splits_dir=splits_dir)
     if "best_checkpoint" not in summary:  # a DDP process of rank > 0: rank 0 writes the outputs

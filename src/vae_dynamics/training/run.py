@@ -124,7 +124,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         torch.set_float32_matmul_precision("high")
     checkpoint = TargetBetaCheckpoint(
         first_epoch=experiments.of(cfg).warmup_epochs(cfg),
-        dirpath=run_dir / "checkpoints",
+        dirpath=RunDir(run_dir).checkpoints,
         filename="epoch{epoch:03d}-val_loss{val/loss:.2f}",
         auto_insert_metric_name=False,  # the metric name has a '/', which would make a subfolder
         monitor="val/loss",
@@ -157,7 +157,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
             recon,
             EpochMetricsLogger(),
             *progress,
-            PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
+            PreemptionCheckpoint(RunDir(run_dir).last_checkpoint),
         ]
         + ([CompileTimer()] if use_compile(cfg) else []),
         enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in progress),
@@ -175,7 +175,7 @@ def choose_checkpoint(checkpoint: TargetBetaCheckpoint, run_dir: Path, first_epo
         return Path(checkpoint.best_model_path), (
             f"lowest val/loss among the epochs at the target beta (epoch >= {first_epoch})"
         )
-    return run_dir / "checkpoints" / "last.ckpt", (
+    return RunDir(run_dir).last_checkpoint, (
         f"last.ckpt: training has not reached the target beta yet (the warm-up ends at epoch {first_epoch}), "
         "and val/loss of warm-up epochs with different beta are not comparable"
     )
