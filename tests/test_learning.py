@@ -269,3 +269,26 @@ def test_exp2_from_the_shipped_initialisation_learns_a_head_in_a_few_dozen_cpu_s
     per_channel = float((val - train.mean(dim=(0, 2, 3, 4), keepdim=True)).square().sum()) / zero
     learnt = float((x_hat - val).square().sum()) / zero
     assert learnt < 0.5 * per_channel, (learnt, per_channel)
+
+
+def test_a_traversal_decodes_the_reference_once_and_moves_only_its_dimension():
+    from vae_dynamics.evaluation.traversals import traverse
+    from vae_dynamics.viz.recon import slices_through
+
+    torch.manual_seed(0)
+    model = TCVAESBD(base_filters=16).eval()
+    mu = torch.randn(128)
+    calls = []
+    real_decode = model.decode
+    model.decode = lambda z: calls.append(z.clone()) or real_decode(z)
+    centre = (60, 70, 64)
+    out = traverse(model, mu, [5], centre, channels=[0, 2], values=(-2.0, 0.0, 1.0), views=("axial",))
+    assert out.shape == (1, 3, 1, 2, 128, 128)
+    assert [len(z) for z in calls] == [1, 2]  # the reference, then the two moved values of z5
+    assert torch.equal(calls[0][0], mu) and torch.equal(calls[1][:, 5], mu[5] + torch.tensor([-2.0, 1.0]))
+    assert torch.equal(calls[1][:, :5], mu[:5].expand(2, 5)) and torch.equal(
+        calls[1][:, 6:], mu[6:].expand(2, 122)
+    )
+    with torch.no_grad():
+        moved = real_decode(calls[1]).numpy()
+    assert np.allclose(out[0, 2, 0, 1], slices_through(moved[1, 2], centre)["axial"], atol=1e-5)

@@ -178,3 +178,19 @@ def test_mutual_information_equals_sklearns_mutual_info_score():
         assert mutual_information(codes, binned) == pytest.approx(mutual_info_score(codes, binned), abs=1e-12)
         assert mutual_information(codes, codes) == pytest.approx(mutual_info_score(codes, codes), abs=1e-12)
     assert mutual_information(np.zeros(7, int), np.arange(7)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_vectorised_spearman_equals_scipy_per_column_with_ties_and_constants():
+    from scipy.stats import spearmanr
+
+    from vae_dynamics.evaluation.evaluate import spearman
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6))
+    x[:, 1] = np.round(x[:, 1])  # ties
+    x[:, 2] = 1.5  # constant: 0
+    y = np.round(rng.normal(size=30) + x[:, 0], 1)
+    rho = spearman(x, y)
+    expected = [spearmanr(x[:, j], y).statistic if j != 2 else 0.0 for j in range(6)]
+    assert np.allclose(rho, expected, atol=1e-12) and abs(rho[0]) > 0.5
+    assert np.allclose(spearman(x, np.full(30, 2.0)), 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -126,3 +127,25 @@ def test_loss_curves_show_training_terms_per_step_beside_the_epoch_means(tmp_pat
     x, y = drawn["train (per step)"]
     assert y == [10, 9, 8, 7, 6, 5] and x == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_image_grid_is_one_mosaic_with_every_tile_in_its_place(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vae_dynamics.viz.grid import coloured, mosaic, save_image_grid
+
+    ramp = np.linspace(0.0, 2.0, 12).reshape(3, 4)
+    grey = coloured(ramp, "gray", 0.0, 1.0)  # values above vmax saturate
+    assert grey.shape == (3, 4, 3) and np.allclose(grey[0, 0], 0) and np.allclose(grey[-1, -1], 1)
+    assert np.allclose(grey[..., 0], np.clip(ramp, 0, 1), atol=1 / 255)  # grey levels = scaled values
+    tiles = [[np.full((3, 4, 3), r * 0.1 + c * 0.01) for c in range(5)] for r in range(2)]
+    image = mosaic(tiles, gap=2)
+    assert image.shape == (2 * 3 + 2, 5 * 4 + 4 * 2, 3)
+    assert np.allclose(image[3 + 2 : 3 + 2 + 3, 2 * 6 : 2 * 6 + 4], 0.12)  # row 1, column 2
+    assert np.allclose(image[3:5], 1.0)  # white gap between the rows
+    with pytest.raises(ValueError, match=r"tile \(1, 4\) is \(2, 4\)"):
+        mosaic([row[:] for row in tiles[:1]] + [[*tiles[1][:4], np.zeros((2, 4, 3))]])
+    with pytest.raises(ValueError, match="need 2 row and 5 column labels"):
+        save_image_grid(tiles, tmp_path / "bad.png", ["a"], list("abcde"))
+    save_image_grid(tiles, tmp_path / "grid.png", ["r0", "r1"], list("abcde"), title="t")
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.get_fignums()

@@ -36,15 +36,18 @@ def traverse(
     """Decoded slices [n_dims, n_values, n_views, n_channels, H, W] of μ_ref with z_j = μ_j + value."""
     device = next(model.parameters()).device
     offsets = torch.tensor(list(values), dtype=torch.float32, device=device)
+    moved = offsets != 0  # z_j + 0 is the reference itself: decoded once for every dimension
+    reference = model.decode(mu_ref.to(device, torch.float32)[None]).float().cpu().numpy()[0]
     out = []
     for dim in dims:
-        z = mu_ref.to(device, torch.float32).expand(len(values), -1).clone()
-        z[:, dim] += offsets
-        x_hat = model.decode(z).float().cpu().numpy()
+        z = mu_ref.to(device, torch.float32).expand(int(moved.sum()), -1).clone()
+        z[:, dim] += offsets[moved]
+        decoded = iter(model.decode(z).float().cpu().numpy() if moved.any() else [])
+        volumes = [next(decoded) if m else reference for m in moved.tolist()]
         out.append(
             [
-                [[slices_through(x_hat[v, c], centre)[view] for c in channels] for view in views]
-                for v in range(len(values))
+                [[slices_through(x_hat[c], centre)[view] for c in channels] for view in views]
+                for x_hat in volumes
             ]
         )
     return np.asarray(out, dtype=np.float32)

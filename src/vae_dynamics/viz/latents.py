@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vae_dynamics.viz import figure_file
+from vae_dynamics.viz.grid import coloured, save_image_grid
 
 
 def plot_factor_correlations(
@@ -48,37 +49,21 @@ def plot_traversal_overview(
     change from the reference decoding (|x̂(z_j) - x̂(μ_j)|, summed over modalities); columns: z_j values.
 
     slices: [n_dims, n_values, n_modalities, H, W], already oriented for display; the reference
-    (offset 0) is the middle value.
+    (offset 0) is the middle value. Grey rows share one scale (the 99.5th percentile of all slices), the
+    change rows another.
     """
     n_dims, n_values, n_mod = slices.shape[:3]
     vmax = max(float(np.percentile(slices, 99.5)), 1e-6)
     change = np.abs(slices - slices[:, n_values // 2 : n_values // 2 + 1]).sum(axis=2)  # [dims, values, H, W]
     cmax = max(float(np.percentile(change, 99.9)), 1e-6)
-    rows = n_dims * (n_mod + 1)
-    height = 1.2 * rows + 0.8
-    grid = dict(nrows=rows, ncols=n_values, figsize=(1.2 * n_values + 1.3, height))
-    with figure_file(path, dpi=70, squeeze=False, **grid) as (fig, axes):
-        for i, (dim, kl) in enumerate(zip(dims, kls)):
-            top = i * (n_mod + 1)
-            for v, value in enumerate(values):
-                for m in range(n_mod):
-                    axes[top + m, v].imshow(
-                        slices[i, v, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest"
-                    )
-                axes[top + n_mod, v].imshow(
-                    change[i, v], cmap="magma", vmin=0.0, vmax=cmax, interpolation="nearest"
-                )
-                if i == 0:
-                    axes[0, v].set_title(f"{value:+.0f}σ", fontsize=8)
-            for m, name in enumerate(modalities):
-                axes[top + m, 0].set_ylabel(f"z{dim} {name}", fontsize=7)
-            axes[top + n_mod, 0].set_ylabel(f"z{dim} |change|\nKL {kl:.1f}", fontsize=7)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
+    tiles, labels = [], []
+    for i, (dim, kl) in enumerate(zip(dims, kls)):
+        for m, name in enumerate(modalities):
+            tiles.append([coloured(slices[i, v, m], "gray", 0.0, vmax) for v in range(n_values)])
+            labels.append(f"z{dim} {name}")
+        tiles.append([coloured(change[i, v], "magma", 0.0, cmax) for v in range(n_values)])
+        labels.append(f"z{dim} |change|\nKL {kl:.1f}")
+    save_image_grid(tiles, path, labels, [f"{v:+.0f}σ" for v in values], title=title)
 
 
 def plot_traversal_dimension(
@@ -91,7 +76,8 @@ def plot_traversal_dimension(
     path: str | os.PathLike[str],
     title: str = "",
 ) -> None:
-    """One dimension: a row per (view, modality) and a last row with |x̂(z_j) - x̂(μ_j)| summed over rows.
+    """One dimension: a row per (view, modality) and a last row with |x̂(z_j) - x̂(μ_j)| summed over
+    modalities in the first view; columns: z_j values.
 
     slices: [n_values, n_views, n_modalities, H, W]; the reference (μ_j itself) is the middle value.
     """
@@ -100,24 +86,17 @@ def plot_traversal_dimension(
     vmax = max(float(np.percentile(slices, 99.5)), 1e-6)
     change = np.abs(slices - ref[None]).sum(axis=2)[:, 0]  # first view, summed over modalities
     cmax = max(float(change.max()), 1e-6)
-    rows = n_views * n_mod + 1
-    grid = dict(nrows=rows, ncols=n_values, figsize=(1.5 * n_values + 1.2, 1.5 * rows + 0.6))
-    with figure_file(path, dpi=70, squeeze=False, **grid) as (fig, axes):
-        for v, value in enumerate(values):
-            for w, view in enumerate(views):
-                for m, name in enumerate(modalities):
-                    ax = axes[w * n_mod + m, v]
-                    ax.imshow(slices[v, w, m], cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
-                    if v == 0:
-                        ax.set_ylabel(f"{name} {view}", fontsize=8)
-            axes[-1, v].imshow(change[v], cmap="magma", vmin=0.0, vmax=cmax, interpolation="nearest")
-            axes[0, v].set_title(f"{value:+.1f}σ", fontsize=8)
-        axes[-1, 0].set_ylabel(f"|change|\n{views[0]}", fontsize=8)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(title or f"z{dim} (KL {kl:.2f} nats)", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.5 * rows + 0.6)))
+    tiles, labels = [], []
+    for w, view in enumerate(views):
+        for m, name in enumerate(modalities):
+            tiles.append([coloured(slices[v, w, m], "gray", 0.0, vmax) for v in range(n_values)])
+            labels.append(f"{name} {view}")
+    tiles.append([coloured(change[v], "magma", 0.0, cmax) for v in range(n_values)])
+    labels.append(f"|change|\n{views[0]}")
+    save_image_grid(
+        tiles, path, labels, [f"{v:+.1f}σ" for v in values], title=title or f"z{dim} (KL {kl:.2f} nats)",
+        tile_inches=1.5,
+    )  # fmt: skip
 
 
 def plot_kl_per_dim(
