@@ -120,7 +120,7 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
         sys.executable, str(REPO / "scripts" / "train.py"),
         "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--run-dir", str(run_dir),
         "--set", "train.devices=2", "--set", "train.accelerator=cpu", "--set", "model.base_filters=16",
-        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=32-true",
+        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=bf16-mixed",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "logging.recon_every_n_epochs=1",
         "--set", "logging.num_recon_samples=1",
     ]  # fmt: skip

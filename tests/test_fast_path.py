@@ -103,7 +103,7 @@ def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits
     dm = BraTSDataModule(cfg["data"], demo_splits, seed=0, resident_device="cpu")
     module = build_module(cfg, dm.n_train)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0)  # fmt: skip
+                        enable_progress_bar=False, num_sanity_val_steps=0, precision="bf16-mixed")  # fmt: skip
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
 

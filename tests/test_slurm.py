@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,31 @@ def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+def stop_all(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM to every daemon at once, then wait for them together; SIGKILL what is left after `grace`."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        for pid in list(alive):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child (slurmctld, slurmd): reaped
+                    alive.remove(pid)
+            except ChildProcessError:  # not our child (munged daemonises): is it still there?
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    alive.remove(pid)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     ensure_packages()
@@ -131,28 +157,12 @@ def slurm_cluster(tmp_path_factory):
             (etc / name).unlink(missing_ok=True)
             if name in backups:
                 shutil.move(backups[name], etc / name)
-        for _daemon, pid in reversed(started):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            for _ in range(40):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.25)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        stop_all([pid for _daemon, pid in reversed(started)])
 
 
 def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     env = slurm_cluster["env"]
-    work = tmp_path / "wf"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "workflow", "profiles", "config"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, work / name)
+    work = copy_workflow(tmp_path / "wf")
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     demo["experiment"] = str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml")
     demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")

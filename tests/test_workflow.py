@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,48 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import OVERRIDES, REPO, SNAKEMAKE, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-OVERRIDES = {
-    "model.base_filters": 16,
-    "data.batch_size": 2,
-    "data.num_workers": 0,
-    "train.max_epochs": 2,
-    "train.precision": "bf16-mixed",  # as the demo: about twice as fast as float32 on CPU
-    "logging.recon_every_n_epochs": 1,
-    "logging.num_recon_samples": 1,
-}
-
-
-def make_workdir(tmp: Path, data_root: Path) -> Path:
-    """A copy of the workflow files with a config pointing at the demo subjects."""
-    work = tmp / "wf"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "workflow", "profiles", "config"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, work / name)
-    config = {
-        "experiment": str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
-        "baseline_experiment": str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
-        "data_root": str(data_root),
-        "overrides": OVERRIDES,
-        "demo": None,
-    }
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return work
-
-
-def snakemake(work: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args], cwd=work, capture_output=True, text=True, env=env, **kwargs
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +109,6 @@ def test_evaluation_artifacts(interrupted_then_finished):
     assert "evaluation" in (work / "results/exp2/done").read_text()
 
 
-def test_interrupted_evaluation_reruns_without_training(interrupted_then_finished):
-    work = interrupted_then_finished["work"]
-    summary = work / "results/exp2/train_summary.json"
-    stamp = summary.stat().st_mtime_ns
-    # as if the run had been killed in encode_latents: its output and everything after it are missing
-    (work / "results/exp2/latents.csv").unlink()
-    shutil.rmtree(work / "results/exp2/evaluation")
-    (work / "results/exp2/done").unlink()
-    dry = snakemake(work, "-n", "--", "results/exp2/done").stdout
-    assert "encode_latents" in dry and "evaluate_latents" in dry and "train_exp2" not in dry
-    snakemake(work, "--", "results/exp2/done")
-    assert summary.stat().st_mtime_ns == stamp and (work / "results/exp2/evaluation/metrics.json").is_file()
-
-
 def test_per_experiment_overrides_are_validated_per_experiment(interrupted_then_finished):
     work = interrupted_then_finished["work"]
     good = {**OVERRIDES, "exp1": {"loss.beta_kl_target": 0.5}, "exp2": {"loss.beta_tc_target": 4.0}}
@@ -214,11 +160,27 @@ def test_changed_data_root_reindexes(interrupted_then_finished, tmp_path):
     assert "index_subjects" in out
 
 
+def test_a_run_stopped_after_training_restarts_at_encoding_without_retraining(interrupted_then_finished):
+    """Exp1 trained, then the workflow stopped: its export, encoding and evaluation are missing."""
+    work = interrupted_then_finished["work"]
+    snakemake(work, "--", "results/exp1/train_summary.json")
+    dry = snakemake(work, "-n", "--", "results/compare/done").stdout
+    for rule in ("export_recon_panels", "encode_latents", "evaluate_latents", "compare_experiments"):
+        assert rule in dry, rule
+    assert "train_exp1" not in dry and "train_exp2" not in dry and "make_splits" not in dry
+
+
 def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupted_then_finished):
     work = interrupted_then_finished["work"]
-    exp2_summary = (work / "results/exp2/train_summary.json").stat().st_mtime_ns
+    stamps = {
+        exp: (work / f"results/{exp}/train_summary.json").stat().st_mtime_ns for exp in ("exp1", "exp2")
+    }
     snakemake(work, "--", "results/compare/done")
-    assert (work / "results/exp2/train_summary.json").stat().st_mtime_ns == exp2_summary  # Exp2 not redone
+    for exp, stamp in stamps.items():  # neither training redone; Exp1 went on from its finished training
+        assert (work / f"results/{exp}/train_summary.json").stat().st_mtime_ns == stamp, exp
+    assert (work / "results/exp1/evaluation/metrics.json").is_file() and (
+        work / "results/exp1/done"
+    ).is_file()
     md = (work / "results/compare/summary.md").read_text()
     assert "exp1 vs exp2" in md and "exp1_baseline_vae" in md and "exp2_tcvae_sbd" in md
     assert "../exp1/evaluation/traversals.png" in md and "../exp2/evaluation/traversals.png" in md
@@ -235,50 +197,6 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
     for figure in ("factor_correlations.png", "traversals.png", "summary.md"):
         assert any(n.endswith(figure) for n in names), figure
     assert any(re.search(r"z\d{3}\.png$", n) for n in names)  # the per-dimension traversals
-
-
-SWEEP_4 = {"seeds": [1, 2], "overrides": {"train.max_epochs": 1}, "exp2": {"loss.beta_tc_target": [2.0, 4.0]}}
-
-
-def test_a_sweep_dispatches_one_job_per_run_with_its_resources(interrupted_then_finished):
-    work = interrupted_then_finished["work"]
-    (work / "config" / "sweep4.yaml").write_text(yaml.safe_dump({"sweep": SWEEP_4}))
-    out = snakemake(work, "-n", "--configfile", "config/sweep4.yaml", "--", "results/sweep/done").stdout
-    jobs = re.findall(r"rule train_sweep_run:.*?wildcards: run=(\S+).*?resources: ([^\n]+)", out, re.S)
-    assert sorted(run for run, _ in jobs) == [
-        f"sweep/exp2/beta_tc_target={b},seed={s}" for b in (2, 4) for s in (1, 2)
-    ], out[-3000:]
-    assert all("gpu=1" in resources for _, resources in jobs)
-    assert "index_subjects" not in out and "build_persistent_cache" not in out  # shared, already done
-    for rule, count in (("train_sweep_run", 4), ("evaluate_latents", 4), ("sweep_summary", 1)):
-        assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-2000:])
-
-
-def test_a_two_run_sweep_runs_through_to_its_summary(interrupted_then_finished):
-    work = interrupted_then_finished["work"]
-    sweep = {"seeds": [7, 8], "overrides": {"train.max_epochs": 1}, "exp2": {}}
-    (work / "config" / "sweep2.yaml").write_text(yaml.safe_dump({"sweep": sweep}))
-    snakemake(work, "--configfile", "config/sweep2.yaml", "--", "results/sweep/done")
-    runs = ["sweep/exp2/seed=7", "sweep/exp2/seed=8"]
-    for run in runs:
-        summary = json.loads((work / "results" / run / "train_summary.json").read_text())
-        assert summary["epochs"] == 1 and f"results/{run}/runs/" in summary["run_dir"]
-        assert (work / "results" / run / "evaluation" / "metrics.json").is_file()
-    md = (work / "results/sweep/summary.md").read_text()
-    assert "2 of 2 runs evaluated" in md and "seeds: [7, 8]" in md and "(n=2)" in md
-    table = pd.read_csv(work / "results/sweep/summary.csv")
-    assert sorted(table["run"]) == runs and sorted(table["train.seed"]) == [7, 8]
-    assert (table["val_mse_over_zero_predictor"] > 0).all()
-    for png in ("tradeoff.png", "seeds.png"):
-        assert (work / "results/sweep" / png).stat().st_size > 10_000
-    # re-running is a no-op; deleting one run's evaluation re-evaluates that run only
-    again = snakemake(work, "--configfile", "config/sweep2.yaml", "--", "results/sweep/done")
-    assert "Nothing to be done" in again.stdout + again.stderr
-    shutil.rmtree(work / "results/sweep/exp2/seed=8/evaluation")
-    dry = snakemake(work, "-n", "--configfile", "config/sweep2.yaml", "--", "results/sweep/done").stdout
-    assert set(re.findall(r"wildcards: run=(\S+)", dry)) == {"sweep/exp2/seed=8"}, dry[-3000:]
-    assert "train_sweep_run" not in dry and "encode_latents" not in dry
-    assert re.search(r"^evaluate_latents\s+1$", dry, re.M) and re.search(r"^sweep_summary\s+1$", dry, re.M)
 
 
 def test_changing_only_data_num_workers_reruns_nothing(interrupted_then_finished):
