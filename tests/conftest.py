@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from vae_dynamics.config import config_path, load_config
 from vae_dynamics.data.demo import generate
@@ -41,12 +42,28 @@ def pytest_configure(config):
 N_DEMO_SUBJECTS = 5
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder built by `build(folder)` once per test session, shared by the xdist worker processes
+    (pytest's base temp of the session, under a file lock); a build that failed is redone."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # .../pytest-N/popen-gw0 -> .../pytest-N
+        base = base.parent
+    folder = base / f"shared-{name}"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not (folder / ".complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    """Five BraTS-MEN demo subjects (seed 0); treat as read-only, copy before breaking files."""
-    root = tmp_path_factory.mktemp("demo") / "BraTS_Men_Train"
-    generate(root, N_DEMO_SUBJECTS, seed=0, workers=2)
-    return root
+    """Five BraTS-MEN demo subjects (seed 0), generated once per session; treat as read-only, copy
+    before breaking files."""
+    build = lambda out: generate(out / "BraTS_Men_Train", N_DEMO_SUBJECTS, seed=0, workers=2)  # noqa: E731
+    return built_once(tmp_path_factory, "demo", build) / "BraTS_Men_Train"
 
 
 @pytest.fixture
@@ -60,10 +77,12 @@ def demo_copy(demo_root, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def demo_splits(demo_root, tmp_path_factory) -> Path:
     """train.csv (4 subjects) / val.csv (1 subject) of the demo dataset."""
-    out = tmp_path_factory.mktemp("splits")
-    index_subjects(demo_root, out / "index", progress=False)
-    make_splits(out / "index" / "subjects.csv", out, val_split=0.2, seed=0)
-    return out
+
+    def build(out: Path) -> None:
+        index_subjects(demo_root, out / "index", progress=False)
+        make_splits(out / "index" / "subjects.csv", out, val_split=0.2, seed=0)
+
+    return built_once(tmp_path_factory, "splits", build)
 
 
 def small_exp_config(name: str, tmp_path: Path, **extra: object) -> dict:
@@ -128,7 +147,7 @@ def make_workdir(tmp: Path, data_root: Path) -> Path:
         "experiment": str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
         "baseline_experiment": str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
         "data_root": str(data_root),
-        "overrides": OVERRIDES,
+        "overrides": {**OVERRIDES, "exp1": {"train.max_epochs": 1}},  # Exp1 is the baseline of the comparison
         "demo": None,
     }
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))

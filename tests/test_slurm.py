@@ -1,8 +1,10 @@
-"""The demo workflow through profiles/slurm on a real one-node SLURM cluster started by this test.
+"""The demo workflow and a sweep through profiles/slurm on a real one-node SLURM cluster started here.
 
 Installs Debian's slurm-wlm and munge if missing, starts munged, slurmctld and slurmd (one node,
-one GPU generic resource backed by /dev/null), runs the workflow with the SLURM executor, checks
-that the training job asked for one GPU, and stops the daemons it started, by PID.
+two GPU generic resources backed by /dev/null and /dev/zero), runs the workflow with the SLURM executor
+(Exp2 with DDP over both GPUs, then a 2-run sweep to its summary), checks what each job asked for, and
+stops the daemons it started, by PID. The suite's only real sweep run is here; without SLURM (no root,
+no apt-get) these tests are skipped and test_workflow.py still plans a sweep.
 """
 
 import json
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import copy_workflow
@@ -160,16 +163,20 @@ def slurm_cluster(tmp_path_factory):
         stop_all([pid for _daemon, pid in reversed(started)])
 
 
-def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
+    """Through profiles/slurm: the demo workflow (Exp2 with DDP over the node's 2 GPUs) to
+    results/exp2/done, then a 2-run sweep (seeds 5, 6) on the same index and cache to its summary.
+    This is the suite's real sweep run (test_workflow.py plans a larger one without running it)."""
     env = slurm_cluster["env"]
-    work = copy_workflow(tmp_path / "wf")
+    work = copy_workflow(tmp_path_factory.mktemp("slurm_wf") / "wf")
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     demo["experiment"] = str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml")
     demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")
-    demo["demo"]["n_subjects"] = 4
+    demo["data_root"], demo["demo"] = str(demo_root), None  # the session's 5 demo subjects: 3 train, 2 val
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)
-    demo.pop("sweep", None)  # the demo's sweep; this test runs its own 2-run sweep below
+    demo.pop("sweep", None)  # the demo's sweep; the sweep below is config/sweep.yaml
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
     cores = str(os.cpu_count())
     args = [
@@ -187,10 +194,56 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
         "--resources", "gpu=2",  # profiles/default (always loaded) caps at 1; the training needs 2
         "--", "results/exp2/done",
     ]  # fmt: skip
-    result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    main = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert main.returncode == 0, main.stdout[-4000:] + main.stderr[-6000:]
+    main_jobs = scontrol_jobs(env)
+
+    # the sweep: each run trained, exported, encoded and evaluated by its own SLURM jobs
+    (work / "config" / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
+        )  # fmt: skip
+    )
+    sweep_args = [a for a in args[: args.index("--")] if a not in ("--resources", "gpu=2")]
+    # options taking several values are given once (a second --configfile would replace the first)
+    for option, values in (
+        ("--configfile", ["config/sweep.yaml"]),
+        ("--set-resources", ["train_sweep_run:slurm_partition=gpu", "train_sweep_run:mem_mb=6000",
+                             f"train_sweep_run:cpus_per_task={cores}"]),
+        ("--set-threads", [f"train_sweep_run={cores}"]),
+    ):  # fmt: skip
+        at = sweep_args.index(option) + 1
+        sweep_args[at:at] = values
+    sweep = subprocess.run(
+        [*sweep_args, "--", "results/sweep/done"], cwd=work, env=env, capture_output=True, text=True, timeout=1500
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-6000:]
+    runs = ["sweep/exp2/seed=5", "sweep/exp2/seed=6"]
+    return {"work": work, "main_jobs": main_jobs, "jobs": scontrol_jobs(env), "runs": runs}
+
+
+def scontrol_jobs(env: dict) -> str:
+    """Every job the controller remembers (MinJobAge=3600), one line each."""
+    return subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
+    ).stdout
+
+
+def local_dry_run(work: Path, target: str) -> str:
+    """What the local executor would (re)do in the SLURM work folder, with the sweep's config."""
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "config/demo.yaml", "config/sweep.yaml",
+         "--", target],
+        cwd=work, capture_output=True, text=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_demo_workflow_runs_through_the_slurm_profile(slurm_runs):
+    work, jobs = slurm_runs["work"], slurm_runs["main_jobs"]
     assert (work / "results/exp2/done").is_file()
-    assert len(list((work / "results/exp2/recon_panels").glob("*.png"))) == 1
+    assert len(list((work / "results/exp2/recon_panels").glob("*.png"))) == 2  # one per validation subject
     summary = json.loads((work / "results/exp2/train_summary.json").read_text())
     # 3 train subjects over 2 processes (2 each, padded), batch 2 per process: 1 step per epoch, 2 epochs
     assert summary["global_step"] == 2
@@ -202,9 +255,6 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     assert summary["checkpoint_choice"] and summary["n_train"] == 3  # written by rank 0 only
     assert (Path(summary["run_dir"]) / "train.log").read_text().count("starting run") == 1
 
-    jobs = subprocess.run(
-        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
-    ).stdout
     train_jobs = [line for line in jobs.splitlines() if "train_exp2" in line]
     assert train_jobs, jobs[-3000:]
     # --gpus=2 (train.devices) shows as TresPerJob=gres:gpu:2 (22.05) or gres/gpu=2 (newer releases)
@@ -219,34 +269,43 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     other = [line for line in jobs.splitlines() if "index_subjects" in line]
     assert other and "gres/gpu" not in other[0] and "JobState=COMPLETED" in other[0]
 
-    # a 2-run sweep: two training jobs, each its own SLURM job with its GPU, on the shared index/cache
-    (work / "config" / "sweep.yaml").write_text(
-        yaml.safe_dump(
-            {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
-        )  # fmt: skip
-    )
-    runs = ["sweep/exp2/seed=5", "sweep/exp2/seed=6"]
-    sweep_args = [a for a in args[: args.index("--")] if a not in ("--resources", "gpu=2")]
-    # options taking several values are given once (a second --configfile would replace the first)
-    for option, values in (
-        ("--configfile", ["config/sweep.yaml"]),
-        ("--set-resources", ["train_sweep_run:slurm_partition=gpu", "train_sweep_run:mem_mb=6000",
-                             f"train_sweep_run:cpus_per_task={cores}"]),
-        ("--set-threads", [f"train_sweep_run={cores}"]),
-    ):  # fmt: skip
-        at = sweep_args.index(option) + 1
-        sweep_args[at:at] = values
-    sweep_args += ["--", *[f"results/{run}/train_summary.json" for run in runs]]
-    result = subprocess.run(sweep_args, cwd=work, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    for run in runs:
+
+def test_each_sweep_run_is_trained_in_its_own_slurm_job_with_its_gpu(slurm_runs):
+    work, jobs = slurm_runs["work"], slurm_runs["jobs"]
+    for run in slurm_runs["runs"]:
         assert json.loads((work / "results" / run / "train_summary.json").read_text())["epochs"] == 1
-    jobs = subprocess.run(
-        ["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True
-    ).stdout
     sweep_jobs = [line for line in jobs.splitlines() if "train_sweep_run" in line]
     assert len(sweep_jobs) == 2, jobs[-3000:]
     assert all(
         "Partition=gpu" in line and re.search(r"TresPerJob=gres[:/]gpu[:=]1\b", line) for line in sweep_jobs
     )
     assert all("JobState=COMPLETED" in line for line in sweep_jobs)
+    evaluations = [line for line in jobs.splitlines() if "evaluate_latents" in line]
+    assert len(evaluations) == 3 and all(
+        "JobState=COMPLETED" in line for line in evaluations
+    )  # Exp2 + 2 runs
+
+
+def test_the_sweep_runs_through_to_its_summary(slurm_runs):
+    work, runs = slurm_runs["work"], slurm_runs["runs"]
+    for run in runs:
+        summary = json.loads((work / "results" / run / "train_summary.json").read_text())
+        assert summary["epochs"] == 1 and f"results/{run}/runs/" in summary["run_dir"]
+        assert (work / "results" / run / "evaluation" / "metrics.json").is_file()
+    md = (work / "results/sweep/summary.md").read_text()
+    assert "2 of 2 runs evaluated" in md and "seeds: [5, 6]" in md and "(n=2)" in md
+    table = pd.read_csv(work / "results/sweep/summary.csv")
+    assert sorted(table["run"]) == runs and sorted(table["train.seed"]) == [5, 6]
+    assert (table["val_mse_over_zero_predictor"] > 0).all()
+    for png in ("tradeoff.png", "seeds.png"):
+        assert (work / "results/sweep" / png).stat().st_size > 10_000
+
+
+def test_a_finished_sweep_is_a_noop_and_a_lost_evaluation_is_redone_alone(slurm_runs):
+    work = slurm_runs["work"]
+    assert "Nothing to be done" in local_dry_run(work, "results/sweep/done")
+    shutil.rmtree(work / "results/sweep/exp2/seed=6/evaluation")
+    dry = local_dry_run(work, "results/sweep/done")
+    assert set(re.findall(r"wildcards: run=(\S+)", dry)) == {"sweep/exp2/seed=6"}, dry[-3000:]
+    assert "train_sweep_run" not in dry and "encode_latents" not in dry
+    assert re.search(r"^evaluate_latents\s+1$", dry, re.M) and re.search(r"^sweep_summary\s+1$", dry, re.M)

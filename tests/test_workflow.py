@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import OVERRIDES, REPO, SNAKEMAKE, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
@@ -165,7 +166,7 @@ def test_a_run_stopped_after_training_restarts_at_encoding_without_retraining(in
     work = interrupted_then_finished["work"]
     snakemake(work, "--", "results/exp1/train_summary.json")
     dry = snakemake(work, "-n", "--", "results/compare/done").stdout
-    for rule in ("export_recon_panels", "encode_latents", "evaluate_latents", "compare_experiments"):
+    for rule in ("encode_latents", "evaluate_latents", "compare_experiments"):
         assert rule in dry, rule
     assert "train_exp1" not in dry and "train_exp2" not in dry and "make_splits" not in dry
 
@@ -178,9 +179,7 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
     snakemake(work, "--", "results/compare/done")
     for exp, stamp in stamps.items():  # neither training redone; Exp1 went on from its finished training
         assert (work / f"results/{exp}/train_summary.json").stat().st_mtime_ns == stamp, exp
-    assert (work / "results/exp1/evaluation/metrics.json").is_file() and (
-        work / "results/exp1/done"
-    ).is_file()
+    assert (work / "results/exp1/evaluation/metrics.json").is_file()
     md = (work / "results/compare/summary.md").read_text()
     assert "exp1 vs exp2" in md and "exp1_baseline_vae" in md and "exp2_tcvae_sbd" in md
     assert "../exp1/evaluation/traversals.png" in md and "../exp2/evaluation/traversals.png" in md
@@ -197,6 +196,24 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
     for figure in ("factor_correlations.png", "traversals.png", "summary.md"):
         assert any(n.endswith(figure) for n in names), figure
     assert any(re.search(r"z\d{3}\.png$", n) for n in names)  # the per-dimension traversals
+
+
+SWEEP_4 = {"seeds": [1, 2], "overrides": {"train.max_epochs": 1}, "exp2": {"loss.beta_tc_target": [2.0, 4.0]}}
+
+
+def test_a_sweep_dispatches_one_job_per_run_with_its_resources(interrupted_then_finished):
+    """The plan of a 2 × 2 sweep (run for real, to its summary, in test_slurm.py)."""
+    work = interrupted_then_finished["work"]
+    (work / "config" / "sweep4.yaml").write_text(yaml.safe_dump({"sweep": SWEEP_4}))
+    out = snakemake(work, "-n", "--configfile", "config/sweep4.yaml", "--", "results/sweep/done").stdout
+    jobs = re.findall(r"rule train_sweep_run:.*?wildcards: run=(\S+).*?resources: ([^\n]+)", out, re.S)
+    assert sorted(run for run, _ in jobs) == [
+        f"sweep/exp2/beta_tc_target={b},seed={s}" for b in (2, 4) for s in (1, 2)
+    ], out[-3000:]
+    assert all("gpu=1" in resources for _, resources in jobs)
+    assert "index_subjects" not in out and "build_persistent_cache" not in out  # shared, already done
+    for rule, count in (("train_sweep_run", 4), ("evaluate_latents", 4), ("sweep_summary", 1)):
+        assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out[-2000:])
 
 
 def test_changing_only_data_num_workers_reruns_nothing(interrupted_then_finished):
