@@ -237,3 +237,31 @@ def test_a_damaged_last_ckpt_resumes_from_the_newest_intact_checkpoint_or_stops(
     ):
         train(cfg, run_dir, resume=True)
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, tmp_path):
+    """Export, encoding and evaluation load the model without Lightning: the weights Lightning restores."""
+    import json
+
+    from vae_dynamics.models import TCVAESBD
+    from vae_dynamics.training.run_dir import load_trained
+
+    summary = tmp_path / "train_summary.json"
+    summary.write_text(json.dumps({**exp2_run["resumed"], "run_dir": str(exp2_run["run_dir"])}))
+    run = load_trained(summary, "cpu")
+    assert type(run.model) is TCVAESBD and not run.model.training and run.cfg["model"]["base_filters"] == 16
+    reference = TCVAELitModule.load_from_checkpoint(
+        exp2_run["resumed"]["best_checkpoint"], map_location="cpu"
+    )
+    expected = reference.model.state_dict()
+    got = run.model.state_dict()
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_evaluation_and_encoding_import_no_lightning():
+    code = (
+        "import sys, vae_dynamics.evaluation.evaluate, vae_dynamics.evaluation.encode, vae_dynamics.workflow\n"
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

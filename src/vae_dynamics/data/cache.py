@@ -132,6 +132,19 @@ def make_dataset(
     )
 
 
+def split_dataset(
+    data_cfg: Mapping[str, Any],
+    splits_dir: str | os.PathLike[str],
+    split: str,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> AtomicPersistentDataset:
+    """The subjects of `<splits_dir>/<split>.csv` served from the persistent cache of `data_cfg`'s
+    preprocessing under `cache_root` (default: data.cache_dir); computed and cached where missing."""
+    cache_dir = prepare_cache_dir(cache_root or data_cfg["cache_dir"], data_cfg)
+    records = subject_records(Path(splits_dir) / f"{split}.csv")
+    return make_dataset(records, cache_dir, transforms_from_config(data_cfg))
+
+
 class RamCachedDataset(Dataset):
     """Serves the first `n_in_ram` items from memory (loaded from the disk cache once, at setup)."""
 

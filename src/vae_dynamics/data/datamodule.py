@@ -15,12 +15,10 @@ from monai.data import DataLoader
 from vae_dynamics.data.cache import (
     CACHE_IMAGE_DTYPE,
     RamCachedDataset,
-    make_dataset,
-    prepare_cache_dir,
     ram_share,
+    split_dataset,
     subject_records,
 )
-from vae_dynamics.data.transforms import transforms_from_config
 
 # float16 image [4,128,128,128] + uint8 seg [1,128,128,128], as cached
 BYTES_PER_SUBJECT = 4 * 128**3 * CACHE_IMAGE_DTYPE.itemsize + 128**3
@@ -166,9 +164,7 @@ class BraTSDataModule(L.LightningDataModule):
 
     def disk_dataset(self, split: str):
         """The `split` ("train" or "val") subjects served from the persistent disk cache only."""
-        records = {"train": self.train_records, "val": self.val_records}[split]
-        cache_dir = prepare_cache_dir(self.cache_root, self.data_cfg)
-        return make_dataset(records, cache_dir, transforms_from_config(self.data_cfg))
+        return split_dataset(self.data_cfg, self.splits_dir, split, self.cache_root)
 
     def _training_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 def split_datasets(run: TrainedRun) -> dict[str, Any]:
     """The run's train and val subjects as cached (disk) datasets, in split-CSV order."""
-    from vae_dynamics.data.datamodule import BraTSDataModule
+    from vae_dynamics.data.cache import split_dataset
 
-    dm = BraTSDataModule(run.cfg["data"], run.run_dir / "splits")
-    return {"train": dm.disk_dataset("train"), "val": dm.disk_dataset("val")}
+    return {
+        split: split_dataset(run.cfg["data"], run.run_dir / "splits", split) for split in ("train", "val")
+    }
 
 
 @torch.inference_mode()

@@ -34,8 +34,8 @@ from vae_dynamics.evaluation.traversals import (
 )
 from vae_dynamics.io import atomic_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
+from vae_dynamics.provenance import finish_provenance, provenance
 from vae_dynamics.training.run_dir import TrainedRun, load_trained
-from vae_dynamics.training.tracking import finish_provenance, provenance
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
     plot_kl_per_dim,

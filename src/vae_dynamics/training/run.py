@@ -24,6 +24,7 @@ from vae_dynamics import experiments
 from vae_dynamics.config import save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.io import write_json
+from vae_dynamics.provenance import finish_provenance, provenance
 from vae_dynamics.training.callbacks import (
     CompileTimer,
     EpochMetricsLogger,
@@ -44,12 +45,7 @@ from vae_dynamics.training.distributed import (
     world_size,
 )
 from vae_dynamics.training.run_dir import RunDir
-from vae_dynamics.training.tracking import (
-    build_loggers,
-    finish_provenance,
-    progress_callbacks,
-    provenance,
-)
+from vae_dynamics.training.tracking import build_loggers, progress_callbacks
 
 log = logging.getLogger("vae_dynamics.train")
 

@@ -155,14 +155,10 @@ class TrainedRun:
     """A finished training run: its resolved config, the chosen checkpoint's module, where it lives."""
 
     cfg: dict[str, Any]
-    module: Any  # the experiment's LightningModule, in eval mode on `device`
+    model: Any  # the experiment's nn.Module (TCVAESBD, BaselineVAE), in eval mode on `device`
     run_dir: Path
     summary: dict[str, Any]
     device: Any  # torch.device
-
-    @property
-    def model(self):
-        return self.module.model
 
     @property
     def experiment(self) -> experiments.Experiment:
@@ -197,6 +193,11 @@ def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRu
     summary = json.loads(Path(summary_path).read_text())
     run = RunDir(Path(summary["run_dir"]))
     cfg = load_config(run.config)
-    module_cls = experiments.of(cfg).lit_cls()
-    module = module_cls.load_from_checkpoint(summary["best_checkpoint"], map_location=device).eval()
-    return TrainedRun(cfg, module, run.path, summary, device)
+    experiment = experiments.of(cfg)
+    # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
+    checkpoint = torch.load(summary["best_checkpoint"], map_location=device, weights_only=True)
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
+    model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
+    return TrainedRun(cfg, model.to(device).eval(), run.path, summary, device)
