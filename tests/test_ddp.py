@@ -57,22 +57,26 @@ def step_terms(module: TCVAELitModule, x: torch.Tensor, eps: torch.Tensor, gathe
     return terms
 
 
-def _worker(rank: int, port: int, out: str, gather: bool) -> None:
+def _worker(rank: int, port: int, out: str) -> None:
+    """One DDP step of each estimator (gathered over the processes, then each process's own), fresh modules."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        module = make_module()
-        x, eps = global_batch()
-        rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        terms = step_terms(module, x[rows], eps[rows], gather)
-        values = torch.stack([terms[k].detach() for k in TERMS])
-        dist.all_reduce(values)  # the global batch's terms, as logged
-        grads = torch.cat([p.grad.flatten() for p in module.parameters()])
-        dist.all_reduce(grads)
-        grads /= WORLD  # DDP averages gradients over processes
+        results = {}
+        for gather in (True, False):
+            module = make_module()
+            x, eps = global_batch()
+            rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+            terms = step_terms(module, x[rows], eps[rows], gather)
+            values = torch.stack([terms[k].detach() for k in TERMS])
+            dist.all_reduce(values)  # the global batch's terms, as logged
+            grads = torch.cat([p.grad.flatten() for p in module.parameters()])
+            dist.all_reduce(grads)
+            grads /= WORLD  # DDP averages gradients over processes
+            results[gather] = {"terms": values, "grads": grads}
         if rank == 0:
-            torch.save({"terms": values, "grads": grads}, out)
+            torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
@@ -88,14 +92,16 @@ def single_process():
     }
 
 
-def run_two_processes(tmp_path: Path, gather: bool) -> dict:
-    out = tmp_path / f"rank0_{gather}.pt"
-    mp.start_processes(_worker, args=(free_port(), str(out), gather), nprocs=WORLD, start_method="spawn")
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> dict:
+    """{gather: rank 0's terms and averaged gradients} of one 2-process run (spawned once for both)."""
+    out = tmp_path_factory.mktemp("ddp") / "rank0.pt"
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=WORLD, start_method="spawn")
     return torch.load(out)
 
 
-def test_two_processes_equal_one_process_on_the_global_batch(single_process, tmp_path):
-    ddp = run_two_processes(tmp_path, gather=True)
+def test_two_processes_equal_one_process_on_the_global_batch(single_process, two_processes):
+    ddp = two_processes[True]
     assert torch.allclose(ddp["terms"], single_process["terms"], rtol=1e-5), (
         ddp["terms"],
         single_process["terms"],
@@ -104,9 +110,9 @@ def test_two_processes_equal_one_process_on_the_global_batch(single_process, tmp
     assert float((ddp["grads"] - ref).norm() / ref.norm()) < 1e-5
 
 
-def test_without_gathering_the_equivalence_fails(single_process, tmp_path):
+def test_without_gathering_the_equivalence_fails(single_process, two_processes):
     """The naive DDP version (each process's MWS over its own 2 samples) fails the test above."""
-    naive = run_two_processes(tmp_path, gather=False)
+    naive = two_processes[False]
     assert torch.allclose(naive["terms"][1], single_process["terms"][1], rtol=1e-5)  # recon: no estimator
     for k in (2, 3, 4):  # mi, tc, dwkl: estimated from other samples and log(N·M) with M = 2 instead of 4
         assert not torch.allclose(naive["terms"][k], single_process["terms"][k], rtol=1e-5), TERMS[k]
