@@ -22,6 +22,16 @@ include: "rules/evaluation.smk"
 include: "rules/sweep.smk"
 
 
+# Seconds of work each: run by the Snakemake process itself, not submitted as cluster jobs (a SLURM job
+# per marker file or split table costs a queue wait and two Snakemake start-ups).
+localrules:
+    all,
+    make_splits,
+    done,
+    compare_experiments,
+    sweep_summary,
+
+
 rule all:
     input:
         "results/exp2/done",
