@@ -27,12 +27,16 @@ endif
 
 install: $(BIN)/vae-dynamics
 
-# In parallel: one pytest process per core, each test file in one process (its module fixtures built once).
+# In parallel: one pytest process per core, each test file in one process (its module fixtures built
+# once), in the order tests/conftest.py gives (longest first; xdist would otherwise start the files
+# with the most tests first, and the SLURM cluster's 4 tests, the longest file, last).
+PYTEST_PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not slurm"
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,9 +21,9 @@ from vae_dynamics.data.demo import generate
 from vae_dynamics.data.index import index_subjects
 from vae_dynamics.data.splits import make_splits
 
-# Longest first, so that they do not end the run alone (pytest --durations: the workflow module and
-# the SLURM cluster are the two largest, then the trainings).
-FIRST = ("test_workflow.py", "test_slurm.py", "test_learning.py", "test_training.py", "test_ddp.py")
+# Longest first, so that they do not end the run alone (pytest --durations: the SLURM cluster and
+# the workflow module are the two largest, then the trainings); `make test` keeps this order.
+FIRST = ("test_slurm.py", "test_workflow.py", "test_learning.py", "test_training.py", "test_ddp.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -204,13 +204,19 @@ def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
             {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
         )  # fmt: skip
     )
-    sweep_args = [a for a in args[: args.index("--")] if a not in ("--resources", "gpu=2")]
+    # one CPU per GPU step, so that the two runs' jobs share the 2-CPU node instead of queueing
+    one_cpu = {
+        f"{rule}:cpus_per_task={cores}": f"{rule}:cpus_per_task=1"
+        for rule in ("encode_latents", "evaluate_latents")
+    }
+    one_cpu |= {f"{rule}={cores}": f"{rule}=1" for rule in ("encode_latents", "evaluate_latents")}
+    sweep_args = [one_cpu.get(a, a) for a in args[: args.index("--")]]
     # options taking several values are given once (a second --configfile would replace the first)
     for option, values in (
         ("--configfile", ["config/sweep.yaml"]),
         ("--set-resources", ["train_sweep_run:slurm_partition=gpu", "train_sweep_run:mem_mb=6000",
-                             f"train_sweep_run:cpus_per_task={cores}"]),
-        ("--set-threads", [f"train_sweep_run={cores}"]),
+                             "train_sweep_run:cpus_per_task=1"]),
+        ("--set-threads", ["train_sweep_run=1"]),
     ):  # fmt: skip
         at = sweep_args.index(option) + 1
         sweep_args[at:at] = values
