@@ -256,6 +256,16 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
     expected = reference.model.state_dict()
     got = run.model.state_dict()
     assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    # a checkpoint that does not fit the config's model is named, with the config it was checked against
+    foreign = tmp_path / "foreign.ckpt"
+    state = torch.load(exp2_run["resumed"]["best_checkpoint"], map_location="cpu", weights_only=True)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if "decoder.final" not in k}
+    torch.save(state, foreign)
+    summary.write_text(json.dumps({**exp2_run["resumed"], "best_checkpoint": str(foreign)}))
+    with pytest.raises(
+        RuntimeError, match=rf"(?s){foreign}: does not fit the exp2_tcvae_sbd model of .*decoder\.final"
+    ):
+        load_trained(summary, "cpu")
 
 
 def test_evaluation_and_encoding_import_no_lightning():

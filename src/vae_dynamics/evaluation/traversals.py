@@ -35,15 +35,18 @@ def traverse(
 ) -> np.ndarray:
     """Decoded slices [n_dims, n_values, n_views, n_channels, H, W] of μ_ref with z_j = μ_j + value."""
     device = next(model.parameters()).device
-    offsets = torch.tensor(list(values), dtype=torch.float32, device=device)
-    moved = offsets != 0  # z_j + 0 is the reference itself: decoded once for every dimension
-    reference = model.decode(mu_ref.to(device, torch.float32)[None]).float().cpu().numpy()[0]
+    mu = mu_ref.to(device, torch.float32)
+    moved = [i for i, v in enumerate(values) if v != 0]  # z_j + 0 is the reference: decoded once for all j
+    reference = model.decode(mu[None]).float().cpu().numpy()[0]
+    offsets = torch.tensor([values[i] for i in moved], dtype=torch.float32, device=device)
     out = []
     for dim in dims:
-        z = mu_ref.to(device, torch.float32).expand(int(moved.sum()), -1).clone()
-        z[:, dim] += offsets[moved]
-        decoded = iter(model.decode(z).float().cpu().numpy() if moved.any() else [])
-        volumes = [next(decoded) if m else reference for m in moved.tolist()]
+        volumes = [reference] * len(values)
+        if moved:
+            z = mu.expand(len(moved), -1).clone()
+            z[:, dim] += offsets
+            for i, x_hat in zip(moved, model.decode(z).float().cpu().numpy()):
+                volumes[i] = x_hat
         out.append(
             [
                 [[slices_through(x_hat[c], centre)[view] for c in channels] for view in views]

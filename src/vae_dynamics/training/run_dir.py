@@ -152,7 +152,7 @@ class RunDir:
 
 @dataclass
 class TrainedRun:
-    """A finished training run: its resolved config, the chosen checkpoint's module, where it lives."""
+    """A finished training run: its resolved config, the chosen checkpoint's model, where it lives."""
 
     cfg: dict[str, Any]
     model: Any  # the experiment's nn.Module (TCVAESBD, BaselineVAE), in eval mode on `device`
@@ -199,5 +199,10 @@ def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRu
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model = experiment.model_cls()(**experiment.model_kwargs(cfg))
-    model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
+    try:
+        model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{summary['best_checkpoint']}: does not fit the {experiment.name} model of {run.config}: {exc}"
+        ) from None
     return TrainedRun(cfg, model.to(device).eval(), run.path, summary, device)

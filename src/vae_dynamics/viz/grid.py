@@ -16,6 +16,8 @@ import numpy as np
 
 from vae_dynamics.viz import figure_file
 
+GAP = 2  # white pixels between tiles
+
 
 def coloured(image: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
     """An [H, W] array as RGB [H, W, 3] in [0, 1] through a colour map on the fixed range [vmin, vmax]."""
@@ -23,7 +25,7 @@ def coloured(image: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarr
     return matplotlib.colormaps[cmap](np.clip(scaled, 0.0, 1.0))[..., :3]
 
 
-def mosaic(tiles: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+def mosaic(tiles: Sequence[Sequence[np.ndarray]], gap: int = GAP) -> np.ndarray:
     """Rows of equally shaped RGB tiles [H, W, 3] as one image, `gap` white pixels between tiles."""
     h, w = tiles[0][0].shape[:2]
     rows, cols = len(tiles), len(tiles[0])
@@ -63,8 +65,8 @@ def save_image_grid(
         )
         ax.imshow(image, interpolation="nearest", aspect="auto")
         h, w = tiles[0][0].shape[:2]
-        ax.set_yticks([r * (h + 2) + h / 2 for r in range(rows)], list(row_labels), fontsize=fontsize)
-        ax.set_xticks([c * (w + 2) + w / 2 for c in range(cols)], list(col_labels), fontsize=fontsize + 1)
+        ax.set_yticks([r * (h + GAP) + h / 2 for r in range(rows)], list(row_labels), fontsize=fontsize)
+        ax.set_xticks([c * (w + GAP) + w / 2 for c in range(cols)], list(col_labels), fontsize=fontsize + 1)
         ax.xaxis.tick_top()
         ax.tick_params(length=0)
         for spine in ax.spines.values():
