@@ -27,16 +27,20 @@ endif
 
 install: $(BIN)/vae-dynamics
 
-# In parallel: one pytest process per core, each test file in one process (its module fixtures built
-# once), in the order tests/conftest.py gives (longest first; xdist would otherwise start the files
-# with the most tests first, and the SLURM cluster's 4 tests, the longest file, last).
-PYTEST_PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+# In parallel: one single-threaded pytest process per core and one more (the SLURM and Snakemake
+# tests spend part of their time waiting for their jobs to be scheduled), each test file in one
+# process (its module fixtures built once), in the order tests/conftest.py gives (longest first;
+# xdist would otherwise start the files with the most tests first, and the SLURM cluster's 4 tests,
+# the longest file, last). PYTEST_ARGS adds options, e.g. PYTEST_ARGS=--durations=25.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1)")
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST_ARGS ?=
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not slow and not slurm"
 
 lint: install
 	$(BIN)/ruff check .

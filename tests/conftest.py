@@ -31,12 +31,20 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
 
 
+# The cores of one test process: all of them, or under pytest-xdist (`make test`) an equal share per
+# worker, at least one. Two processes with two OpenMP threads each on two cores take twice as long per
+# training step as with one thread each (10.7 s vs 5.0 s here), so the share also holds for every
+# subprocess the tests start (scripts, Snakemake and its jobs, DDP ranks): OMP_NUM_THREADS, `--cores`.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+
+
 def pytest_configure(config):
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:  # share the cores between the worker processes instead of oversubscribing them
+    if WORKERS > 1:  # share the cores between the worker processes instead of oversubscribing them
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(THREADS)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
 
 
 N_DEMO_SUBJECTS = 5
@@ -156,9 +164,8 @@ def make_workdir(tmp: Path, data_root: Path) -> Path:
 
 def snakemake(work: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args], cwd=work, capture_output=True, text=True, env=env, **kwargs
-    )
+    cmd = [SNAKEMAKE, "--cores", str(THREADS), *args]
+    result = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

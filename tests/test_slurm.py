@@ -2,8 +2,8 @@
 
 Installs Debian's slurm-wlm and munge if missing, starts munged, slurmctld and slurmd (one node,
 two GPU generic resources backed by /dev/null and /dev/zero), runs the workflow with the SLURM executor
-(Exp2 with DDP over both GPUs, then a 2-run sweep to its summary), checks what each job asked for, and
-stops the daemons it started, by PID. The suite's only real sweep run is here; without SLURM (no root,
+(Exp2 with DDP over both GPUs and, in the same invocation, a 2-run sweep to its summary), checks what
+each job asked for, and stops the daemons it started, by PID. The suite's only real sweep run is here; without SLURM (no root,
 no apt-get) these tests are skipped and test_workflow.py still plans a sweep.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_workflow
+from conftest import THREADS, copy_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -165,9 +165,10 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
-    """Through profiles/slurm: the demo workflow (Exp2 with DDP over the node's 2 GPUs) to
-    results/exp2/done, then a 2-run sweep (seeds 5, 6) on the same index and cache to its summary.
-    This is the suite's real sweep run (test_workflow.py plans a larger one without running it)."""
+    """Through profiles/slurm, in one Snakemake invocation: the demo workflow (Exp2 with DDP over the
+    node's 2 GPUs) to results/exp2/done and a 2-run sweep (seeds 5, 6) on the same index and cache to
+    its summary, their jobs sharing the node. This is the suite's real sweep run (test_workflow.py plans
+    a larger one without running it)."""
     env = slurm_cluster["env"]
     work = copy_workflow(tmp_path_factory.mktemp("slurm_wf") / "wf")
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -176,56 +177,36 @@ def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
     demo["data_root"], demo["demo"] = str(demo_root), None  # the session's 5 demo subjects: 3 train, 2 val
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)
-    demo.pop("sweep", None)  # the demo's sweep; the sweep below is config/sweep.yaml
+    demo.pop("sweep", None)  # the demo's sweep; the sweep run here is config/sweep.yaml
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
-    cores = str(os.cpu_count())
-    args = [
-        str(BIN / "snakemake"), "--profile", "profiles/slurm", "--configfile", "config/demo.yaml",
-        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-        "--seconds-between-status-checks", "1",
-        "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
-        "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
-        "--set-resources", "train_exp2:slurm_partition=gpu", "train_exp2:mem_mb=6000",
-        f"train_exp2:cpus_per_task={cores}", "encode_latents:mem_mb=3000", "evaluate_latents:mem_mb=4000",
-        f"encode_latents:cpus_per_task={cores}", f"evaluate_latents:cpus_per_task={cores}",
-        "encode_latents:slurm_partition=gpu", "evaluate_latents:slurm_partition=gpu",
-        "--set-threads", f"train_exp2={cores}", "make_demo_dataset=1", "index_subjects=1",
-        "build_persistent_cache=1", "subject_factors=1", f"encode_latents={cores}", f"evaluate_latents={cores}",
-        "--resources", "gpu=2",  # profiles/default (always loaded) caps at 1; the training needs 2
-        "--", "results/exp2/done",
-    ]  # fmt: skip
-    main = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-    assert main.returncode == 0, main.stdout[-4000:] + main.stderr[-6000:]
-    main_jobs = scontrol_jobs(env)
-
-    # the sweep: each run trained, exported, encoded and evaluated by its own SLURM jobs
     (work / "config" / "sweep.yaml").write_text(
         yaml.safe_dump(
             {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
         )  # fmt: skip
     )
-    # one CPU per GPU step, so that the two runs' jobs share the 2-CPU node instead of queueing
-    one_cpu = {
-        f"{rule}:cpus_per_task={cores}": f"{rule}:cpus_per_task=1"
-        for rule in ("encode_latents", "evaluate_latents")
-    }
-    one_cpu |= {f"{rule}={cores}": f"{rule}=1" for rule in ("encode_latents", "evaluate_latents")}
-    sweep_args = [one_cpu.get(a, a) for a in args[: args.index("--")]]
-    # options taking several values are given once (a second --configfile would replace the first)
-    for option, values in (
-        ("--configfile", ["config/sweep.yaml"]),
-        ("--set-resources", ["train_sweep_run:slurm_partition=gpu", "train_sweep_run:mem_mb=6000",
-                             "train_sweep_run:cpus_per_task=1"]),
-        ("--set-threads", ["train_sweep_run=1"]),
-    ):  # fmt: skip
-        at = sweep_args.index(option) + 1
-        sweep_args[at:at] = values
-    sweep = subprocess.run(
-        [*sweep_args, "--", "results/sweep/done"], cwd=work, env=env, capture_output=True, text=True, timeout=1500
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stdout[-4000:] + sweep.stderr[-6000:]
+    cores = str(THREADS)  # all the node's CPUs, or this test process's share of them under xdist
+    gpu_steps = ("train_exp2", "train_sweep_run", "encode_latents", "evaluate_latents")
+    args = [
+        str(BIN / "snakemake"), "--profile", "profiles/slurm", "--configfile", "config/demo.yaml", "config/sweep.yaml",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1",
+        "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
+        "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
+        "--set-resources", "train_exp2:mem_mb=6000", "train_sweep_run:mem_mb=6000", "encode_latents:mem_mb=3000",
+        "evaluate_latents:mem_mb=4000",
+        *(f"{rule}:slurm_partition=gpu" for rule in gpu_steps), *(f"{rule}:cpus_per_task={cores}" for rule in gpu_steps),
+        "--set-threads", "make_demo_dataset=1", "index_subjects=1", "build_persistent_cache=1", "subject_factors=1",
+        *(f"{rule}={cores}" for rule in gpu_steps),
+        "--resources", "gpu=2",  # profiles/default (always loaded) caps at 1; the DDP training needs 2
+        "--", "results/exp2/done", "results/sweep/done",
+    ]  # fmt: skip
+    result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    jobs = scontrol_jobs(env).splitlines()
     runs = ["sweep/exp2/seed=5", "sweep/exp2/seed=6"]
-    return {"work": work, "main_jobs": main_jobs, "jobs": scontrol_jobs(env), "runs": runs}
+    # a job's comment names its rule and wildcards: the sweep's jobs name their run, sweep/exp2/seed=<s>
+    main_jobs = "\n".join(line for line in jobs if not re.search(r"Comment=\S*sweep", line))
+    return {"work": work, "main_jobs": main_jobs, "jobs": "\n".join(jobs), "runs": runs}
 
 
 def scontrol_jobs(env: dict) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import OVERRIDES, REPO, SNAKEMAKE, make_workdir, snakemake
+from conftest import OVERRIDES, REPO, SNAKEMAKE, THREADS, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def interrupted_then_finished(demo_root, tmp_path_factory):
     dry = snakemake(work, "-n", "--", "results/exp2/done")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(
-        [SNAKEMAKE, "--cores", "2", "--", "results/exp2/done"], cwd=work, env=env,
+        [SNAKEMAKE, "--cores", str(THREADS), "--", "results/exp2/done"], cwd=work, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 600
