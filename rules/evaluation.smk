@@ -84,6 +84,8 @@ rule evaluate_latents:
         ),
     wildcard_constraints:
         run=RUN_PATTERN,
+    params:
+        traversed_dims=(config.get("evaluation") or {}).get("traversed_dims"),
     threads: 4
     resources:
         gpu=1,

@@ -194,3 +194,13 @@ def test_vectorised_spearman_equals_scipy_per_column_with_ties_and_constants():
     expected = [spearmanr(x[:, j], y).statistic if j != 2 else 0.0 for j in range(6)]
     assert np.allclose(rho, expected, atol=1e-12) and abs(rho[0]) > 0.5
     assert np.allclose(spearman(x, np.full(30, 2.0)), 0.0)
+
+
+def test_an_evaluation_drawing_no_traversal_is_refused_before_any_work(tmp_path):
+    from vae_dynamics.evaluation.evaluate import evaluate_run
+
+    with pytest.raises(ValueError, match="n_traversed must be >= 1, got 0"):
+        evaluate_run(
+            tmp_path / "missing.json", "latents.csv", "factors.csv", tmp_path / "evaluation", n_traversed=0
+        )
+    assert not (tmp_path / "evaluation").exists()

@@ -178,6 +178,7 @@ def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)
     demo.pop("sweep", None)  # the demo's sweep; the sweep run here is config/sweep.yaml
+    demo["evaluation"] = {"traversed_dims": 1}  # each run's evaluation draws one traversal (8 by default)
     (work / "config" / "demo.yaml").write_text(yaml.safe_dump(demo))
     (work / "config" / "sweep.yaml").write_text(
         yaml.safe_dump(
@@ -247,7 +248,9 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_runs):
     # --gpus=2 (train.devices) shows as TresPerJob=gres:gpu:2 (22.05) or gres/gpu=2 (newer releases)
     assert all(re.search(r"TresPerJob=gres[:/]gpu[:=]2\b", line) for line in train_jobs), train_jobs
     assert all("Partition=gpu" in line for line in train_jobs)
-    assert (work / "results/exp2/evaluation/metrics.json").is_file()
+    metrics = json.loads((work / "results/exp2/evaluation/metrics.json").read_text())
+    assert len(metrics["traversals"]["dims"]) == 1  # evaluation.traversed_dims of the workflow config
+    assert len(list((work / "results/exp2/evaluation/traversals").glob("z*.png"))) == 1
     gpu_steps = [line for line in jobs.splitlines() if "encode_latents" in line or "evaluate_latents" in line]
     assert len(gpu_steps) == 2, jobs[-3000:]
     assert all(

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vae_dynamics import __version__
+from vae_dynamics.evaluation import N_TRAVERSED
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -118,7 +119,9 @@ def cmd_factors(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vae_dynamics.evaluation.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.summary, args.latents, args.factors, args.out, args.device)
+    metrics = evaluate_run(
+        args.summary, args.latents, args.factors, args.out, args.device, args.traversed_dims
+    )
     print(json.dumps({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
 
 
@@ -250,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", required=True, help="factors.csv (`vae-dynamics factors`)")
     p.add_argument("--out", required=True, help="evaluation folder to write")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--traversed-dims", type=int, metavar="N", default=N_TRAVERSED,
+                   help="dimensions drawn as traversals, largest KL first (6 decodes at 128³ each)")  # fmt: skip
 
     p = add("metrics", cmd_metrics, "MIG, DCI, SAP and active units of latents against factors")
     p.add_argument("--latents", required=True, help="CSV with subject_id and mu_* columns")

@@ -11,5 +11,6 @@ from vae_dynamics.workflow import log_to
 with log_to(snakemake.log[0]), claim_gpus(1):
     torch.set_num_threads(snakemake.threads)
     i = snakemake.input
-    metrics = evaluate_run(i.summary, i.latents, i.factors, Path(snakemake.output.metrics).parent)
+    out = Path(snakemake.output.metrics).parent
+    metrics = evaluate_run(i.summary, i.latents, i.factors, out, n_traversed=snakemake.params.traversed_dims)
     print({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")})

@@ -23,6 +23,7 @@ from monai.metrics import MSEMetric, PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy.stats import rankdata
 
+from vae_dynamics.evaluation import N_TRAVERSED
 from vae_dynamics.evaluation.encode import split_datasets
 from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical, latent_columns
 from vae_dynamics.evaluation.traversals import (
@@ -45,7 +46,6 @@ from vae_dynamics.viz.latents import (
 )
 
 log = logging.getLogger(__name__)
-N_TRAVERSED = 8
 MAP_FACTORS = 6  # panels of latent_map.png: the first continuous factors
 SSIM_WINDOW = 7
 
@@ -186,9 +186,15 @@ def evaluate_run(
     factors_csv: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     device: str | None = None,
-    n_traversed: int = N_TRAVERSED,
+    n_traversed: int | None = None,
 ) -> dict[str, Any]:
-    """Write the evaluation folder of one run (see the module docstring); return metrics.json's content."""
+    """Write the evaluation folder of one run (see the module docstring); return metrics.json's content.
+
+    n_traversed: how many dimensions (largest KL first) are drawn as traversals (None: N_TRAVERSED).
+    """
+    n_traversed = N_TRAVERSED if n_traversed is None else n_traversed
+    if n_traversed < 1:
+        raise ValueError(f"n_traversed must be >= 1, got {n_traversed}")
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         metrics = _evaluate_into(tmp, summary_path, latents_csv, factors_csv, device, n_traversed)
