@@ -36,7 +36,8 @@ def pytest_collection_modifyitems(session, config, items):
 # training step as with one thread each (10.7 s vs 5.0 s here), so the share also holds for every
 # subprocess the tests start (scripts, Snakemake and its jobs, DDP ranks): OMP_NUM_THREADS, `--cores`.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+THREADS = max(1, CORES // WORKERS)
 
 
 def pytest_configure(config):
