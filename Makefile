@@ -32,7 +32,7 @@ install: $(BIN)/vae-dynamics
 # process (its module fixtures built once), in the order tests/conftest.py gives (longest first;
 # xdist would otherwise start the files with the most tests first, and the SLURM cluster's 4 tests,
 # the longest file, last). PYTEST_ARGS adds options, e.g. PYTEST_ARGS=--durations=25.
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(getattr(os, 'sched_getaffinity', lambda _: range(os.cpu_count() or 1))(0)) + 1)")
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || sysctl -n hw.ncpu) + 1 )))
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 PYTEST_ARGS ?=
 

@@ -85,7 +85,7 @@ rule evaluate_latents:
     wildcard_constraints:
         run=RUN_PATTERN,
     params:
-        traversed_dims=(config.get("evaluation") or {}).get("traversed_dims"),
+        traversed_dims=wf.traversed_dims(config),
     threads: 4
     resources:
         gpu=1,

@@ -199,7 +199,9 @@ def test_vectorised_spearman_equals_scipy_per_column_with_ties_and_constants():
 def test_an_evaluation_drawing_no_traversal_is_refused_before_any_work(tmp_path):
     from vae_dynamics.evaluation.evaluate import evaluate_run
 
-    with pytest.raises(ValueError, match="n_traversed must be >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match=r"n_traversed \(--traversed-dims, evaluation.traversed_dims\) must be >= 1, got 0"
+    ):
         evaluate_run(
             tmp_path / "missing.json", "latents.csv", "factors.csv", tmp_path / "evaluation", n_traversed=0
         )

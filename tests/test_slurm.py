@@ -3,8 +3,8 @@
 Installs Debian's slurm-wlm and munge if missing, starts munged, slurmctld and slurmd (one node,
 two GPU generic resources backed by /dev/null and /dev/zero), runs the workflow with the SLURM executor
 (Exp2 with DDP over both GPUs and, in the same invocation, a 2-run sweep to its summary), checks what
-each job asked for, and stops the daemons it started, by PID. The suite's only real sweep run is here; without SLURM (no root,
-no apt-get) these tests are skipped and test_workflow.py still plans a sweep.
+each job asked for, and stops the daemons it started, by PID. The suite's only real sweep run is here;
+without SLURM (no root, no apt-get) these tests are skipped and test_workflow.py still plans a sweep.
 """
 
 import json

@@ -244,6 +244,13 @@ def run_config(
     return experiment_config(config, run)
 
 
+def traversed_dims(config: Mapping[str, Any]) -> int:
+    """evaluation.traversed_dims of the workflow config, or the evaluation's default."""
+    from vae_dynamics.evaluation import N_TRAVERSED
+
+    return (config.get("evaluation") or {}).get("traversed_dims", N_TRAVERSED)
+
+
 def run_experiment(run: str) -> str:
     """exp2 for `exp2` and `sweep/exp2/<name>`."""
     return run.split("/")[1] if run.startswith("sweep/") else run

@@ -186,15 +186,16 @@ def evaluate_run(
     factors_csv: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     device: str | None = None,
-    n_traversed: int | None = None,
+    n_traversed: int = N_TRAVERSED,
 ) -> dict[str, Any]:
     """Write the evaluation folder of one run (see the module docstring); return metrics.json's content.
 
-    n_traversed: how many dimensions (largest KL first) are drawn as traversals (None: N_TRAVERSED).
+    n_traversed: how many dimensions (largest KL first) are drawn as traversals.
     """
-    n_traversed = N_TRAVERSED if n_traversed is None else n_traversed
     if n_traversed < 1:
-        raise ValueError(f"n_traversed must be >= 1, got {n_traversed}")
+        raise ValueError(
+            f"n_traversed (--traversed-dims, evaluation.traversed_dims) must be >= 1, got {n_traversed}"
+        )
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         metrics = _evaluate_into(tmp, summary_path, latents_csv, factors_csv, device, n_traversed)
