@@ -120,3 +120,13 @@ def test_a_stop_signal_saves_last_ckpt_at_the_step_boundary_and_exits_75(tmp_pat
     saved = torch.load(last, weights_only=False)
     assert saved["global_step"] == 6  # the step that received the signal completed, and no other
     assert signal.getsignal(signal.SIGUSR1) == previous  # our SIGUSR1 handler is gone again
+
+
+def test_checkpoints_follow_the_umask_like_every_other_artifact(tmp_path):
+    """A group-shared project (umask 002): colleagues can resume or evaluate a run (mkstemp gave 0600)."""
+    old = os.umask(0o002)
+    try:
+        AtomicCheckpointIO().save_checkpoint(_ckpt(1), tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o664

@@ -266,3 +266,22 @@ def test_a_dry_run_imports_neither_torch_nor_monai():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "HEAVY [] EXIT 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_every_job_that_asks_for_a_gpu_goes_to_the_gpu_partition_on_slurm():
+    """Read from the dry run of every target (main runs, comparison, sweep) and from profiles/slurm: a
+    rule with gpu > 0 placed on the CPU partition fails on a cluster whose CPU nodes have no GPU (the
+    export step once did; the one-node test cluster cannot show it)."""
+    dry = snakemake(REPO, "-n", "--configfile", "config/demo.yaml", "--", "results/compare/done",
+                    "results/sweep/done").stdout  # fmt: skip
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry, flags=re.M)
+    gpu_rules = {rule for rule, res in jobs if int(re.search(r"\bgpu=(\d+)", res + " gpu=0").group(1)) > 0}
+    assert {"train_exp2", "train_exp1", "train_sweep_run", "export_recon_panels", "encode_latents",
+            "evaluate_latents"} <= gpu_rules, gpu_rules  # fmt: skip
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    placed = {rule: profile["set-resources"].get(rule, {}).get("slurm_partition", cpu_partition)
+              for rule in gpu_rules}  # fmt: skip
+    gpu_partition = placed["train_exp2"]
+    assert gpu_partition != cpu_partition
+    assert {rule: p for rule, p in placed.items() if p != gpu_partition} == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -30,10 +31,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
+        fsync_file(tmp)  # the data is on disk before the name says it is finished (a node crash)
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # ... and so is the rename
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Best effort: persist a rename in `path` (not every file system supports fsync on a folder)."""
+    with contextlib.suppress(OSError):
+        fsync_file(path)
 
 
 @contextlib.contextmanager
@@ -53,7 +70,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         had_old = path.exists()
         if had_old:
             os.replace(path, old)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                fsync_file(file)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if had_old:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -66,10 +87,32 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         df.to_csv(tmp, index=False)
 
 
+# Written into a JSON object whose values held NaN or ±Infinity (which strict JSON readers refuse).
+NON_FINITE_KEY = "_non_finite_written_as_null"
+
+
+def _finite_or_null(obj: Any, where: str, found: list[str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where or "(top level)")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
 def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write JSON atomically."""
+    """Write strict JSON atomically: NaN and ±Infinity become null, and an object says which keys.
+
+    (An SSIM over an empty brain mask is NaN; Python's json would write `NaN`, which is not JSON.)
+    """
+    found: list[str] = []
+    clean = _finite_or_null(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean[NON_FINITE_KEY] = found
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> None:

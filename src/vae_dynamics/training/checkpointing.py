@@ -20,8 +20,8 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vae_dynamics.io import fsync_dir
+
 log = logging.getLogger("vae_dynamics.train")
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry".
@@ -39,16 +41,6 @@ PREEMPTED_EXIT_CODE = 75
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; existing checkpoints are untouched."""
-
-
-def _fsync_dir(path: Path) -> None:
-    """Best effort: persist a rename in `path` (not every file system supports fsync on a folder)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,7 +53,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        # A name of its own; mode 0o666 filtered by the umask like every other artifact (mkstemp's 0600
+        # would keep a group-shared project's colleagues from resuming or evaluating the run).
+        staging = str(path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial"))
+        fd = os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
@@ -81,7 +76,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"could not write checkpoint {path}: {reason}; {written / 1e6:.1f} MB were written before the "
                 f"failure, {free / 1e6:.1f} MB are free in {path.parent}. Existing checkpoints are unchanged."
             ) from exc
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def remove_checkpoint(self, path: Any) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,51 @@
+"""io: atomic artifacts that are on disk when their name says they are finished, strict JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from vae_dynamics import io
+
+
+def test_an_atomic_file_is_fsynced_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    """After a node crash an artifact must not exist empty (Snakemake would take it as finished)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    io.write_json({"a": 1}, tmp_path / "summary.json")
+    kinds = [(kind, os.path.basename(p)) for kind, p in events]
+    assert kinds[1] == ("replace", "summary.json")
+    assert kinds[0][0] == "fsync" and kinds[0][1].startswith(".summary.json.")  # the data, under its tmp name
+    assert kinds[2] == ("fsync", tmp_path.name)  # then the folder that holds the new name
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
+
+
+def test_an_atomic_folder_fsyncs_its_files_before_it_appears(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    with io.atomic_dir(tmp_path / "panels") as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+        (tmp / "b.png").write_bytes(b"y")
+    assert sorted(os.path.basename(p) for p in synced[:2]) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == ["a.png", "b.png"]
+
+
+def test_json_is_strict_nan_and_infinity_become_null_and_the_file_says_which(tmp_path):
+    path = tmp_path / "metrics.json"
+    io.write_json({"ssim": math.nan, "psnr": 31.5, "per_subject": [1.0, math.inf], "n": 2}, path)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert data["ssim"] is None and data["per_subject"] == [1.0, None] and data["psnr"] == 31.5
+    assert data[io.NON_FINITE_KEY] == ["ssim", "per_subject[1]"]
+    io.write_json({"ok": 1.0}, path)
+    assert io.NON_FINITE_KEY not in json.loads(path.read_text())  # only when something was replaced
