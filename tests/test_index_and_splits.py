@@ -79,6 +79,32 @@ def test_index_fails_clearly_without_valid_subjects(tmp_path):
     assert result.stderr.startswith("index: ") and "Traceback" not in result.stderr
 
 
+def test_index_judges_shape_size_and_affine_from_the_header_and_subject_names_exactly(demo_copy, tmp_path):
+    """A header claiming 2^29 voxels is rejected before its data is read (reading it killed a pool
+    worker and the whole index); a singular affine is rejected (it aborted the cache build later); a
+    folder whose name only matches up to a trailing newline is not a subject."""
+    sid0, sid1, sid2 = "BraTS-MEN-00000-000", "BraTS-MEN-00001-000", "BraTS-MEN-00002-000"
+    huge = nib.Nifti1Header()
+    huge.set_data_shape((2048, 2048, 128))
+    huge.set_data_dtype(np.float32)
+    _path(demo_copy, sid0, "t2w").unlink()
+    with open(demo_copy / sid0 / f"{sid0}-t2w.nii", "wb") as f:  # the header and 1 kB of data
+        f.write(huge.binaryblock + b"\0" * (352 - len(huge.binaryblock)) + b"\0" * 1024)
+    for key in ("t1c", "t1n", "t2f", "t2w", "seg"):  # zero voxel extent along k, in the sform alone
+        img = nib.load(_path(demo_copy, sid1, key))
+        flat = nib.Nifti1Image(np.asarray(img.dataobj), None)
+        flat.header.set_sform(img.affine @ np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+        flat.header.set_qform(None, code=0)
+        nib.save(flat, _path(demo_copy, sid1, key))
+    newline = demo_copy / f"{sid2}\n"
+    shutil.copytree(demo_copy / sid2, newline)
+    subjects, rejected = index_subjects(demo_copy, tmp_path, workers=2, progress=False)
+    reasons = dict(zip(rejected["subject_id"], rejected["reason"]))
+    assert "more than 268435456 voxels" in reasons[sid0], reasons
+    assert "singular affine" in reasons[sid1], reasons
+    assert set(reasons) == {sid0, sid1} and sid2 in set(subjects["subject_id"])
+
+
 def test_gzip_check_catches_corrupt_data_not_only_headers(demo_copy, tmp_path):
     path = _path(demo_copy, "BraTS-MEN-00000-000", "t1c")
     data = bytearray(gzip.decompress(path.read_bytes()))

@@ -17,7 +17,10 @@ from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS
 from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import process_pool
 
-SUBJECT_DIR = re.compile(r"^BraTS-[A-Za-z]+-\d+-\d+$")
+SUBJECT_DIR = re.compile(r"BraTS-[A-Za-z]+-\d+-\d+")  # used with fullmatch ($ accepts a trailing newline)
+# A volume above this many voxels is rejected from its header, before it is read (BraTS: 240·240·155 =
+# 8.9 M); reading a huge file would exhaust a pool worker's memory and fail the whole index.
+MAX_VOXELS = 2**28
 SUBJECT_COLUMNS = ["subject_id", *FILE_KEYS]
 REJECTED_COLUMNS = ["subject_id", "file", "reason"]
 
@@ -28,8 +31,8 @@ class NoValidSubjectsError(RuntimeError):
 
 def find_subject_dirs(root: Path) -> list[Path]:
     """Subject folders directly below `root` or nested one level deeper, sorted by name."""
-    found = [p for p in root.glob("*") if p.is_dir() and SUBJECT_DIR.match(p.name)]
-    found += [p for p in root.glob("*/*") if p.is_dir() and SUBJECT_DIR.match(p.name)]
+    found = [p for p in root.glob("*") if p.is_dir() and SUBJECT_DIR.fullmatch(p.name)]
+    found += [p for p in root.glob("*/*") if p.is_dir() and SUBJECT_DIR.fullmatch(p.name)]
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
@@ -40,6 +43,24 @@ def subject_files(subject_dir: Path) -> dict[str, Path | None]:
         candidates = [subject_dir / f"{subject_dir.name}-{key}{ext}" for ext in (".nii.gz", ".nii")]
         files[key] = next((c for c in candidates if c.is_file()), None)
     return files
+
+
+def header_problem(shape: tuple[int, ...], affine: np.ndarray | None) -> str | None:
+    """Why a NIfTI header cannot be a subject's volume (None if it can), checked before reading data."""
+    if len(shape) != 3:
+        return f"expected a 3D volume, got shape {tuple(shape)}"
+    if min(shape) < 1:
+        return f"empty volume (shape {tuple(shape)})"
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        return (
+            f"shape {tuple(shape)} has more than {MAX_VOXELS} voxels (not a brain MRI at BraTS resolution?)"
+        )
+    if affine is None or not np.isfinite(affine).all():
+        return "the affine is missing or not finite"
+    det = float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))
+    if abs(det) < 1e-6:
+        return f"singular affine (voxel volume {abs(det):.3g} mm³): the voxels have no extent in space"
+    return None
 
 
 def validate_subject(subject_dir: Path) -> tuple[dict | None, dict | None]:
@@ -58,12 +79,16 @@ def validate_subject(subject_dir: Path) -> tuple[dict | None, dict | None]:
     for key in FILE_KEYS:
         path = files[key]
         try:
-            img = nib.load(path)
-            data = np.asanyarray(img.dataobj)  # reads to the end: a truncated gzip fails here
+            img = nib.load(path)  # the header only
         except Exception as exc:  # noqa: BLE001 - any read failure is a rejection reason
             return reject(key, f"unreadable: {type(exc).__name__}: {exc}")
-        if data.ndim != 3:
-            return reject(key, f"expected a 3D volume, got shape {data.shape}")
+        problem = header_problem(img.shape, img.affine)
+        if problem:
+            return reject(key, problem)
+        try:
+            data = np.asanyarray(img.dataobj)  # reads to the end: a truncated gzip fails here
+        except Exception as exc:  # noqa: BLE001
+            return reject(key, f"unreadable: {type(exc).__name__}: {exc}")
         if reference is None:
             reference = (key, data.shape, img.affine)
         elif data.shape != reference[1]:
