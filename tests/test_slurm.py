@@ -23,6 +23,8 @@ import pytest
 import yaml
 from conftest import THREADS, copy_workflow
 
+from vae_dynamics.training.run_dir import summary_run_dir
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -241,7 +243,8 @@ def test_demo_workflow_runs_through_the_slurm_profile(slurm_runs):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in train_log  # Lightning started the second process in that job
     assert "\x00" not in train_log and "finished:" in train_log  # both ranks append; rank 0's log is whole
     assert summary["checkpoint_choice"] and summary["n_train"] == 3  # written by rank 0 only
-    assert (Path(summary["run_dir"]) / "train.log").read_text().count("starting run") == 1
+    run_dir = summary_run_dir(work / "results/exp2/train_summary.json")
+    assert run_dir.train_log.read_text().count("starting run") == 1
 
     train_jobs = [line for line in jobs.splitlines() if "train_exp2" in line]
     assert train_jobs, jobs[-3000:]
@@ -280,7 +283,8 @@ def test_the_sweep_runs_through_to_its_summary(slurm_runs):
     work, runs = slurm_runs["work"], slurm_runs["runs"]
     for run in runs:
         summary = json.loads((work / "results" / run / "train_summary.json").read_text())
-        assert summary["epochs"] == 1 and f"results/{run}/runs/" in summary["run_dir"]
+        run_dir = summary_run_dir(work / "results" / run / "train_summary.json").path.resolve()
+        assert summary["epochs"] == 1 and run_dir.parent == (work / "results" / run / "runs").resolve()
         assert (work / "results" / run / "evaluation" / "metrics.json").is_file()
     md = (work / "results/sweep/summary.md").read_text()
     assert "2 of 2 runs evaluated" in md and "seeds: [5, 6]" in md and "(n=2)" in md

@@ -1,5 +1,7 @@
 """Real Lightning runs on demo subjects (CPU, base_filters 16, batch 2): artifacts, keys, β, resume."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +52,8 @@ def test_exp2_run_produces_every_artifact(exp2_run):
         "train.log",
     ):
         assert (run_dir / name).is_file(), name
-    best = exp2_run["resumed"]["best_checkpoint"]
-    assert best.startswith(str((run_dir / "checkpoints").resolve())) and Path(best).is_file()
+    best = run_dir / exp2_run["resumed"]["best_checkpoint"]  # relative to the run directory
+    assert best.parent == run_dir / "checkpoints" and best.is_file()
     saved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert saved["model"]["variant"] == "tcvae_sbd" and saved["train"]["max_epochs"] == 3
     for epoch in (0, 1, 2):
@@ -97,7 +99,12 @@ def test_best_checkpoint_is_chosen_among_epochs_at_the_target_beta(exp2_run):
     assert "target beta" in resumed["checkpoint_choice"]
     assert resumed["best_val_loss"] == pytest.approx(per_epoch["val/loss"].iloc[2], rel=1e-5)
     # last.ckpt was written after every epoch, warm-up epochs included
-    assert torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=False)["epoch"] == 2
+    assert (
+        torch.load(exp2_run["run_dir"] / resumed["last_checkpoint"], map_location="cpu", weights_only=False)[
+            "epoch"
+        ]
+        == 2
+    )
 
 
 def test_resume_with_other_splits_is_refused_and_changes_nothing(exp2_run, tmp_path):
@@ -135,6 +142,59 @@ def test_resume_with_another_base_filters_is_refused(exp2_run):
         train(cfg, exp2_run["run_dir"], resume=True)
 
 
+def test_resume_with_another_lr_is_refused(exp2_run):
+    """The optimizer's lr comes back from the checkpoint: a changed train.lr would be silently ignored."""
+    loss = {"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4}  # as the run was trained
+    cfg = small_exp_config("exp2_tcvae_sbd", exp2_run["run_dir"].parent, **loss, **{"train.lr": 5e-4})
+    with pytest.raises(ResumeError, match=r"different config \(train\.lr: 0\.0001 -> 0\.0005\)"):
+        train(cfg, exp2_run["run_dir"], resume=True)
+
+
+def test_a_fresh_start_into_a_run_directory_with_checkpoints_is_refused_and_changes_nothing(exp2_run):
+    run_dir = exp2_run["run_dir"]
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    cfg = small_exp_config("exp2_tcvae_sbd", run_dir.parent, **{"train.seed": 7})
+    with pytest.raises(
+        ResumeError, match=r"refusing to start a new run in .*last\.ckpt.*--resume.*--run-dir"
+    ):
+        train(cfg, run_dir)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its_step_count(
+    exp2_run, tmp_path
+):
+    """Lightning compares checkpoint folders by real path; a moved (here: copied) run directory lost the
+    best score and top-k bookkeeping and wrote last-v1.ckpt, which no resume reads."""
+    import shutil
+
+    from vae_dynamics.training.run_dir import load_trained
+
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(exp2_run["run_dir"], moved)
+    before = torch.load(moved / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (key,) = [k for k in before["callbacks"] if k.startswith("TargetBetaCheckpoint")]
+    best_before = float(before["callbacks"][key]["best_model_score"])
+    cfg = small_exp_config(
+        "exp2_tcvae_sbd", tmp_path,
+        **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
+    )  # fmt: skip
+    summary = train(cfg, moved, resume=True)
+    names = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert "last.ckpt" in names and not [n for n in names if re.search(r"-v\d+\.ckpt$", n)], names
+    after = torch.load(moved / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = after["callbacks"][key]
+    val3 = read_metrics(moved / "logs").set_index("epoch").loc[3, "val/loss"]
+    assert float(state["best_model_score"]) == pytest.approx(min(best_before, val3), rel=1e-6)
+    assert after["global_step"] == summary["global_step"] == 8  # 6 before, 2 more: not restarted
+    for path in [state["last_model_path"], state["best_model_path"], *state["best_k_models"]]:
+        assert Path(path).parent == (moved / "checkpoints").resolve(), path
+    assert summary["best_checkpoint"].startswith("checkpoints/")  # relative: valid after the next move
+    (moved.parent / "train_summary.json").write_text(json.dumps({**summary, "run_dir": "run"}))
+    shutil.move(str(moved.parent), str(tmp_path / "again"))
+    assert load_trained(tmp_path / "again" / "train_summary.json", device="cpu").run_dir.name == "run"
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
     with pytest.raises(ResumeError, match="no checkpoint"):
@@ -147,7 +207,7 @@ def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
     from vae_dynamics.data.datamodule import BraTSDataModule
 
     cfg = exp2_run["cfg"]
-    ckpt = exp2_run["resumed"]["last_checkpoint"]
+    ckpt = exp2_run["run_dir"] / exp2_run["resumed"]["last_checkpoint"]
     dm = BraTSDataModule(cfg["data"], exp2_run["run_dir"] / "splits", seed=0)
     losses = []
     for _ in range(2):
@@ -251,14 +311,16 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
     run = load_trained(summary, "cpu")
     assert type(run.model) is TCVAESBD and not run.model.training and run.cfg["model"]["base_filters"] == 16
     reference = TCVAELitModule.load_from_checkpoint(
-        exp2_run["resumed"]["best_checkpoint"], map_location="cpu"
+        exp2_run["run_dir"] / exp2_run["resumed"]["best_checkpoint"], map_location="cpu"
     )
     expected = reference.model.state_dict()
     got = run.model.state_dict()
     assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
     # a checkpoint that does not fit the config's model is named, with the config it was checked against
     foreign = tmp_path / "foreign.ckpt"
-    state = torch.load(exp2_run["resumed"]["best_checkpoint"], map_location="cpu", weights_only=True)
+    state = torch.load(
+        exp2_run["run_dir"] / exp2_run["resumed"]["best_checkpoint"], map_location="cpu", weights_only=True
+    )
     state["state_dict"] = {k: v for k, v in state["state_dict"].items() if "decoder.final" not in k}
     torch.save(state, foreign)
     summary.write_text(json.dumps({**exp2_run["resumed"], "best_checkpoint": str(foreign)}))

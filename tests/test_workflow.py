@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import OVERRIDES, REPO, SNAKEMAKE, THREADS, make_workdir, snakemake
 
+from vae_dynamics.training.run_dir import summary_run_dir
+
 pytestmark = pytest.mark.slow
 
 
@@ -63,7 +65,7 @@ def test_killed_training_resumes_from_its_checkpoint(interrupted_then_finished):
     summary = json.loads((work / "results/exp2/train_summary.json").read_text())
     assert summary["resumed"] is True
     assert summary["global_step"] == 4 and summary["epochs"] == 2  # 2 epochs · 2 steps, not restarted
-    train_log = (Path(summary["run_dir"]) / "train.log").read_text()
+    train_log = summary_run_dir(work / "results/exp2/train_summary.json").train_log.read_text()
     assert "resuming from" in train_log
     metrics = pd.read_csv(work / "results/exp2/metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1]

@@ -62,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"train: pre-empted: {exc}; run the same command with --resume to continue", file=sys.stderr)
         raise SystemExit(exc.code) from None
     if "best_checkpoint" in summary:  # rank 0
-        print(f"run directory: {summary['run_dir']}\nbest checkpoint: {summary['best_checkpoint']}")
+        best = Path(summary["run_dir"]) / summary["best_checkpoint"]
+        print(f"run directory: {summary['run_dir']}\nbest checkpoint: {best}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -275,6 +275,10 @@ def train_step(
     if "best_checkpoint" not in summary:  # a DDP process of rank > 0: rank 0 writes the outputs
         return summary
     summary["resumed"] = resume
+    # The run directory relative to the summary: results/ can be moved or mounted elsewhere.
+    summary["run_dir"] = Path(
+        os.path.relpath(run_dir.resolve(), Path(summary_path).parent.resolve())
+    ).as_posix()
     metrics = read_metrics(run_dir / "logs")
     write_text(metrics.to_csv(index=False), metrics_path)
     write_json(summary, summary_path)  # last: its existence means training finished

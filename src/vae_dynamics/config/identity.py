@@ -17,8 +17,10 @@ CONTRACT_KEYS = ("modalities", "roi_size", "spacing", "orientation", "fov_mm", "
 # Sections whose change makes a checkpoint meaningless for this config (resume is refused).
 RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
 # Keys outside those sections that must not change on resume: the global batch (M of the MWS
-# estimator) and the data shards depend on the device count.
-RESUME_LOCKED_KEYS = ("train.devices", "train.num_nodes")
+# estimator) and the data shards depend on the device count; the optimizer's lr and its start
+# schedule are restored from the checkpoint (a changed value would be silently ignored).
+RESUME_LOCKED_KEYS = ("train.devices", "train.num_nodes", "train.lr", "train.lr_warmup_steps",
+                      "train.encoder_head_lr_scale", "train.encoder_head_lr_ramp_steps")  # fmt: skip
 # Keys that change where data is held or how fast it flows, not what is learnt.
 RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir", "data.gpu_cache"}
 

@@ -69,8 +69,37 @@ class TargetBetaCheckpoint(ModelCheckpoint):
 
     def __init__(self, *, first_epoch: int, **kwargs) -> None:
         # Rank and save when validation ends (val/loss is known then), not at the train epoch's end.
-        super().__init__(save_on_train_epoch_end=False, **kwargs)
+        # No version counter: last.ckpt is overwritten, never joined by a last-v1.ckpt that no resume reads.
+        super().__init__(save_on_train_epoch_end=False, enable_version_counter=False, **kwargs)
         self.first_epoch = first_epoch
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Lightning's, with the saved paths mapped into this run's checkpoint folder.
+
+        Lightning compares the saved folder with the current one by real path and, when they differ
+        (the run directory was moved, copied, mounted elsewhere or reached through a symlink), drops
+        the best score, the top-k bookkeeping and last_model_path: the next epoch then becomes "best"
+        whatever its loss. The checkpoints live in the run directory, so the same file names in the
+        current folder are the same files.
+        """
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            log.info("checkpoint folder moved: %s -> %s (best/top-k bookkeeping kept)", old, self.dirpath)
+
+            def here(path):
+                if not path or Path(path).parent != Path(old):
+                    return path
+                return str(Path(self.dirpath) / Path(path).name)
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": here(state_dict.get("best_model_path")),
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                "last_model_path": here(state_dict.get("last_model_path")),
+                "best_k_models": {here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if trainer.current_epoch >= self.first_epoch:

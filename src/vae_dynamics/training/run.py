@@ -194,6 +194,8 @@ def train(
         run_dir = os.environ.get(RUN_DIR_ENV) if rank > 0 else None
     run = RunDir(Path(run_dir)) if run_dir is not None else RunDir.new(cfg)
     splits_dir = Path(splits_dir) if splits_dir else None
+    if not resume and rank == 0:
+        run.check_fresh_start()
     ckpt_path = run.check_resume(cfg, splits_dir) if resume else None
     damage_note = None
     if ckpt_path is not None:  # last.ckpt, or the newest intact one when it is damaged
@@ -224,12 +226,13 @@ def train(
         fit(trainer, module, datamodule, ckpt_path)
         checkpoint = trainer.checkpoint_callback
         best, choice = choose_checkpoint(checkpoint, run.path, experiment.warmup_epochs(cfg))
+        # Checkpoints relative to the run directory: the record stays valid when the folder moves.
         summary = {
             "experiment": experiment.name,
             "run_dir": str(run.path.resolve()),
-            "best_checkpoint": str(best.resolve()),
+            "best_checkpoint": run.relative(best),
             "checkpoint_choice": choice,
-            "last_checkpoint": str(run.last_checkpoint.resolve()),
+            "last_checkpoint": run.relative(run.last_checkpoint),
             "best_val_loss": float(checkpoint.best_model_score)
             if checkpoint.best_model_score is not None
             else None,

@@ -60,12 +60,17 @@ class RunDir:
     logs = property(lambda self: self.path / "logs")
     recon = property(lambda self: self.path / "recon")
 
+    def relative(self, path: Path) -> str:
+        """`path` (inside the run directory) as written in summaries: relative, valid when the run moves."""
+        return Path(os.path.relpath(Path(path).resolve(), self.path.resolve())).as_posix()
+
     def create(self) -> None:
         for sub in (self.checkpoints, self.logs, self.recon, self.splits):
             sub.mkdir(parents=True, exist_ok=True)
 
     def has_checkpoint(self) -> bool:
-        return self.last_checkpoint.is_file()
+        """last.ckpt, or an epoch checkpoint to fall back on (intact_resume_checkpoint picks which)."""
+        return self.last_checkpoint.is_file() or any(self.checkpoints.glob("*.ckpt"))
 
     def saved_config(self) -> dict[str, Any]:
         """config_resolved.yaml, validated (a run whose config no longer validates is named)."""
@@ -92,6 +97,18 @@ class RunDir:
             if moved:
                 diffs.append(f"{name}: files of {len(moved)} subject(s) changed ({', '.join(moved[:5])})")
         return diffs
+
+    def check_fresh_start(self) -> None:
+        """Refuse to start a new run in a folder that holds another run's checkpoints."""
+        found = sorted(p.name for p in self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
+        if found:
+            raise ResumeError(
+                f"refusing to start a new run in {self.path}: it already holds checkpoints "
+                f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}), and a new run would overwrite "
+                "its config_resolved.yaml and mix the two runs' checkpoints. Continue it with --resume "
+                "(a damaged or missing last.ckpt resumes from the newest intact checkpoint), or give a new "
+                "--run-dir."
+            )
 
     def check_resume(self, cfg: dict[str, Any], splits_dir: Path | None = None) -> Path:
         """The checkpoint to resume from; refuse a missing checkpoint, a changed experiment or other splits.
@@ -185,17 +202,29 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def summary_run_dir(summary_path: str | os.PathLike[str], summary: dict[str, Any] | None = None) -> RunDir:
+    """The run directory a train_summary.json names: relative to the summary's folder (absolute in
+    summaries written before 0.4), so that a moved or re-mounted results folder still resolves."""
+    summary_path = Path(summary_path)
+    summary = summary if summary is not None else json.loads(summary_path.read_text())
+    return RunDir(summary_path.parent / summary["run_dir"])
+
+
 def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRun:
     """Load the checkpoint a training summary chose (see `checkpoint_choice`) onto `device`."""
     import torch
 
     device = torch.device(device) if device is not None else default_device()
-    summary = json.loads(Path(summary_path).read_text())
-    run = RunDir(Path(summary["run_dir"]))
+    summary_path = Path(summary_path)
+    summary = json.loads(summary_path.read_text())
+    # Relative paths (run_dir from the summary's folder, checkpoints from the run directory) survive a
+    # moved results folder; absolute ones (summaries written before 0.4) are read as they are.
+    run = summary_run_dir(summary_path, summary)
+    best = run.path / summary["best_checkpoint"]
     cfg = load_config(run.config)
     experiment = experiments.of(cfg)
     # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
-    checkpoint = torch.load(summary["best_checkpoint"], map_location=device, weights_only=True)
+    checkpoint = torch.load(best, map_location=device, weights_only=True)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model = experiment.model_cls()(**experiment.model_kwargs(cfg))
@@ -203,6 +232,6 @@ def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRu
         model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
     except RuntimeError as exc:
         raise RuntimeError(
-            f"{summary['best_checkpoint']}: does not fit the {experiment.name} model of {run.config}: {exc}"
+            f"{best}: does not fit the {experiment.name} model of {run.config}: {exc}"
         ) from None
     return TrainedRun(cfg, model.to(device).eval(), run.path, summary, device)
