@@ -133,3 +133,25 @@ def test_make_splits_writes_csvs(tmp_path):
     train, val = make_splits(tmp_path / "s.csv", tmp_path / "out", 0.2, seed=1)
     assert pd.read_csv(tmp_path / "out" / "train.csv")["subject_id"].tolist() == train["subject_id"].tolist()
     assert len(pd.read_csv(tmp_path / "out" / "val.csv")) == 2
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", ".hidden", "sub ject", "BraTS-MEN-00000-000"])
+def test_user_splits_with_ids_that_cannot_be_file_names_are_refused_before_a_run_folder_exists(tmp_path, bad):
+    """A subject id from a user-supplied splits CSV becomes a file name (panels, snapshots): `../../x`
+    wrote outside the run directory."""
+    from vae_dynamics.config import config_path, load_config
+    from vae_dynamics.training.run import train
+
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    pd.DataFrame({"subject_id": ["BraTS-MEN-00000-000", bad], "t1c": ["a", "b"]}).to_csv(
+        splits / "train.csv", index=False
+    )
+    pd.DataFrame({"subject_id": ["BraTS-MEN-00001-000"], "t1c": ["c"]}).to_csv(
+        splits / "val.csv", index=False
+    )
+    cfg = load_config(config_path("exp2"), {"logging.save_dir": str(tmp_path / "runs")})
+    message = "duplicate subject id" if bad.startswith("BraTS") else "cannot be file names"
+    with pytest.raises(ValueError, match=rf"train\.csv: .*{message}"):
+        train(cfg, tmp_path / "run", splits_dir=splits)
+    assert not (tmp_path / "run").exists()

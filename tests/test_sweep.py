@@ -55,6 +55,7 @@ def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names
         ({"exp2": {"data.num_workers": [0, 2]}}, r"sweep\.exp2\.data\.num_workers: does not change what a run learns"),
         ({"exp1": {"loss.beta_tc_target": [1]}}, r"sweep run sweep/exp1/beta_tc_target=1: .*loss\.beta_tc_target: unknown key"),
         ({"exp2": {"loss.alpha": []}}, r"sweep\.exp2\.loss\.alpha: expected a non-empty list"),
+        ({"exp2": {"loss.beta_tc_target": [0.1, 0.1000001]}}, r"sweep\.exp2: the grid points .* give the same run name 'beta_tc_target=0\.1'"),
     ],
 )  # fmt: skip
 def test_an_invalid_sweep_is_refused_before_any_work_naming_run_and_key(sweep, message):

@@ -220,6 +220,11 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 parts.append(f"seed={point['train.seed']}")
             name = ",".join(parts) or "default"
             path = f"sweep/{exp}/{name}"
+            if path in runs:  # e.g. 0.1 and 0.1000001 both read 0.1: one run would overwrite the other
+                raise ConfigError(
+                    f"sweep.{exp}: the grid points {runs[path]['point']} and {point} give the same run "
+                    f"name {name!r}; make the values distinct at 6 significant digits or drop one"
+                )
             try:
                 cfg = experiment_config(config, exp, {**settings, **point})
             except ConfigError as exc:

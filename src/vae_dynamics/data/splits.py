@@ -7,12 +7,38 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from vae_dynamics.data import SUBJECT_ID_PATTERN
 from vae_dynamics.io import write_csv
+
+
+def check_subject_ids(table: pd.DataFrame, source: str | Path) -> None:
+    """Refuse a split table whose subject ids cannot be file names (ids become panel and snapshot names)."""
+    if "subject_id" not in table.columns:
+        raise ValueError(f"{source}: no subject_id column (columns: {list(table.columns)})")
+    ids = table["subject_id"].astype(str)
+    bad = [s for s in ids if not re.fullmatch(SUBJECT_ID_PATTERN, s) or ".." in s]
+    if bad:
+        raise ValueError(
+            f"{source}: subject id(s) {bad[:5]} cannot be file names (allowed: {SUBJECT_ID_PATTERN}, no '..')"
+        )
+    duplicated = sorted(set(ids[ids.duplicated()]))
+    if duplicated:
+        raise ValueError(f"{source}: duplicate subject id(s) {duplicated[:5]}")
+
+
+def check_split_dir(splits_dir: str | Path) -> None:
+    """A user-supplied splits folder: train.csv and val.csv exist and their subject ids are safe."""
+    for name in ("train.csv", "val.csv"):
+        path = Path(splits_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"--splits: {path} not found")
+        check_subject_ids(pd.read_csv(path, dtype=str), path)
 
 
 def split_subjects(subjects: pd.DataFrame, val_split: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from vae_dynamics import experiments
 from vae_dynamics.config import save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
+from vae_dynamics.data.splits import check_split_dir
 from vae_dynamics.io import write_json
 from vae_dynamics.provenance import finish_provenance, provenance
 from vae_dynamics.training.callbacks import (
@@ -196,6 +197,8 @@ def train(
     splits_dir = Path(splits_dir) if splits_dir else None
     if not resume and rank == 0:
         run.check_fresh_start()
+        if splits_dir is not None:  # before anything is written: a refused start leaves no run folder
+            check_split_dir(splits_dir)
     ckpt_path = run.check_resume(cfg, splits_dir) if resume else None
     damage_note = None
     if ckpt_path is not None:  # last.ckpt, or the newest intact one when it is damaged
