@@ -5,6 +5,8 @@
 #   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
 #   make bench     CPU benchmarks -> bench/results/cpu.json
 #   make bench-learning  the Exp2 learning study -> bench/results/learning.json, docs/LEARNING.md (~25 min)
+#   make bench-code-use  does Exp2 use its code? 300 steps per arm, Exp1 beside it
+#                        -> bench/results/code_use.json, docs/LEARNING.md (~80 min on 2 cores)
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +16,7 @@ BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install test test-fast lint format demo bench bench-gpu bench-learning clean
+.PHONY: install test test-fast lint format demo bench bench-gpu bench-learning bench-code-use clean
 
 $(BIN)/vae-dynamics: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +64,20 @@ bench-gpu: install
 
 bench-learning: install
 	$(BIN)/python bench/learning.py --out bench/results/learning.json
+
+# The arms run in parallel, one single-threaded process per core (1.5x the throughput of one
+# process with two threads on 2 cores), then their rows are joined and the docs redrawn.
+# CODE_USE_ARGS adds options, e.g. CODE_USE_ARGS="--steps 60".
+CODE_USE_ARGS ?=
+bench-code-use: install
+	mkdir -p bench/results
+	OMP_NUM_THREADS=1 $(BIN)/python bench/code_use.py --arms exp2_shipped exp2_issue26_start \
+	  --workers 1 --no-doc --out bench/results/code_use.a.tmp $(CODE_USE_ARGS) & \
+	OMP_NUM_THREADS=1 $(BIN)/python bench/code_use.py --arms exp1 exp2_plain \
+	  --workers 1 --no-doc --out bench/results/code_use.b.tmp $(CODE_USE_ARGS); b=$$?; wait $$! && test $$b = 0
+	$(BIN)/python bench/code_use.py --merge bench/results/code_use.a.tmp bench/results/code_use.b.tmp \
+	  --out bench/results/code_use.json
+	rm -f bench/results/code_use.a.tmp bench/results/code_use.b.tmp
 
 clean:
 	rm -rf results .snakemake

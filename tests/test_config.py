@@ -13,14 +13,19 @@ EXP2_KEYS = {
     "train": {"seed", "max_epochs", "lr", "precision", "gradient_checkpointing"},
     "logging": {"save_dir", "recon_every_n_epochs", "num_recon_samples"},
 }  # fmt: skip
-# What the request leaves open, with the defaults chosen by bench/learning.py (docs/LEARNING.md).
+# What the request leaves open, with the defaults chosen by bench/learning.py and bench/code_use.py
+# (docs/LEARNING.md).
 SBD_START_DEFAULTS = {
     "sbd_z_gain": 0.1,
     "sbd_coord_gain": 1.0,
     "sbd_project_norm": True,
     "logvar_init_bias": -4.0,
 }
-ENCODER_HEAD_LR_SCALE = 0.01
+TRAIN_START_DEFAULTS = {
+    "encoder_head_lr_scale": 0.01,
+    "encoder_head_lr_ramp_steps": 150,
+    "lr_warmup_steps": 0,
+}
 
 
 def test_exp2_yaml_has_exactly_the_requested_keys_and_values():
@@ -36,7 +41,7 @@ def test_exp2_yaml_has_exactly_the_requested_keys_and_values():
     }  # fmt: skip
     # keys the request leaves open, with the defaults chosen by bench/learning.py (docs/LEARNING.md)
     assert {k: v for k, v in cfg["model"].items() if k not in EXP2_KEYS["model"]} == SBD_START_DEFAULTS
-    assert cfg["train"]["encoder_head_lr_scale"] == ENCODER_HEAD_LR_SCALE
+    assert {k: cfg["train"][k] for k in TRAIN_START_DEFAULTS} == TRAIN_START_DEFAULTS
     assert cfg["loss"] == {
         "alpha": 1.0, "gamma": 1.0, "beta_tc_target": 6.0, "beta_tc_annealing_epochs": 40, "compute_in_fp32": True,
     }  # fmt: skip
@@ -49,9 +54,10 @@ def test_exp1_yaml_mirrors_exp2_with_its_own_variant_and_loss():
     assert exp1["model"]["variant"] == "baseline_vae"
     assert exp1["loss"] == {"beta_kl_target": 1.0, "beta_kl_annealing_epochs": 40}
     assert exp1["data"] == exp2["data"]
-    # the same training settings, but for the keys only Exp2 has and the Exp2-specific head lr
+    # the same training settings, but for the keys only Exp2 has and Exp2's start (head lr, warm-up)
     exp2_train = {k: v for k, v in exp2["train"].items() if k != "compute_tcvae_terms_in_fp32"}
-    assert exp1["train"] == {**exp2_train, "encoder_head_lr_scale": 1.0}
+    exp1_start = {"encoder_head_lr_scale": 1.0, "encoder_head_lr_ramp_steps": 0}
+    assert exp1["train"] == {**exp2_train, **exp1_start}
 
 
 def test_dotted_overrides_are_parsed_as_yaml_before_validation():
@@ -145,6 +151,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("model.logvar_init_bias=-50", r"model\.logvar_init_bias: -50\.0 must lie in \[-20, 5\]"),
         ("model.logvar_init_bias=.nan", r"model\.logvar_init_bias: nan is not a finite number"),
         ("train.encoder_head_lr_scale=0", r"train\.encoder_head_lr_scale: 0\.0 must be > 0"),
+        ("train.lr_warmup_steps=-1", r"train\.lr_warmup_steps: -1 must be >= 0"),
+        ("train.encoder_head_lr_ramp_steps=1.5", r"train\.encoder_head_lr_ramp_steps: .*integer"),
     ],
 )
 def test_sbd_start_keys_are_validated(override, message):

@@ -67,7 +67,7 @@ def test_forward_samples_z_from_the_posterior_and_decodes_it(cls):
 )
 def test_optimizer_is_adamw_over_every_parameter_with_the_configured_lr(module_cls, loss):
     module = module_cls({"base_filters": 16}, dataset_size=10, lr=3.7e-4, **loss)
-    opt = module.configure_optimizers()
+    opt = module.configure_optimizers()["optimizer"]
     assert type(opt) is torch.optim.AdamW
     assert [g["lr"] for g in opt.param_groups] == [3.7e-4, 3.7e-4]  # the rest, the encoder head
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
@@ -173,7 +173,7 @@ def test_cuda_16_mixed_steps_with_checkpointing_are_finite_and_fp32():
         {"base_filters": 16, "gradient_checkpointing": True}, dataset_size=100, lr=1e-4,
         beta_tc_target=6.0, beta_tc_annealing_epochs=0,
     ).cuda()  # fmt: skip
-    opt = module.configure_optimizers()
+    opt = module.configure_optimizers()["optimizer"]
     scaler = torch.amp.GradScaler("cuda")
     x = torch.rand(2, 4, 128, 128, 128, device="cuda")
     for _ in range(3):
@@ -202,9 +202,72 @@ def test_z_is_drawn_in_float32_under_autocast(dtype):
 def test_encoder_head_lr_scale_gives_the_head_its_own_parameter_group():
     module = TCVAELitModule({"base_filters": 16}, dataset_size=10, lr=1e-3, beta_tc_target=6.0,
                             beta_tc_annealing_epochs=40, encoder_head_lr_scale=0.01)  # fmt: skip
-    rest, head = module.configure_optimizers().param_groups
+    rest, head = module.configure_optimizers()["optimizer"].param_groups
     assert head["lr"] == pytest.approx(1e-5) and rest["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in head["params"]} == {id(p) for p in module.model.encoder.head.parameters()}
+
+
+def test_lr_factors_warm_up_linearly_and_ramp_the_head_geometrically():
+    from vae_dynamics.training.schedules import lr_factors
+
+    assert lr_factors(0) == (1.0, 1.0) and lr_factors(500, 0, 0.01, 0) == (1.0, 0.01)  # nothing / permanent
+    assert lr_factors(0, 4) == (0.25, 0.25) and lr_factors(3, 4) == (1.0, 1.0)  # (step + 1) / warm-up
+    assert lr_factors(0, 0, 0.01, 100) == (1.0, pytest.approx(0.01))
+    assert lr_factors(50, 0, 0.01, 100)[1] == pytest.approx(0.1)  # halfway in log: 0.01 -> 0.1 -> 1
+    assert lr_factors(100, 0, 0.01, 100)[1] == 1.0 and lr_factors(10**6, 0, 0.01, 100)[1] == 1.0
+    assert lr_factors(1, 4, 0.01, 100)[1] == pytest.approx(0.5 * 0.01**0.99)  # the warm-up applies too
+
+
+def test_the_optimizer_follows_the_start_schedule_step_by_step():
+    module = TCVAELitModule({"base_filters": 16}, dataset_size=10, lr=1e-3, beta_tc_target=6.0,
+                            beta_tc_annealing_epochs=40, encoder_head_lr_scale=0.01, lr_warmup_steps=4,
+                            encoder_head_lr_ramp_steps=8)  # fmt: skip
+    optimizers = module.configure_optimizers()
+    opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    assert optimizers["lr_scheduler"]["interval"] == "step"  # Lightning steps it per optimizer step
+    seen = []
+    for _ in range(10):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        schedule.step()
+    assert [r for r, _ in seen] == pytest.approx([2.5e-4, 5e-4, 7.5e-4] + [1e-3] * 7)
+    assert [h for _, h in seen][3:] == pytest.approx(
+        [1e-3 * 0.01 ** (1 - s / 8) for s in (3, 4, 5, 6, 7)] + [1e-3] * 2
+    )
+
+
+def test_the_shipped_exp2_start_lets_the_encoder_head_learn_at_the_full_rate():
+    """The start shipped before the code-use study kept the encoder head at lr/100 for the whole run (the
+    log σ² bias could move by ~0.02 in 22 k steps, docs/LEARNING.md); the shipped start ramps it to lr
+    within its first epochs. Fails when that start is restored."""
+    from vae_dynamics.config import config_path, load_config
+    from vae_dynamics.training.run import build_module
+
+    cfg = load_config(config_path("exp2_tcvae_sbd"), {"model.base_filters": 16})
+    t = cfg["train"]
+    assert 0 < t["encoder_head_lr_ramp_steps"] <= 1000
+    module = build_module(cfg, 16)
+    optimizers = module.configure_optimizers()
+    opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    head_lrs = []
+    for _ in range(t["encoder_head_lr_ramp_steps"] + 1):
+        head_lrs.append(opt.param_groups[1]["lr"])
+        opt.step()  # no gradients: changes nothing, keeps the optimizer-then-scheduler order
+        schedule.step()
+    assert head_lrs[0] == pytest.approx(t["encoder_head_lr_scale"] * t["lr"]) and head_lrs[0] < 0.1 * t["lr"]
+    assert head_lrs[-1] == pytest.approx(t["lr"])
+    assert all(b >= a for a, b in zip(head_lrs, head_lrs[1:]))  # monotone: no restart, no dip
+
+
+def test_the_code_use_warning_names_each_measure_that_failed_and_its_threshold():
+    from vae_dynamics.training.lit_modules import code_use_problems
+
+    assert code_use_problems({"active_units": 12, "z_dependence": 1.4}) == []
+    assert code_use_problems({"active_units": 0, "z_dependence": 1.003}) == [
+        "val/active_units 0 < 2: the code is collapsed",
+        "val/z_dependence 1.003 < 1.05: the decoder ignores z",
+    ]
+    assert code_use_problems({"active_units": 1}) == ["val/active_units 1 < 2: the code is collapsed"]
 
 
 @pytest.mark.slow
@@ -237,7 +300,8 @@ def test_exp2_from_the_shipped_initialisation_learns_a_head_in_a_few_dozen_cpu_s
             return float((module.model.decode(mu).float() - x).square().sum()) / float(x.square().sum())
 
     before = fitted(train)
-    opt = module.configure_optimizers()
+    optimizers = module.configure_optimizers()
+    opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     order = np.random.default_rng(0)
     for step in range(LEARNING_STEPS):
         x = train[order.choice(len(train), size=2, replace=False)]
@@ -246,6 +310,7 @@ def test_exp2_from_the_shipped_initialisation_learns_a_head_in_a_few_dozen_cpu_s
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
     module.eval()
     after = fitted(train)
     assert after < 0.5 * before and after < 0.5, (before, after)

@@ -85,7 +85,10 @@ class Exp2Train(TrainConfig):
     # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32" (an alias).
     compute_tcvae_terms_in_fp32: StrictBool | None = Field(None, exclude=True)
     encoder_head_lr_scale: Positive = Field(
-        0.01, description="Exp2: the encoder head at lr/100 (docs/LEARNING.md)"
+        0.01, description="Exp2: the encoder head starts at lr/100 (docs/LEARNING.md)"
+    )
+    encoder_head_lr_ramp_steps: NonNegativeInt = Field(
+        150, description="Exp2: ... and reaches lr after this many steps (geometric ramp)"
     )
 
 

@@ -141,7 +141,13 @@ class TrainConfig(Section):
     strategy: Literal["auto", "ddp"] = "auto"
     compile: AutoOrBool = Field("auto", description="torch.compile the model; auto = on with CUDA")
     encoder_head_lr_scale: Positive = Field(
-        1.0, description="lr multiplier of the encoder's last Linear (docs/LEARNING.md)"
+        1.0, description="lr multiplier of the encoder's last Linear at step 0 (docs/LEARNING.md)"
+    )
+    encoder_head_lr_ramp_steps: NonNegativeInt = Field(
+        0, description="steps over which that multiplier rises geometrically to 1; 0 = it stays"
+    )
+    lr_warmup_steps: NonNegativeInt = Field(
+        0, description="optimizer steps of a linear lr warm-up from lr/steps to lr; 0 = none"
     )
 
 

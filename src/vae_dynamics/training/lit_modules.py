@@ -12,13 +12,25 @@ from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_
 from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share, z_dependence
 from vae_dynamics.training.distributed import distributed_world, gather_batch
-from vae_dynamics.training.schedules import linear_warmup
+from vae_dynamics.training.schedules import linear_warmup, lr_factors
 
 log = logging.getLogger("vae_dynamics.train")
 
 # After the β warm-up, a run whose decoder changes its output by less than this when handed another
 # subject's code (z_dependence) is reported as ignoring z.
 Z_IGNORED_BELOW = 1.05
+
+
+def code_use_problems(stats: dict[str, float]) -> list[str]:
+    """The measures that say the code is not used, each named as it is logged, with its threshold."""
+    problems = []
+    if stats.get("active_units", 2) < 2:
+        problems.append(f"val/active_units {stats['active_units']:.0f} < 2: the code is collapsed")
+    if stats.get("z_dependence", 2.0) < Z_IGNORED_BELOW:
+        problems.append(
+            f"val/z_dependence {stats['z_dependence']:.3f} < {Z_IGNORED_BELOW}: the decoder ignores z"
+        )
+    return problems
 
 
 def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict]:
@@ -32,6 +44,29 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float
     ids = {id(p) for p in head}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * encoder_head_lr_scale}]
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    *,
+    encoder_head_lr_scale: float = 1.0,
+    lr_warmup_steps: int = 0,
+    encoder_head_lr_ramp_steps: int = 0,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `param_groups` and the per-step schedule of the start (training/schedules.lr_factors).
+
+    The scheduler steps once per optimizer step; both groups' base lr is `lr`, their multipliers are
+    (warm-up, warm-up · head scale). Training and bench/ build the optimizer here and only here.
+    """
+    opt = torch.optim.AdamW(param_groups(model, lr, 1.0))
+
+    def factor(group: int):
+        return lambda step: lr_factors(
+            step, lr_warmup_steps, encoder_head_lr_scale, encoder_head_lr_ramp_steps
+        )[group]
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, [factor(0), factor(1)])
 
 
 class _VAEStepsMixin:
@@ -113,18 +148,20 @@ class _VAEStepsMixin:
         world, _ = distributed_world()
         self.log_dict({f"val/{k}": float(v) for k, v in stats.items()}, sync_dist=world > 1)
         if self.current_epoch + 1 >= self.warmup_epochs and stats:
-            problems = []
-            if stats.get("active_units", 2) < 2:
-                problems.append(f"only {stats['active_units']:.0f} active latent unit(s)")
-            if stats.get("z_dependence", 2.0) < Z_IGNORED_BELOW:
-                problems.append(f"the decoder ignores z (z_dependence {stats['z_dependence']:.3f})")
+            problems = code_use_problems(stats)
             if problems:
                 log.warning("epoch %d: %s (docs/LEARNING.md says what to look at)",
                             self.current_epoch, "; ".join(problems))  # fmt: skip
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        scale = self.hparams.get("encoder_head_lr_scale", 1.0)  # absent in checkpoints saved before it
-        return torch.optim.AdamW(param_groups(self.model, self.hparams.lr, scale))
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams  # keys absent in checkpoints saved before them take the old behaviour
+        opt, schedule = build_optimizer(
+            self.model, hp.lr,
+            encoder_head_lr_scale=hp.get("encoder_head_lr_scale", 1.0),
+            lr_warmup_steps=hp.get("lr_warmup_steps", 0),
+            encoder_head_lr_ramp_steps=hp.get("encoder_head_lr_ramp_steps", 0),
+        )  # fmt: skip
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class VAELitModule(_VAEStepsMixin, L.LightningModule):
@@ -140,6 +177,8 @@ class VAELitModule(_VAEStepsMixin, L.LightningModule):
         beta_kl_annealing_epochs: int,
         channels_last: bool = False,
         encoder_head_lr_scale: float = 1.0,
+        lr_warmup_steps: int = 0,
+        encoder_head_lr_ramp_steps: int = 0,
         diagnostics_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
@@ -178,6 +217,8 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         compute_in_fp32: bool = True,
         channels_last: bool = False,
         encoder_head_lr_scale: float = 1.0,
+        lr_warmup_steps: int = 0,
+        encoder_head_lr_ramp_steps: int = 0,
         diagnostics_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()

@@ -58,6 +58,8 @@ def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
     experiment = experiments.of(cfg)
     common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg),
                   encoder_head_lr_scale=cfg["train"]["encoder_head_lr_scale"],
+                  lr_warmup_steps=cfg["train"]["lr_warmup_steps"],
+                  encoder_head_lr_ramp_steps=cfg["train"]["encoder_head_lr_ramp_steps"],
                   diagnostics_every_n_epochs=cfg["logging"]["diagnostics_every_n_epochs"])  # fmt: skip
     module = experiment.lit_cls()(experiment.model_kwargs(cfg), **common, **cfg["loss"])
     if use_compile(cfg):

@@ -1,0 +1,400 @@
+"""Code-use study: does Exp2's decoder use its code, and which force shrinks μ's spread?   make bench-code-use
+
+Several hundred training steps per arm on demo subjects (128³, base_filters 16, batch 2, bf16 autocast
+on CPU, AdamW through the package's own optimizer and start schedule, β warm-up in epochs), every
+arm from the same initial weights (seed 0), batch order and posterior noise, Exp1 as the yardstick.
+Every `--eval-every` steps it records, per arm (names as in bench/results/code_use.json):
+
+- val_mse_over_mean_volume / train_mse_over_mean_volume: Σ(x̂ − x)² / Σ(x̄ − x)², x̂ the decoding of
+  μ, x̄ the voxelwise mean of the training volumes (< 1: the code carries something subject-specific);
+  the training figure is over the first `--train-probe` training subjects;
+- z_dependence / train_z_dependence: MSE(x_i, decode(μ_j)) / MSE(x_i, decode(μ_i)), j ≠ i, on the
+  validation / those training subjects (1 = the decoder ignores the code);
+- mu_spread_rms, mu_common_rms, mean_sigma, active_units, spatial_share (models/diagnostics.py), on
+  all subjects; kl_per_dim: the analytic KL(q(z_k|x) || N(0,1)) per dimension, mean over subjects;
+- factor_r2: leave-one-out R² of a ridge regression (standardised μ, ridge strength by inner
+  cross-validation) of each known demo factor on μ, all subjects;
+- grad: the gradient of each loss term on μ, on a fixed training batch with fixed noise, split into
+  the common part (rms of its batch mean) and the between-subject part (rms around it), and its
+  spread force: −⟨g_i − ḡ, (μ_i − μ̄)/|μ_i − μ̄|⟩ averaged over the batch, i.e. how fast a gradient
+  step along −g widens (> 0) or shrinks (< 0) the spread. Exp2: recon, mi (α·MI), tc (β·TC),
+  dwkl (γ·DWKL); Exp1: recon, kl (β·KL).
+
+    .venv/bin/python bench/code_use.py                                  # the default arms (~80 min)
+    .venv/bin/python bench/code_use.py --arms exp2_shipped --steps 60   # a subset
+    .venv/bin/python bench/code_use.py --doc-only                       # redraw docs from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import replace_between_markers, versions  # noqa: E402
+
+from vae_dynamics import experiments  # noqa: E402
+from vae_dynamics.config import config_path, load_config  # noqa: E402
+from vae_dynamics.data.demo import generate  # noqa: E402
+from vae_dynamics.data.index import index_subjects  # noqa: E402
+from vae_dynamics.data.transforms import transforms_from_config  # noqa: E402
+from vae_dynamics.io import write_text  # noqa: E402
+from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
+from vae_dynamics.models.diagnostics import (  # noqa: E402
+    decoder_input,
+    kl_per_dimension,
+    latent_summary,
+    spatial_share,
+    z_dependence,
+)
+from vae_dynamics.training.lit_modules import build_optimizer  # noqa: E402
+from vae_dynamics.training.schedules import linear_warmup  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DOC, FIGURE = REPO / "docs" / "LEARNING.md", REPO / "docs" / "code_use.png"
+OUT = REPO / "bench" / "results" / "code_use.json"
+
+# The keys that decide how Exp2 starts (docs/LEARNING.md); every Exp2 arm but the shipped one sets
+# all of them, so an arm's meaning does not change when the shipped defaults do.
+START_KEYS = ("model.sbd_z_gain", "model.logvar_init_bias", "train.encoder_head_lr_scale",
+              "train.encoder_head_lr_ramp_steps", "train.lr_warmup_steps")  # fmt: skip
+PLAIN = dict(zip(START_KEYS, (1.0, 0.0, 1.0, 0, 0)))  # the request as written
+ISSUE26 = dict(zip(START_KEYS, (0.1, -4.0, 0.01, 0, 0)))  # the start shipped before the code-use study
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "exp1": ("exp1", {}),
+    "exp2_shipped": ("exp2", {}),
+    "exp2_issue26_start": ("exp2", ISSUE26),
+    "exp2_plain": ("exp2", PLAIN),
+    "exp2_plain_warmup": ("exp2", {**PLAIN, "train.lr_warmup_steps": 30}),
+    "exp2_head_ramp": (
+        "exp2",
+        {**ISSUE26, "train.encoder_head_lr_ramp_steps": 150, "train.lr_warmup_steps": 30},
+    ),  # fmt: skip
+    "exp2_head_ramp_z_gain_1": (
+        "exp2",
+        {
+            **ISSUE26,
+            "model.sbd_z_gain": 1.0,
+            "train.encoder_head_lr_ramp_steps": 150,
+            "train.lr_warmup_steps": 30,
+        },
+    ),  # fmt: skip
+    "exp2_head_ramp_no_warmup": ("exp2", {**ISSUE26, "train.encoder_head_lr_ramp_steps": 150}),
+    "exp2_small_sigma": (
+        "exp2",
+        {**ISSUE26, "model.logvar_init_bias": -10.0, "train.encoder_head_lr_ramp_steps": 150},
+    ),  # fmt: skip
+}
+DEFAULT_ARMS = ["exp2_shipped", "exp1", "exp2_issue26_start"]
+# Known demo factors (data/demo.py): head scale and affine deformation, tumour centre and radius.
+FACTORS = ("scale", "rot_x_deg", "rot_y_deg", "rot_z_deg", "shift_x_mm", "shift_y_mm", "shift_z_mm",
+           "tumour_x_mm", "tumour_y_mm", "tumour_z_mm", "tumour_radius_mm")  # fmt: skip
+GRAD_TERMS = {"exp2": ("recon", "mi", "tc", "dwkl"), "exp1": ("recon", "kl")}
+
+
+def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):
+    """Demo subjects through the package's preprocessing: train, val [n,4,128³] and their factors."""
+    factors = generate(work / "data", n_subjects, seed=0, workers=workers)
+    subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
+    data_cfg = load_config(config_path("exp2"))["data"]
+    transform = transforms_from_config(data_cfg)
+    rows = subjects.to_dict("records")
+    keys = [*data_cfg["modalities"], "seg"]
+    images = torch.stack([transform({k: r[k] for k in keys})["image"] for r in rows])
+    table = factors.set_index("subject_id").loc[[r["subject_id"] for r in rows], list(FACTORS)]
+    order = [*range(n_val, len(rows)), *range(n_val)]  # train subjects first, as in `encode_all`
+    return images[n_val:].contiguous(), images[:n_val].contiguous(), table.iloc[order].astype(float)
+
+
+def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module, dict[str, Any]]:
+    """The arm's model (seed 0) and its validated config."""
+    exp, overrides = ARMS[arm]
+    cfg = load_config(config_path(exp), {"model.base_filters": base_filters, "train.lr": lr, **overrides})
+    torch.manual_seed(0)
+    experiment = experiments.get(exp)
+    return exp, experiment.model_cls()(**experiment.model_kwargs(cfg)), cfg
+
+
+def start_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in START_KEYS:
+        section, name = key.split(".")
+        if name in cfg[section]:
+            out[key] = cfg[section][name]
+    return out
+
+
+def factor_r2(mu: np.ndarray, factors: pd.DataFrame) -> dict[str, float]:
+    """Leave-one-out R² of ridge(standardised μ) for each factor (ridge strength by inner CV)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = {}
+    for name in factors.columns:
+        y = factors[name].to_numpy()
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+        pred = cross_val_predict(model, mu, y, cv=LeaveOneOut())
+        out[name] = float(1.0 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return out
+
+
+def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
+    """The weighted loss terms (each as it enters the total) and μ, for one batch."""
+    loss_cfg = cfg["loss"]
+    x_hat, mu, logvar, z = model(x)
+    if exp == "exp2":
+        out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=n_train, beta_tc=beta,
+                                 alpha=loss_cfg["alpha"], gamma=loss_cfg["gamma"])  # fmt: skip
+        terms = {"recon": out["recon"], "mi": loss_cfg["alpha"] * out["mi"],
+                 "tc": beta * out["tc"], "dwkl": loss_cfg["gamma"] * out["dwkl"]}  # fmt: skip
+    else:
+        out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
+        terms = {"recon": out["recon"], "kl": beta * out["kl"]}
+    return {"loss": out["loss"], **terms}, mu
+
+
+def gradient_split(exp: str, model, x, cfg, beta: float, n_train: int) -> dict[str, dict[str, float]]:
+    """Per loss term: common / between-subject rms of ∂term/∂μ and the spread force (module docstring)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(12345)  # the same posterior noise at every evaluation
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, mu = loss_terms(exp, model, x, cfg, beta, n_train)
+    torch.random.set_rng_state(state)
+    names = GRAD_TERMS[exp]
+    out = {}
+    centred = (mu - mu.mean(0)).detach().float()
+    direction = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    for i, name in enumerate(names):
+        (g,) = torch.autograd.grad(terms[name], mu, retain_graph=i < len(names) - 1)
+        g = g.float()
+        between = g - g.mean(0)
+        out[name] = {
+            "common_rms": float(g.mean(0).square().mean().sqrt()),
+            "between_rms": float(between.square().mean().sqrt()),
+            "spread_force": float(-(between * direction).sum(1).mean()),
+        }
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+@torch.no_grad()
+def _mse_and_dependence(model, x: torch.Tensor, mu: torch.Tensor, mean_volume: torch.Tensor):
+    x_hat = torch.cat([model.decode(m).float() for m in mu.split(2)])
+    err = (x_hat - x).square().sum()
+    return float(err / (x - mean_volume).square().sum()), z_dependence(model, x, mu)
+
+
+def evaluate(model, exp, cfg, data, beta: float, args) -> dict[str, Any]:
+    train, val, factors, mean_volume = data
+    probe = train[: args.train_probe]
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        posteriors = [model.encoder(x) for x in torch.cat([train, val]).split(2)]
+        mu_all = torch.cat([m.float() for m, _ in posteriors])
+        logvar_all = torch.cat([lv.float() for _, lv in posteriors])
+        mu_val, mu_probe = mu_all[len(train) :], mu_all[: args.train_probe]
+        val_mse, val_dep = _mse_and_dependence(model, val, mu_val, mean_volume)
+        train_mse, train_dep = _mse_and_dependence(model, probe, mu_probe, mean_volume)
+        share = spatial_share(decoder_input(model, mu_val))
+    stats = latent_summary(mu_all, logvar_all)
+    grads = gradient_split(exp, model, train[:2], cfg, beta, len(train))  # no dropout or BatchNorm
+    model.train()
+    return {
+        "val_mse_over_mean_volume": val_mse, "train_mse_over_mean_volume": train_mse,
+        "z_dependence": val_dep, "train_z_dependence": train_dep, "spatial_share": share,
+        **{k: stats[k] for k in ("mu_spread_rms", "mu_common_rms", "mean_sigma", "active_units", "kl_total")},
+        "kl_per_dim": [round(float(v), 5) for v in kl_per_dimension(mu_all, logvar_all)],
+        "factor_r2": factor_r2(mu_all.numpy(), factors),
+        "grad": grads,
+    }  # fmt: skip
+
+
+def run_arm(arm: str, data, args, sink) -> None:
+    train = data[0]
+    exp, model, cfg = build(arm, args.base_filters, args.lr)
+    t = cfg["train"]
+    opt, schedule = build_optimizer(
+        model, args.lr, encoder_head_lr_scale=t["encoder_head_lr_scale"],
+        lr_warmup_steps=t["lr_warmup_steps"], encoder_head_lr_ramp_steps=t["encoder_head_lr_ramp_steps"],
+    )  # fmt: skip
+    target = cfg["loss"]["beta_tc_target" if exp == "exp2" else "beta_kl_target"]
+    steps_per_epoch = max(1, len(train) // args.batch)
+    rng = np.random.default_rng(0)  # the same batch order for every arm
+    order: list[int] = []
+    t0 = time.perf_counter()
+
+    def log(step: int, beta: float) -> None:
+        row = {"arm": arm, "experiment": exp, "step": step, "beta": beta, "settings": start_settings(cfg),
+               **evaluate(model, exp, cfg, data, beta, args), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        sink(row)
+        g = row["grad"]
+        print(f"{arm:<26} step {step:>4}: val/mean {row['val_mse_over_mean_volume']:.3f} "
+              f"train/mean {row['train_mse_over_mean_volume']:.3f} zdep {row['z_dependence']:.3f}/"
+              f"{row['train_z_dependence']:.3f} spread {row['mu_spread_rms']:.3g} common "
+              f"{row['mu_common_rms']:.3g} σ {row['mean_sigma']:.3g} AU {row['active_units']:.0f} "
+              f"share {row['spatial_share']:.3g} R²(scale) {row['factor_r2']['scale']:.2f} force "
+              + " ".join(f"{k} {v['spread_force']:.3g}" for k, v in g.items())
+              + f" [{row['seconds']:.0f} s]", flush=True)  # fmt: skip
+
+    log(0, 0.0)
+    torch.manual_seed(1)  # the same posterior noise for every arm
+    for step in range(1, args.steps + 1):
+        if not order:
+            order = list(rng.permutation(len(train)))
+        idx, order = order[: args.batch], order[args.batch :]
+        beta = linear_warmup((step - 1) // steps_per_epoch, target, args.warmup_epochs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            terms, _ = loss_terms(exp, model, train[idx], cfg, beta, len(train))
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        schedule.step()
+        if not math.isfinite(float(terms["loss"].detach())):
+            print(f"{arm}: loss not finite at step {step}", flush=True)
+            break
+        if step % args.eval_every == 0 or step == args.steps:
+            log(step, beta)
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+PANELS = [("val_mse_over_mean_volume", "val MSE / training-mean volume (< 1: the code helps)", None),
+          ("z_dependence", "val z-dependence (1 = z ignored)", None),
+          ("train_z_dependence", "train z-dependence", None),
+          ("mu_spread_rms", "μ between-subject spread (rms)", "log"),
+          ("mean_sigma", "mean posterior σ", "log"),
+          ("spatial_share", "spatial share of the decoder input", "log")]  # fmt: skip
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    from vae_dynamics.viz import figure_file
+
+    with figure_file(path, nrows=2, ncols=3, figsize=(15, 8)) as (fig, axes):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            rs = [r for r in rows if r["arm"] == arm]
+            for ax, (key, _, _) in zip(axes.flat, PANELS):
+                ax.plot([r["step"] for r in rs], [r[key] for r in rs], marker="o", ms=3, label=arm)
+        for ax, (key, title, scale) in zip(axes.flat, PANELS):
+            ax.set(title=title, xlabel="step")
+            if scale:
+                ax.set_yscale(scale)
+            if key in ("val_mse_over_mean_volume", "z_dependence", "train_z_dependence"):
+                ax.axhline(1.0, ls="--", lw=0.8, color="grey")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+
+
+def _shipped(result: dict[str, Any]) -> str | None:
+    """The Exp2 arm whose start settings are today's defaults (what `exp2_shipped` would run)."""
+    defaults = start_settings(load_config(config_path("exp2")))
+    for r in result["rows"]:
+        if r["experiment"] == "exp2" and r["settings"] == defaults:
+            return r["arm"]
+    return None
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows, shipped = result["rows"], _shipped(result)
+    lines = [f"Setup: {result['setup']}; {result['date']}; {result['versions']}.", "",
+             f"Shipped start (today's defaults) = arm **{shipped}**." if shipped else
+             "No arm of this run has today's default start settings.", "",
+             "| arm | start settings | step | val MSE / mean vol. | train MSE / mean vol. | z-dep. val | "
+             "z-dep. train | μ spread | μ common | mean σ | active units | spatial share | R² scale "
+             "| R² tumour x | spread force recon / KL terms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for arm in arms:
+        rs = [r for r in rows if r["arm"] == arm]
+        settings = ", ".join(f"{k.split('.')[1]}={v}" for k, v in rs[0]["settings"].items()) or "Exp1 shipped"
+        picks = [rs[0], *[r for r in rs if r["step"] in (90, 180)], *rs[-2:]]
+        for r in dict.fromkeys(id(p) for p in picks):
+            r = next(p for p in picks if id(p) == r)
+            g = r["grad"]
+            force = f"{g['recon']['spread_force']:.3g} / " + ", ".join(
+                f"{k} {v['spread_force']:.3g}" for k, v in g.items() if k != "recon"
+            )
+            lines.append(
+                f"| {arm} | {settings} | {r['step']} | {r['val_mse_over_mean_volume']:.3f} | "
+                f"{r['train_mse_over_mean_volume']:.3f} | {r['z_dependence']:.3f} | {r['train_z_dependence']:.3f} | "
+                f"{r['mu_spread_rms']:.3g} | {r['mu_common_rms']:.3g} | {r['mean_sigma']:.3g} | "
+                f"{r['active_units']:.0f} | {r['spatial_share']:.3g} | {r['factor_r2']['scale']:.2f} | "
+                f"{r['factor_r2']['tumour_x_mm']:.2f} | {force} |"
+            )  # fmt: skip
+            settings = ""
+    lines += ["", "![code-use curves](code_use.png)"]
+    return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any]) -> None:
+    figure(result["rows"], FIGURE)
+    replace_between_markers(DOC, "code-use-results", markdown(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=30)
+    parser.add_argument("--subjects", type=int, default=20, help="demo subjects (--val of them validation)")
+    parser.add_argument("--val", type=int, default=4)
+    parser.add_argument("--train-probe", type=int, default=4, help="training subjects of the train measures")
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW lr of every arm (docs/LEARNING.md)")
+    parser.add_argument("--warmup-epochs", type=int, default=8, help="β warm-up (epochs)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--append", action="store_true", help="keep the rows of other arms in --out")
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/LEARNING.md")
+    parser.add_argument("--doc-only", action="store_true", help="redraw the docs from --out and stop")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="join these studies' rows into --out")
+    args = parser.parse_args(argv)
+    if args.merge:  # arms run in parallel processes (one thread each: 1.5x the throughput on 2 cores)
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        merged = {**parts[0], "rows": [r for part in parts for r in part["rows"]]}
+        write_text(json.dumps(merged, indent=1) + "\n", args.out)
+    if args.doc_only or args.merge:
+        write_report(json.loads(Path(args.out).read_text()))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        train, val, factors = load_study_data(Path(tmp), args.subjects, args.val, args.workers)
+    data = (train, val, factors, train.mean(dim=0, keepdim=True))
+    kept = []
+    if args.append and Path(args.out).exists():
+        kept = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["arm"] not in args.arms]
+    result = {
+        "setup": f"{len(train)} train / {len(val)} val demo subjects, 128³, base_filters {args.base_filters}, "
+        f"batch {args.batch}, bf16 autocast (CPU), AdamW lr {args.lr}, β warm-up {args.warmup_epochs} epochs "
+        f"of {len(train) // args.batch} steps, {args.steps} steps, seed 0, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "factors": list(FACTORS),
+        "rows": kept,
+    }
+
+    def sink(row: dict[str, Any]) -> None:  # after every evaluation: an interrupted study keeps its rows
+        result["rows"].append(row)
+        write_text(json.dumps(result, indent=1) + "\n", args.out)
+
+    for arm in args.arms:
+        run_arm(arm, data, args, sink)
+    if not args.no_doc:
+        write_report(result)
+
+
+if __name__ == "__main__":
+    main()
