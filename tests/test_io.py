@@ -49,3 +49,41 @@ def test_json_is_strict_nan_and_infinity_become_null_and_the_file_says_which(tmp
     assert data[io.NON_FINITE_KEY] == ["ssim", "per_subject[1]"]
     io.write_json({"ok": 1.0}, path)
     assert io.NON_FINITE_KEY not in json.loads(path.read_text())  # only when something was replaced
+
+
+def test_the_loser_of_two_concurrent_folder_writers_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Another writer lands its folder between our two renames: os.replace fails with ENOTEMPTY. The
+    winner's folder stands, and neither our temporary folder nor the one moved aside is left over."""
+    target = tmp_path / "panels"
+    target.mkdir()
+    (target / "old.png").write_bytes(b"0")
+    real_replace = os.replace
+    calls = []
+
+    def racing_replace(src, dst):
+        calls.append(dst)
+        real_replace(src, dst)
+        if len(calls) == 1:  # we just moved the old folder aside: the other writer lands now
+            target.mkdir()
+            (target / "winner.png").write_bytes(b"w")
+
+    monkeypatch.setattr(os, "replace", racing_replace)
+    with io.atomic_dir(target) as tmp:
+        (tmp / "ours.png").write_bytes(b"o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panels"]
+    assert sorted(p.name for p in target.iterdir()) == ["winner.png"]
+
+
+def test_leftovers_of_killed_writers_are_found_by_name_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    leftovers = [run / "checkpoints" / ".last.ckpt.0123456789ab.partial", run / ".metrics.csv.abcdef012345.tmp",
+                 run / ".recon.00112233aabb.old"]  # fmt: skip
+    leftovers[0].write_bytes(b"x" * 100)
+    leftovers[1].write_text("half")
+    (leftovers[2] / "epoch_0").mkdir(parents=True)
+    kept = [run / "checkpoints" / "last.ckpt", run / ".hidden_notes", run / ".last.ckpt.short.partial"]
+    for path in kept:
+        path.write_text("keep")
+    assert sorted(io.remove_leftovers(run)) == sorted(leftovers)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in leftovers)

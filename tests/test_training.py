@@ -16,7 +16,7 @@ from conftest import small_exp_config, train_script_args
 from vae_dynamics.losses import NonFiniteLossError
 from vae_dynamics.training.lit_modules import TCVAELitModule
 from vae_dynamics.training.run import train
-from vae_dynamics.training.run_dir import ResumeError
+from vae_dynamics.training.run_dir import ResumeError, RunDir
 from vae_dynamics.viz.curves import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -193,6 +193,38 @@ def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its
     (moved.parent / "train_summary.json").write_text(json.dumps({**summary, "run_dir": "run"}))
     shutil.move(str(moved.parent), str(tmp_path / "again"))
     assert load_trained(tmp_path / "again" / "train_summary.json", device="cpu").run_dir.name == "run"
+
+
+def test_a_second_training_in_a_held_run_directory_fails_at_once_naming_the_holder(demo_splits, tmp_path):
+    """A requeued job whose old process lives, a --resume beside a running Snakemake job, --nolock: two
+    trainings would overwrite each other's last.ckpt. The first holds the lock; the second stops at once.
+    The lock is taken where the training takes it, by a process that then waits (the holder)."""
+    import time
+
+    from vae_dynamics.training.run_dir import RunDirBusyError
+
+    run_dir = tmp_path / "run"
+    code = ("import sys, time; from pathlib import Path; from vae_dynamics.training.run_dir import RunDir\n"
+            f"with RunDir(Path({str(run_dir)!r})).lock():\n    print('held', flush=True); time.sleep(120)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (run_dir / "checkpoints").mkdir()
+        stale = run_dir / "checkpoints" / ".last.ckpt.0123456789ab.partial"
+        stale.write_bytes(b"x")  # the holder's own write in progress: never removed by the loser
+        cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.max_epochs": 1})
+        start = time.monotonic()
+        with pytest.raises(
+            RunDirBusyError, match=rf"in use by another training \(host .*, pid {holder.pid}, started "
+        ):
+            train(cfg, run_dir, splits_dir=demo_splits)
+        assert time.monotonic() - start < 30 and stale.exists()
+        assert not (run_dir / "config_resolved.yaml").exists()  # the loser wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(run_dir).lock():  # the kernel released the dead holder's lock; its leftovers go
+        assert not stale.exists()
 
 
 def test_resume_without_checkpoint_says_so(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,24 @@ if TYPE_CHECKING:  # pandas is only a type here: the workflow's dry run does not
 def _unique_sibling(path: Path, kind: str) -> Path:
     """A fresh hidden name beside `path` (unique per call: concurrent writers never share one)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
+
+
+# What a writer killed mid-way leaves: atomic_path/atomic_dir's .<name>.<12 hex>.tmp and .old, and the
+# checkpoint writer's .<name>.<12 hex>.partial (training/checkpointing.py).
+LEFTOVER = re.compile(r"\..+\.[0-9a-f]{12}\.(tmp|old|partial)")
+
+
+def remove_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the leftovers of killed writers anywhere below `folder`; return what was removed.
+
+    Only safe while no writer is active there (training holds the run directory's lock when it calls it).
+    """
+    removed = []
+    for item in sorted(Path(folder).rglob(".*")):
+        if LEFTOVER.fullmatch(item.name) and item.exists():
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            removed.append(item)
+    return removed
 
 
 @contextlib.contextmanager
@@ -73,7 +93,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         for file in tmp.rglob("*"):
             if file.is_file():
                 fsync_file(file)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Another writer put its folder at `path` between our two renames: it wins (its content is
+            # as new as ours); ours is discarded with the folder we moved aside, so no .old is left.
         fsync_dir(path.parent)
         if had_old:
             shutil.rmtree(old, ignore_errors=True)

@@ -190,8 +190,8 @@ def train(
 
     Under DDP every rank runs this function (Lightning re-runs the command for ranks > 0, or srun starts
     them all); only rank 0 writes the run directory's files, the other ranks read what it wrote.
+    Rank 0 holds the run directory's lock (RunDir.lock) for the whole training.
     """
-    experiment = experiments.of(cfg)
     rank = launched_rank(cfg["train"]["devices"])
     if run_dir is None:
         run_dir = os.environ.get(RUN_DIR_ENV) if rank > 0 else None
@@ -207,6 +207,22 @@ def train(
         ckpt_path, damage_note = intact_resume_checkpoint(ckpt_path.parent)
     if rank > 0:
         return _train_other_rank(cfg, run, ckpt_path)
+    with run.lock():
+        if not resume:  # again under the lock: a start that raced this one may have written checkpoints
+            run.check_fresh_start()
+        return _train_rank0(cfg, run, resume, splits_dir, ckpt_path, damage_note)
+
+
+def _train_rank0(
+    cfg: dict[str, Any],
+    run: RunDir,
+    resume: bool,
+    splits_dir: Path | None,
+    ckpt_path: Path | None,
+    damage_note: str | None,
+) -> dict[str, Any]:
+    """Rank 0's training, under the run directory's lock: it writes every file of the run."""
+    experiment = experiments.of(cfg)
     run.create()
     handler = setup_file_logging(run.path)
     record = provenance()

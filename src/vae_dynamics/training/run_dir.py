@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import pandas as pd
 from vae_dynamics import experiments
 from vae_dynamics.config import ConfigError, diff_keys, load_config
 from vae_dynamics.config.identity import RESUME_FREE_KEYS, RESUME_LOCKED_KEYS, RESUME_LOCKED_SECTIONS
-from vae_dynamics.io import atomic_path
+from vae_dynamics.io import atomic_path, remove_leftovers
 
 log = logging.getLogger("vae_dynamics.train")
 
@@ -36,6 +37,10 @@ SPLIT_FILES = ("train.csv", "val.csv")
 
 class ResumeError(RuntimeError):
     """A resume was asked for but is impossible or would mix different experiments."""
+
+
+class RunDirBusyError(RuntimeError):
+    """Another training holds the run directory's lock."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class RunDir:
     config = property(lambda self: self.path / "config_resolved.yaml")
     provenance = property(lambda self: self.path / "provenance.json")
     train_log = property(lambda self: self.path / "train.log")
+    lock_file = property(lambda self: self.path / "train.lock")
     splits = property(lambda self: self.path / "splits")
     index = property(lambda self: self.path / "index")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -97,6 +103,39 @@ class RunDir:
             if moved:
                 diffs.append(f"{name}: files of {len(moved)} subject(s) changed ({', '.join(moved[:5])})")
         return diffs
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for one training (rank 0, for the whole run); a second start fails at once.
+
+        An exclusive flock on train.lock, which records the holder (host, pid, start time). The kernel
+        releases it when the process dies, so a killed run never leaves a stale lock. Under the lock,
+        the leftovers of killed writers (partial checkpoints, .tmp/.old folders) are removed.
+        """
+        import fcntl
+        import socket
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
+            os.close(fd)
+            raise RunDirBusyError(
+                f"{self.path} is in use by another training ({holder}); wait for it to end or stop it. Two "
+                "trainings in one run directory overwrite each other's last.ckpt and delete each other's "
+                "best checkpoints."
+            ) from None
+        try:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started {stamp}\n".encode(), 0)
+            for item in remove_leftovers(self.path):
+                log.info("removed the leftover of an interrupted write: %s", item)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def check_fresh_start(self) -> None:
         """Refuse to start a new run in a folder that holds another run's checkpoints."""
