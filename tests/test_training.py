@@ -227,6 +227,34 @@ def test_a_second_training_in_a_held_run_directory_fails_at_once_naming_the_hold
         assert not stale.exists()
 
 
+def test_every_start_is_recorded_and_a_resume_across_a_code_change_warns(exp2_run, tmp_path, capsys):
+    """provenance.json was rewritten at every restart (the first start's record was lost) and a resume
+    after a code change was silent. Now: one entry per start; every checkpoint names the code that wrote it."""
+    import shutil
+
+    from vae_dynamics import __version__
+
+    prov = json.loads((exp2_run["run_dir"] / "provenance.json").read_text())
+    assert len(prov["starts"]) == 2 and all(s["finished"] >= s["started"] for s in prov["starts"])
+    assert prov["started"] == prov["starts"][-1]["started"]  # the latest start on top, as readers expect
+    ckpt = torch.load(
+        exp2_run["run_dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["vae_dynamics"]["version"] == __version__
+    moved = tmp_path / "run"
+    shutil.copytree(exp2_run["run_dir"], moved)
+    ckpt["vae_dynamics"] = {"version": "0.0.1", "git_commit": "0" * 40, "git_dirty": False}
+    torch.save(ckpt, moved / "checkpoints" / "last.ckpt")
+    cfg = small_exp_config(
+        "exp2_tcvae_sbd", tmp_path,
+        **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
+    )  # fmt: skip
+    train(cfg, moved, resume=True)
+    warning = f"crosses a code change (vae_dynamics 0.0.1 at 000000000000 -> vae_dynamics {__version__} at"
+    assert warning in capsys.readouterr().err and warning in (moved / "train.log").read_text()
+    assert len(json.loads((moved / "provenance.json").read_text())["starts"]) == 3
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
     with pytest.raises(ResumeError, match="no checkpoint"):

@@ -6,6 +6,7 @@ metrics.json by the evaluation; imports neither Lightning nor MONAI (the evaluat
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import socket
@@ -66,3 +67,50 @@ def provenance(started: float | None = None) -> dict[str, Any]:
 
 def finish_provenance(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The package version and git commit of the running code (stored in every checkpoint)."""
+    repo = Path(__file__).resolve().parents[2]
+    commit = _git(["rev-parse", "HEAD"], repo)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
+    return {"version": _package_version("vae_dynamics"), "git_commit": commit,
+            "git_dirty": bool(status) if commit else None}  # fmt: skip
+
+
+def version_change(saved: dict[str, Any] | None) -> str | None:
+    """How the code that wrote a checkpoint (its `code_version`) differs from the running code, or None."""
+    now = code_version()
+    if not saved:
+        return f"the checkpoint records no code version (written before 0.4); now {_describe(now)}"
+    if (saved.get("version"), saved.get("git_commit")) != (now["version"], now["git_commit"]):
+        return f"{_describe(saved)} -> {_describe(now)}"
+    return None
+
+
+def _describe(v: dict[str, Any]) -> str:
+    commit = (v.get("git_commit") or "no git checkout")[:12] + (
+        " (uncommitted changes)" if v.get("git_dirty") else ""
+    )
+    return f"vae_dynamics {v.get('version')} at {commit}"
+
+
+def append_start(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """provenance.json of a run: the latest start's record at the top level, every start in `starts`."""
+    import json
+
+    starts = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            starts = old.get("starts") or [{k: v for k, v in old.items() if k != "starts"}]
+        except (OSError, ValueError):
+            starts = []  # unreadable: the new record starts the list again
+    return {**record, "starts": [*starts, record]}
+
+
+def finish_start(doc: dict[str, Any]) -> dict[str, Any]:
+    """Mark the latest start of a provenance document as finished (top level and its `starts` entry)."""
+    finished = finish_provenance({k: v for k, v in doc.items() if k != "starts"})
+    return {**finished, "starts": [*doc["starts"][:-1], finished]}

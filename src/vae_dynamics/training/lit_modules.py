@@ -11,6 +11,7 @@ import torch
 from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_vae_loss
 from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share, z_dependence
+from vae_dynamics.provenance import code_version
 from vae_dynamics.training.distributed import distributed_world, gather_batch
 from vae_dynamics.training.schedules import linear_warmup, lr_factors
 
@@ -152,6 +153,10 @@ class _VAEStepsMixin:
             if problems:
                 log.warning("epoch %d: %s (docs/LEARNING.md says what to look at)",
                             self.current_epoch, "; ".join(problems))  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The code that wrote it: a resume across a version change is reported (training/run.py).
+        checkpoint["vae_dynamics"] = code_version()
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams  # keys absent in checkpoints saved before them take the old behaviour

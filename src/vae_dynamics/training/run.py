@@ -25,7 +25,7 @@ from vae_dynamics.config import save_config
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.splits import check_split_dir
 from vae_dynamics.io import write_json
-from vae_dynamics.provenance import finish_provenance, provenance
+from vae_dynamics.provenance import append_start, finish_start, provenance, version_change
 from vae_dynamics.training.callbacks import (
     CompileTimer,
     EpochMetricsLogger,
@@ -225,7 +225,7 @@ def _train_rank0(
     experiment = experiments.of(cfg)
     run.create()
     handler = setup_file_logging(run.path)
-    record = provenance()
+    record = append_start(run.provenance, provenance())  # one entry per start, the latest on top
     write_json(record, run.provenance)
     try:
         log.info("%s run %s in %s", "resuming" if resume else "starting", experiment.name, run.path)
@@ -234,6 +234,14 @@ def _train_rank0(
             print(f"train: WARNING: {damage_note}", file=sys.stderr)
         if ckpt_path is not None:
             log.info("resuming from %s", ckpt_path)
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(
+                "vae_dynamics"
+            )
+            change = version_change(saved)
+            if change:
+                note = f"this resume crosses a code change ({change}): the run mixes two versions"
+                log.warning(note)
+                print(f"train: WARNING: {note}", file=sys.stderr)
         log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
         save_config(cfg, run.config)
         L.seed_everything(cfg["train"]["seed"], workers=True)
@@ -262,7 +270,7 @@ def _train_rank0(
             "n_train": datamodule.n_train,
             "n_val": len(datamodule.val_records),
         }
-        write_json(finish_provenance(record), run.provenance)
+        write_json(finish_start(record), run.provenance)
         log.info("finished: %s", summary)
         return summary
     finally:
