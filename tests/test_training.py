@@ -255,6 +255,25 @@ def test_every_start_is_recorded_and_a_resume_across_a_code_change_warns(exp2_ru
     assert len(json.loads((moved / "provenance.json").read_text())["starts"]) == 3
 
 
+def test_every_rank_of_an_srun_launch_without_run_dir_derives_the_same_folder(tmp_path, monkeypatch):
+    """`srun` starts all ranks at once; without --run-dir each made its own timestamped folder and
+    ranks > 0 waited 6 hours for rank 0's files there."""
+    from vae_dynamics.training.distributed import launched_rank
+
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    folders = set()
+    for procid in ("0", "1"):
+        monkeypatch.setenv("SLURM_PROCID", procid)
+        folders.add(RunDir.for_launch(cfg, None, launched_rank(1)).path)
+    assert folders == {tmp_path / "runs" / "slurm-4242_exp2_tcvae_sbd"}
+    monkeypatch.delenv("SLURM_JOB_ID")  # torchrun-like: several processes, no job id to share
+    with pytest.raises(ResumeError, match=r"several started at once .*--run-dir"):
+        RunDir.for_launch(cfg, None, 1)
+    assert RunDir.for_launch(cfg, tmp_path / "given", 1).path == tmp_path / "given"
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
     with pytest.raises(ResumeError, match="no checkpoint"):

@@ -193,9 +193,7 @@ def train(
     Rank 0 holds the run directory's lock (RunDir.lock) for the whole training.
     """
     rank = launched_rank(cfg["train"]["devices"])
-    if run_dir is None:
-        run_dir = os.environ.get(RUN_DIR_ENV) if rank > 0 else None
-    run = RunDir(Path(run_dir)) if run_dir is not None else RunDir.new(cfg)
+    run = RunDir.for_launch(cfg, run_dir, rank)
     splits_dir = Path(splits_dir) if splits_dir else None
     if not resume and rank == 0:
         run.check_fresh_start()

@@ -55,6 +55,32 @@ class RunDir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return cls(Path(cfg["logging"]["save_dir"]) / f"{stamp}_{experiments.of(cfg).name}")
 
+    @classmethod
+    def for_launch(cls, cfg: dict[str, Any], run_dir: str | os.PathLike[str] | None, rank: int) -> RunDir:
+        """The run directory of this process: the one given, the one rank 0 passed on, or a new one.
+
+        Lightning's own launcher starts ranks > 0 from rank 0, which passes its folder on ($RUN_DIR_ENV).
+        srun and torchrun start every rank at once: each would make its own timestamped folder and wait
+        for rank 0's files there. Under srun every rank derives the same name from SLURM_JOB_ID; under
+        torchrun without --run-dir the start is refused.
+        """
+        from vae_dynamics.training.distributed import RUN_DIR_ENV
+
+        if run_dir is not None:
+            return cls(Path(run_dir))
+        if rank > 0 and os.environ.get(RUN_DIR_ENV):
+            return cls(Path(os.environ[RUN_DIR_ENV]))
+        if int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+            job = os.environ.get("SLURM_JOB_ID")
+            if job:
+                return cls(Path(cfg["logging"]["save_dir"]) / f"slurm-{job}_{experiments.of(cfg).name}")
+        if rank > 0 or int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ResumeError(
+                "this process is one of several started at once (torchrun, or srun without SLURM_JOB_ID) "
+                "and no run directory was given: every rank would make its own. Pass --run-dir D to all."
+            )
+        return cls.new(cfg)
+
     config = property(lambda self: self.path / "config_resolved.yaml")
     provenance = property(lambda self: self.path / "provenance.json")
     train_log = property(lambda self: self.path / "train.log")
