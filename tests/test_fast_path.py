@@ -49,18 +49,22 @@ def test_a_split_smaller_than_a_batch_is_one_batch():
     assert len(batches) == 1 and list(batches)[0]["image"].shape[0] == 2
 
 
-def test_under_ddp_each_rank_holds_a_disjoint_equal_shard():
+def test_under_ddp_the_ranks_hold_equal_shards_that_cover_every_subject(caplog):
+    """7 subjects on 2 ranks: the list is padded to 8 with its first subject (as DistributedSampler pads),
+    so no subject is left out of the whole run (7 // 2 = 3 each dropped S6 for ever) and train.log says so."""
     dataset = [
         {"image": torch.full((4, 2, 2, 2), float(i)), "seg": torch.zeros(1, 2, 2, 2), "subject_id": f"S{i}"}
         for i in range(7)
     ]
-    shards = [
-        DeviceResidentBatches.from_dataset(dataset, CPU, 1, 0, lambda: 0, rank=r, world=2) for r in (0, 1)
-    ]
-    assert [s.subject_ids for s in shards] == [["S0", "S2", "S4"], ["S1", "S3", "S5"]]  # 7 // 2 = 3 each
-    assert [len(s) for s in shards] == [3, 3]  # the same number of steps on every rank
-    assert [int(v) for v in shards[1].images[:, 0, 0, 0, 0]] == [1, 3, 5]
+    with caplog.at_level("INFO", logger="vae_dynamics.data.datamodule"):
+        shards = [
+            DeviceResidentBatches.from_dataset(dataset, CPU, 1, 0, lambda: 0, rank=r, world=2) for r in (0, 1)
+        ]
+    assert [s.subject_ids for s in shards] == [["S0", "S2", "S4", "S6"], ["S1", "S3", "S5", "S0"]]
+    assert [len(s) for s in shards] == [4, 4]  # the same number of steps on every rank
+    assert [int(v) for v in shards[1].images[:, 0, 0, 0, 0]] == [1, 3, 5, 0]
     assert shards[0].images.dtype == torch.float16
+    assert "7 subjects over 2 processes; 1 of them appear twice per epoch" in caplog.text
 
 
 def test_placement_plan():

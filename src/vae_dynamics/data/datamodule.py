@@ -79,10 +79,18 @@ class DeviceResidentBatches:
     ):  # fmt: skip
         """Copy this rank's shard of a (cached) dataset into one tensor on `device`, item by item.
 
-        Under DDP each rank holds the subjects rank, rank + W, ... cut to the same count on every rank
-        (equal steps per epoch); each rank then permutes its own shard every epoch.
+        Under DDP each rank holds the subjects rank, rank + W, ... of the list padded to a multiple of W
+        by repeating its first subjects (as DistributedSampler pads): every subject is trained on, and
+        n mod W of them twice per epoch (the same count on every rank: equal steps per epoch). Each rank
+        then permutes its own shard every epoch.
         """
-        indices = list(range(rank, len(dataset), world))[: len(dataset) // world]
+        per_rank = -(-len(dataset) // world)
+        padded = [i % len(dataset) for i in range(per_rank * world)]
+        indices = padded[rank::world]
+        if rank == 0 and len(padded) > len(dataset):
+            log.info("GPU-resident training set: %d subjects over %d processes; %d of them appear twice per "
+                     "epoch (padding to %d per process)", len(dataset), world, len(padded) - len(dataset),
+                     per_rank)  # fmt: skip
         first = dataset[indices[0]]
         n = len(indices)
         images = torch.empty((n, *first["image"].shape), dtype=CACHE_IMAGE_DTYPE, device=device)
@@ -190,7 +198,7 @@ class BraTSDataModule(L.LightningDataModule):
         if device is None:
             device = self._training_device()
             free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-            shard_bytes = len(train) // world * BYTES_PER_SUBJECT
+            shard_bytes = -(-len(train) // world) * BYTES_PER_SUBJECT
             use, why = gpu_cache_plan(self.data_cfg.get("gpu_cache", "auto"), device, shard_bytes, free)
             log.info("GPU-resident training set %s: %s", "on" if use else "off", why)
             if not use:
