@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
-from vae_dynamics.gpus import GPUS_ENV, claim_gpus
+from vae_dynamics.gpus import GPUS_ENV, claim_gpus, lock_dir
 
 HOLD = """
 import os, sys, time
@@ -55,3 +58,33 @@ def test_a_scheduler_choice_or_no_gpu_is_left_alone(monkeypatch):
     monkeypatch.setenv(GPUS_ENV, "0")
     with pytest.raises(RuntimeError, match="2 GPU"), claim_gpus(2):
         pass
+
+
+def test_a_claimant_of_two_gpus_never_holds_one_while_it_waits(tmp_path):
+    """On a 2-GPU machine with GPU 0 busy, a 2-GPU claimant that kept GPU 1 while waiting would block a
+    1-GPU job (and two such claimants could deadlock for 24 h): it takes all or none on each try."""
+    single = _job(tmp_path, 1, hold=4)
+    assert single.stdout.readline().strip() == "0"
+    double = _job(tmp_path, 2, wait=20, hold=0)  # waits for both
+    time.sleep(1.0)
+    other = _job(tmp_path, 1, wait=0.5, hold=0)  # GPU 1 is free: it must get it at once
+    assert other.stdout.readline().strip() == "1" and other.wait() == 0
+    single.wait()
+    assert double.stdout.readline().strip() == "0,1" and double.wait() == 0
+
+
+def test_the_lock_folder_must_be_private_and_lock_files_are_not_followed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    folder = lock_dir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    folder.chmod(0o777)  # someone else could plant or remove locks
+    with pytest.raises(PermissionError, match="mode 0700"):
+        lock_dir()
+    folder.chmod(0o700)
+    (folder / "gpu0.lock").symlink_to(tmp_path / "victim")  # a planted link is not followed
+    monkeypatch.setenv(GPUS_ENV, "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(OSError), claim_gpus(1, wait_s=0):
+        pass
+    assert not (tmp_path / "victim").exists()

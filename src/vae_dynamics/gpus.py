@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -37,7 +38,42 @@ def machine_gpus() -> list[str]:
 
 
 def lock_dir() -> Path:
-    return Path(tempfile.gettempdir()) / f"vae_dynamics-gpu-locks-{os.getuid()}"
+    """The per-user lock folder in the temporary directory, created 0700; refused when it is not ours.
+
+    /tmp is shared: a folder someone else made (or a symlink planted there) could let them hold or
+    release our GPUs' locks.
+    """
+    folder = Path(tempfile.gettempdir()) / f"vae_dynamics-gpu-locks-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"GPU lock folder {folder} is not a folder of this user with mode 0700 (owner uid {info.st_uid}, "
+            f"mode {stat.filemode(info.st_mode)}); remove it or set TMPDIR to a private folder"
+        )
+    return folder
+
+
+def _try_all(folder: Path, gpus: list[str], n: int) -> list[tuple[str, int]]:
+    """n of `gpus` locked at once, or none: a claimant never keeps some locks while it waits for others
+    (two such claimants could each hold half and wait for ever)."""
+    held: list[tuple[str, int]] = []
+    for gpu in gpus:
+        if len(held) == n:
+            break
+        fd = os.open(folder / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        held.append((gpu, fd))
+    if len(held) < n:
+        for _, fd in held:
+            os.close(fd)
+        return []
+    return held
 
 
 @contextlib.contextmanager
@@ -50,32 +86,17 @@ def claim_gpus(n: int, wait_s: float = 24 * 3600, poll_s: float = 2.0) -> Iterat
     if n > len(gpus):
         raise RuntimeError(f"{n} GPU(s) asked for, this machine has {len(gpus)} ({', '.join(gpus)})")
     folder = lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    held: list[tuple[str, int]] = []
     deadline = time.monotonic() + wait_s
+    while not (held := _try_all(folder, gpus, n)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {wait_s:.0f} s for {n} free GPU(s) of {gpus}; locks in {folder}")
+        time.sleep(poll_s)
     try:
-        while True:
-            for gpu in gpus:
-                if len(held) == n or gpu in {g for g, _ in held}:
-                    continue
-                fd = os.open(folder / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                held.append((gpu, fd))
-            if len(held) == n:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {wait_s:.0f} s for {n} free GPU(s) of {gpus}; locks in {folder}")
-            time.sleep(poll_s)
         chosen = [g for g, _ in held]
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
         log.info("GPU(s) %s claimed (CUDA_VISIBLE_DEVICES=%s)", chosen, os.environ["CUDA_VISIBLE_DEVICES"])
         yield chosen
     finally:
-        if held:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         for _, fd in held:
             os.close(fd)  # closing the descriptor releases the lock
