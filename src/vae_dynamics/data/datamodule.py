@@ -54,8 +54,8 @@ def gpu_cache_plan(
 class DeviceResidentBatches:
     """Training batches sliced from a split held on one device as a single float16 tensor.
 
-    Each epoch draws a permutation seeded by (seed, epoch), so a resumed run sees the same batches as an
-    uninterrupted one; batches are gathered on the device (no workers, no host copies). The ragged
+    Each epoch draws a permutation seeded by (seed, epoch), so a run resumed at an epoch boundary sees
+    the same batches as an uninterrupted one (a mid-epoch resume restarts the epoch's order); batches are gathered on the device (no workers, no host copies). The ragged
     last batch is dropped (constant M for the MWS estimator) unless the split is a single batch.
     """
 
@@ -125,8 +125,9 @@ class DeviceResidentBatches:
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
-    """A permutation per epoch seeded by (seed, epoch): a resumed run replays the batch order of an
-    uninterrupted one (a generator seeded once would restart at epoch 0's order after a resume)."""
+    """A permutation per epoch seeded by (seed, epoch): a run resumed at an epoch boundary replays the
+    batch order of an uninterrupted one (a generator seeded once would restart at epoch 0's order). A
+    mid-epoch resume (a pre-emption save) restarts that epoch's order from its first batch."""
 
     def __init__(self, n: int, seed: int, epoch: Callable[[], int]) -> None:
         self.n, self.seed, self.epoch = n, seed, epoch
