@@ -270,7 +270,7 @@ def run_arm(arm: str, data, args, sink) -> None:
 
 # ---- report ---------------------------------------------------------------------------------------
 
-PANELS = [("val_mse_over_mean_volume", "val MSE / training-mean volume (< 1: the code helps)", None),
+PANELS = [("val_mse_over_mean_volume", "val MSE / training-mean volume (< 1: the code helps)", "log"),
           ("z_dependence", "val z-dependence (1 = z ignored)", None),
           ("train_z_dependence", "train z-dependence", None),
           ("mu_spread_rms", "μ between-subject spread (rms)", "log"),

@@ -75,7 +75,9 @@ def code_version() -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[2]
     commit = _git(["rev-parse", "HEAD"], repo)
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
-    return {"version": _package_version("vae_dynamics"), "git_commit": commit,
+    from vae_dynamics import __version__  # the source's version (an editable install's metadata can lag)
+
+    return {"version": __version__, "git_commit": commit,
             "git_dirty": bool(status) if commit else None}  # fmt: skip
 
 
