@@ -192,9 +192,18 @@ class UsageError(Exception):
     """A combination of arguments that argparse cannot express."""
 
 
+def _version_line() -> str:
+    """vae-dynamics 0.4.0 (git 0123456789ab, uncommitted changes): the version and the code's commit."""
+    from vae_dynamics.provenance import code_version
+
+    v = code_version()
+    commit = f"git {v['git_commit'][:12]}" if v["git_commit"] else "not a git checkout"
+    return f"vae-dynamics {__version__} ({commit}{', uncommitted changes' if v['git_dirty'] else ''})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae-dynamics", description=__doc__, formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:

@@ -42,9 +42,7 @@ def provenance(started: float | None = None) -> dict[str, Any]:
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
     cuda = torch.cuda.is_available()
     return {
-        "started": dt.datetime.fromtimestamp(started or time.time(), dt.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "started": dt.datetime.fromtimestamp(started or time.time(), dt.UTC).isoformat(timespec="seconds"),
         "finished": None,
         "host": socket.gethostname(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
@@ -66,7 +64,7 @@ def provenance(started: float | None = None) -> dict[str, Any]:
 
 
 def finish_provenance(record: dict[str, Any]) -> dict[str, Any]:
-    return {**record, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return {**record, "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
 @functools.lru_cache(maxsize=1)
