@@ -1,0 +1,47 @@
+"""The commands a researcher types, through Snakemake's own argument parser (dry runs of the demo config).
+
+`--resources` takes every following word (argparse nargs: "*" in Snakemake 5-7, "+" in 8-9): a target
+after it is read as a resource. profiles/default (picked up automatically) adds `resources: [gpu=1]`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+WORKING = {
+    "no target (rule all)": ["--cores", "8", "--resources", "gpu=1", "-n"],
+    "option=value": ["--cores", "8", "--resources=gpu=1", "-n", "results/exp2/done"],
+    "target first": ["-n", "--cores", "8", "results/exp2/done", "--resources", "gpu=1"],
+    "an option after --resources": ["--cores", "8", "--resources", "gpu=1", "-n", "results/exp2/done"],
+    "-- before the target": ["-n", "--cores", "8", "--resources", "gpu=1", "--", "results/exp2/done"],
+}
+
+
+def dry(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([SNAKEMAKE, "--configfile", "config/demo.yaml", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+
+
+@pytest.mark.parametrize("form", WORKING)
+def test_these_forms_build_results_exp2_done(form):
+    out = dry(WORKING[form])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rule done:" in out.stdout and "results/exp2/done" in out.stdout
+
+
+def test_the_literal_command_fails_with_snakemakes_own_error():
+    """`snakemake --cores 8 --resources gpu=1 results/exp2/done` (here with -n first): the target is
+    parsed as a resource. Snakemake < 9.16.3 says 'not enough values to unpack', later versions
+    'dictionary update sequence element #1'."""
+    out = dry(["-n", "--cores", "8", "--resources", "gpu=1", "results/exp2/done"])
+    assert out.returncode != 0
+    assert "not enough values to unpack" in out.stderr or "dictionary update sequence element" in out.stderr
