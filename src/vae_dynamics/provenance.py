@@ -17,8 +17,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
@@ -37,6 +35,8 @@ def _package_version(name: str) -> str | None:
 
 def provenance(started: float | None = None) -> dict[str, Any]:
     """Where and with what a run ran: enough to trace metrics.json back to the code that made it."""
+    import torch  # here: `vae-dynamics --version` and the config commands stay torch-free
+
     repo = Path(__file__).resolve().parents[2]
     commit = _git(["rev-parse", "HEAD"], repo)
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
