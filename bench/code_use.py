@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -41,15 +40,19 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import replace_between_markers, versions  # noqa: E402
+from common import (  # noqa: E402
+    add_study_arguments,
+    demo_volumes,
+    loss_terms,
+    replace_between_markers,
+    study_optimizer,
+    training_step,
+    versions,
+)
 
 from vae_dynamics import experiments  # noqa: E402
 from vae_dynamics.config import config_path, load_config  # noqa: E402
-from vae_dynamics.data.demo import generate  # noqa: E402
-from vae_dynamics.data.index import index_subjects  # noqa: E402
-from vae_dynamics.data.transforms import transforms_from_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
-from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
 from vae_dynamics.models.diagnostics import (  # noqa: E402
     decoder_input,
     kl_per_dimension,
@@ -57,7 +60,6 @@ from vae_dynamics.models.diagnostics import (  # noqa: E402
     spatial_share,
     z_dependence,
 )
-from vae_dynamics.training.lit_modules import build_optimizer  # noqa: E402
 from vae_dynamics.training.schedules import linear_warmup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,17 +105,11 @@ GRAD_TERMS = {"exp2": ("recon", "mi", "tc", "dwkl"), "exp1": ("recon", "kl")}
 
 
 def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):
-    """Demo subjects through the package's preprocessing: train, val [n,4,128³] and their factors."""
-    factors = generate(work / "data", n_subjects, seed=0, workers=workers)
-    subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
-    data_cfg = load_config(config_path("exp2"))["data"]
-    transform = transforms_from_config(data_cfg)
-    rows = subjects.to_dict("records")
-    keys = [*data_cfg["modalities"], "seg"]
-    images = torch.stack([transform({k: r[k] for k in keys})["image"] for r in rows])
-    table = factors.set_index("subject_id").loc[[r["subject_id"] for r in rows], list(FACTORS)]
-    order = [*range(n_val, len(rows)), *range(n_val)]  # train subjects first, as in `encode_all`
-    return images[n_val:].contiguous(), images[:n_val].contiguous(), table.iloc[order].astype(float)
+    """Demo subjects through the package's preprocessing: train, val [n,4,128³] and their known factors
+    (rows in the order of `torch.cat([train, val])`)."""
+    train, val, ids = demo_volumes(work, n_subjects, n_val, workers)
+    factors = pd.read_csv(work / "data" / "factors.csv").set_index("subject_id")
+    return train, val, factors.loc[ids, list(FACTORS)].astype(float)
 
 
 def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module, dict[str, Any]]:
@@ -148,21 +144,6 @@ def factor_r2(mu: np.ndarray, factors: pd.DataFrame) -> dict[str, float]:
         pred = cross_val_predict(model, mu, y, cv=LeaveOneOut())
         out[name] = float(1.0 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
     return out
-
-
-def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
-    """The weighted loss terms (each as it enters the total) and μ, for one batch."""
-    loss_cfg = cfg["loss"]
-    x_hat, mu, logvar, z = model(x)
-    if exp == "exp2":
-        out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=n_train, beta_tc=beta,
-                                 alpha=loss_cfg["alpha"], gamma=loss_cfg["gamma"])  # fmt: skip
-        terms = {"recon": out["recon"], "mi": loss_cfg["alpha"] * out["mi"],
-                 "tc": beta * out["tc"], "dwkl": loss_cfg["gamma"] * out["dwkl"]}  # fmt: skip
-    else:
-        out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
-        terms = {"recon": out["recon"], "kl": beta * out["kl"]}
-    return {"loss": out["loss"], **terms}, mu
 
 
 def gradient_split(exp: str, model, x, cfg, beta: float, n_train: int) -> dict[str, dict[str, float]]:
@@ -224,11 +205,7 @@ def evaluate(model, exp, cfg, data, beta: float, args) -> dict[str, Any]:
 def run_arm(arm: str, data, args, sink) -> None:
     train = data[0]
     exp, model, cfg = build(arm, args.base_filters, args.lr)
-    t = cfg["train"]
-    opt, schedule = build_optimizer(
-        model, args.lr, encoder_head_lr_scale=t["encoder_head_lr_scale"],
-        lr_warmup_steps=t["lr_warmup_steps"], encoder_head_lr_ramp_steps=t["encoder_head_lr_ramp_steps"],
-    )  # fmt: skip
+    opt, schedule = study_optimizer(model, args.lr, cfg)
     target = cfg["loss"]["beta_tc_target" if exp == "exp2" else "beta_kl_target"]
     steps_per_epoch = max(1, len(train) // args.batch)
     rng = np.random.default_rng(0)  # the same batch order for every arm
@@ -255,14 +232,9 @@ def run_arm(arm: str, data, args, sink) -> None:
             order = list(rng.permutation(len(train)))
         idx, order = order[: args.batch], order[args.batch :]
         beta = linear_warmup((step - 1) // steps_per_epoch, target, args.warmup_epochs)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            terms, _ = loss_terms(exp, model, train[idx], cfg, beta, len(train))
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        schedule.step()
-        if not math.isfinite(float(terms["loss"].detach())):
-            print(f"{arm}: loss not finite at step {step}", flush=True)
+        if not training_step(
+            exp, model, train[idx], cfg, beta, len(train), opt, schedule, f"{arm} step {step}"
+        ):
             break
         if step % args.eval_every == 0 or step == args.steps:
             log(step, beta)
@@ -347,19 +319,14 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=30)
+    add_study_arguments(
+        parser, steps=300, eval_every=30, lr=1e-3, lr_help="AdamW lr of every arm (docs/LEARNING.md)"
+    )
     parser.add_argument("--subjects", type=int, default=20, help="demo subjects (--val of them validation)")
     parser.add_argument("--val", type=int, default=4)
     parser.add_argument("--train-probe", type=int, default=4, help="training subjects of the train measures")
-    parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW lr of every arm (docs/LEARNING.md)")
-    parser.add_argument("--warmup-epochs", type=int, default=8, help="β warm-up (epochs)")
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--append", action="store_true", help="keep the rows of other arms in --out")
-    parser.add_argument("--no-doc", action="store_true", help="do not update docs/LEARNING.md")
     parser.add_argument("--doc-only", action="store_true", help="redraw the docs from --out and stop")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="join these studies' rows into --out")
     args = parser.parse_args(argv)

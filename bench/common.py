@@ -91,3 +91,80 @@ def replace_between_markers(doc: Path, name: str, text: str) -> None:
     if not pattern.search(content):
         raise SystemExit(f"{doc}: no <!-- {name}:start/end --> markers")
     write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content), doc)
+
+
+# ---- the learning studies (learning.py, code_use.py) ------------------------------------------------
+
+
+def demo_volumes(work: Path, n_subjects: int, n_val: int, workers: int):
+    """Demo subjects through the package's preprocessing: train [n-n_val,4,128³], val [n_val,4,128³], and
+    the subject ids in that order (train first)."""
+    from vae_dynamics.config import config_path, load_config
+    from vae_dynamics.data.demo import generate
+    from vae_dynamics.data.index import index_subjects
+    from vae_dynamics.data.transforms import transforms_from_config
+
+    generate(work / "data", n_subjects, seed=0, workers=workers)
+    subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
+    data_cfg = load_config(config_path("exp2"))["data"]
+    transform = transforms_from_config(data_cfg)
+    rows = subjects.to_dict("records")
+    keys = [*data_cfg["modalities"], "seg"]
+    images = torch.stack([transform({k: r[k] for k in keys})["image"] for r in rows])
+    ids = [r["subject_id"] for r in rows]
+    return images[n_val:].contiguous(), images[:n_val].contiguous(), ids[n_val:] + ids[:n_val]
+
+
+def study_optimizer(model: torch.nn.Module, lr: float, cfg: dict[str, Any]):
+    """AdamW and the start schedule of a config, as training builds them (lit_modules.build_optimizer)."""
+    from vae_dynamics.training.lit_modules import build_optimizer
+
+    t = cfg["train"]
+    return build_optimizer(model, lr, encoder_head_lr_scale=t["encoder_head_lr_scale"],
+                           lr_warmup_steps=t["lr_warmup_steps"],
+                           encoder_head_lr_ramp_steps=t["encoder_head_lr_ramp_steps"])  # fmt: skip
+
+
+def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_help: str) -> None:
+    """The options both studies share (training length and size, lr, β warm-up, workers, docs)."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
+    parser.add_argument("--warmup-epochs", type=int, default=8, help="β warm-up (epochs)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/LEARNING.md")
+
+
+def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
+    """The weighted loss terms (each as it enters the total) and μ, for one batch."""
+    from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss
+
+    loss_cfg = cfg["loss"]
+    x_hat, mu, logvar, z = model(x)
+    if exp == "exp2":
+        out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=n_train, beta_tc=beta,
+                                 alpha=loss_cfg["alpha"], gamma=loss_cfg["gamma"])  # fmt: skip
+        terms = {"recon": out["recon"], "mi": loss_cfg["alpha"] * out["mi"],
+                 "tc": beta * out["tc"], "dwkl": loss_cfg["gamma"] * out["dwkl"]}  # fmt: skip
+    else:
+        out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
+        terms = {"recon": out["recon"], "kl": beta * out["kl"]}
+    return {"loss": out["loss"], **terms}, mu
+
+
+def training_step(exp: str, model, x, cfg, beta: float, n_train: int, opt, schedule, where: str) -> bool:
+    """One optimizer step under bf16 autocast, as the demo trains on CPU; False (said) if the loss is not finite."""
+    import math
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, _ = loss_terms(exp, model, x, cfg, beta, n_train)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    schedule.step()
+    if not math.isfinite(float(terms["loss"].detach())):
+        print(f"{where}: loss not finite", flush=True)
+        return False
+    return True

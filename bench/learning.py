@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -36,18 +35,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import replace_between_markers, versions  # noqa: E402
+from common import (  # noqa: E402
+    add_study_arguments,
+    demo_volumes,
+    replace_between_markers,
+    study_optimizer,
+    training_step,
+    versions,
+)
 
 from vae_dynamics import experiments  # noqa: E402
 from vae_dynamics.config import config_path, load_config  # noqa: E402
-from vae_dynamics.data.demo import generate  # noqa: E402
-from vae_dynamics.data.index import index_subjects  # noqa: E402
-from vae_dynamics.data.transforms import transforms_from_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
-from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
 from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share  # noqa: E402
 from vae_dynamics.models.diagnostics import z_dependence as code_dependence  # noqa: E402
-from vae_dynamics.training.lit_modules import param_groups  # noqa: E402
 from vae_dynamics.training.schedules import linear_warmup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,19 +73,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 DEFAULT_SET = ["exp1", "exp2_before", "exp2", "exp2_without_z_gain", "exp2_without_head_lr",
                "exp2_without_logvar_bias", "exp2_z_zero"]  # fmt: skip
-
-
-def load_volumes(work: Path, n_subjects: int, n_val: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Demo subjects through the package's preprocessing: (train [n-n_val,4,128³], val [n_val,4,128³])."""
-    generate(work / "data", n_subjects, seed=0, workers=workers)
-    subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
-    data_cfg = load_config(config_path("exp2"))["data"]
-    transform = transforms_from_config(data_cfg)
-    rows = subjects.to_dict("records")
-    images = torch.stack(
-        [transform({k: r[k] for k in [*data_cfg["modalities"], "seg"]})["image"] for r in rows]
-    )
-    return images[n_val:].contiguous(), images[:n_val].contiguous()
 
 
 def build(variant: str, base_filters: int) -> tuple[str, torch.nn.Module, dict[str, Any]]:
@@ -134,9 +122,7 @@ def references(train: torch.Tensor, val: torch.Tensor) -> dict[str, float]:
 def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
     exp, model, cfg = build(variant, args.base_filters)
     loss_cfg = cfg["loss"]
-    opt = torch.optim.AdamW(
-        param_groups(model, args.lr, cfg["train"]["encoder_head_lr_scale"])
-    )  # as in training
+    opt, schedule = study_optimizer(model, args.lr, cfg)  # as in training
     mean_volume = train.mean(dim=0, keepdim=True)
     steps_per_epoch = max(1, len(train) // args.batch)
     rng = np.random.default_rng(0)  # the same batch order for every variant
@@ -156,22 +142,13 @@ def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
         if not order:
             order = list(rng.permutation(len(train)))
         idx, order = order[: args.batch], order[args.batch :]
-        x = train[idx]
         epoch = (step - 1) // steps_per_epoch
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            x_hat, mu, logvar, z = model(x)
-            if exp == "exp2":
-                beta = linear_warmup(epoch, loss_cfg["beta_tc_target"], args.warmup_epochs)
-                out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=len(train), beta_tc=beta,
-                                         alpha=loss_cfg["alpha"], gamma=loss_cfg["gamma"])  # fmt: skip
-            else:
-                beta = linear_warmup(epoch, loss_cfg["beta_kl_target"], args.warmup_epochs)
-                out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        if not math.isfinite(float(out["loss"].detach())):
-            print(f"{variant}: loss not finite at step {step}", flush=True)
+        beta = linear_warmup(
+            epoch, loss_cfg["beta_tc_target" if exp == "exp2" else "beta_kl_target"], args.warmup_epochs
+        )
+        if not training_step(
+            exp, model, train[idx], cfg, beta, len(train), opt, schedule, f"{variant} step {step}"
+        ):
             break
         if step % args.eval_every == 0 or step == args.steps:
             log(step)
@@ -233,19 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--variants", nargs="+", default=DEFAULT_SET, choices=sorted(VARIANTS))
-    parser.add_argument("--steps", type=int, default=45)
-    parser.add_argument("--eval-every", type=int, default=15)
+    add_study_arguments(parser, steps=45, eval_every=15, lr=3e-3, lr_help="the demo's lr (config/demo.yaml)")
     parser.add_argument("--subjects", type=int, default=8, help="demo subjects (2 of them validation)")
-    parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=3e-3, help="the demo's lr (config/demo.yaml)")
-    parser.add_argument("--warmup-epochs", type=int, default=8, help="the demo's β warm-up (epochs)")
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
-    parser.add_argument("--no-doc", action="store_true", help="do not update docs/LEARNING.md")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        train, val = load_volumes(Path(tmp), args.subjects, 2, args.workers)
+        train, val, _ = demo_volumes(Path(tmp), args.subjects, 2, args.workers)
     refs = references(train, val)
     print(f"references: {refs}", flush=True)
     rows = []
