@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pandas is only a type here: the workflow's dry run does not
     import pandas as pd
 
 
-def _unique_sibling(path: Path, kind: str) -> Path:
+def unique_sibling(path: Path, kind: str) -> Path:
     """A fresh hidden name beside `path` (unique per call: concurrent writers never share one)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
 
@@ -46,7 +46,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_sibling(path, "tmp")
+    tmp = unique_sibling(path, "tmp")
     # O_EXCL: ours alone; mode 0o666 filtered by the process umask, read without changing it
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
@@ -82,11 +82,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_sibling(path, "tmp")
+    tmp = unique_sibling(path, "tmp")
     tmp.mkdir()
     try:
         yield tmp
-        old = _unique_sibling(path, "old")
+        old = unique_sibling(path, "old")
         had_old = path.exists()
         if had_old:
             os.replace(path, old)

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import threading
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vae_dynamics.io import fsync_dir
+from vae_dynamics.io import fsync_dir, unique_sibling
 
 log = logging.getLogger("vae_dynamics.train")
 
@@ -55,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own; mode 0o666 filtered by the umask like every other artifact (mkstemp's 0600
         # would keep a group-shared project's colleagues from resuming or evaluating the run).
-        staging = str(path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial"))
+        staging = str(unique_sibling(path, "partial"))
         fd = os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
