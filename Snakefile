@@ -9,6 +9,7 @@
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done   (embedded demo)
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/compare/done  (demo, Exp1 vs Exp2)
 #   snakemake --cores 2 --configfile config/demo.yaml -- results/sweep/done    (demo sweep: β × seeds)
+#   snakemake --cores 8 -- results/exp2/encoded/<name>/latents.csv   (new scans, named under encode:)
 
 
 configfile: "config/config.yaml"
@@ -20,6 +21,7 @@ include: "rules/training.smk"
 include: "rules/export.smk"
 include: "rules/evaluation.smk"
 include: "rules/sweep.smk"
+include: "rules/encode.smk"
 
 
 # Seconds of work each: run by the Snakemake process itself, not submitted as cluster jobs (a SLURM job

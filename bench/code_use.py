@@ -92,6 +92,13 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),  # fmt: skip
     "exp2_head_ramp_no_warmup": ("exp2", {**ISSUE26, "train.encoder_head_lr_ramp_steps": 150}),
+    "exp2_head_ramp_600": ("exp2", {**ISSUE26, "train.encoder_head_lr_ramp_steps": 600}),
+    "exp2_head_ramp_600_z_gain_1": (
+        "exp2",
+        {**ISSUE26, "train.encoder_head_lr_ramp_steps": 600, "model.sbd_z_gain": 1.0},
+    ),  # fmt: skip
+    "exp2_small_sigma_no_ramp": ("exp2", {**ISSUE26, "model.logvar_init_bias": -10.0}),
+    "exp2_sigma_0_03": ("exp2", {**ISSUE26, "model.logvar_init_bias": -7.0}),
     "exp2_small_sigma": (
         "exp2",
         {**ISSUE26, "model.logvar_init_bias": -10.0, "train.encoder_head_lr_ramp_steps": 150},

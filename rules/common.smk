@@ -20,6 +20,10 @@ RUNS = [*EXPERIMENTS, *SWEEP]
 # The {run} wildcard: a main run (exp2, exp1) or a sweep run (sweep/exp2/beta_tc_target=6,seed=43).
 RUN_PATTERN = "|".join(re.escape(r) for r in RUNS)
 SWEEP_PATTERN = "|".join(re.escape(r) for r in SWEEP) or "sweep/(?!)"
+DATA_SHEET = wf.data_sheet(config)
+# Scans encoded with a finished run (results/<run>/encoded/<name>/latents.csv), from `encode:`.
+ENCODE = wf.encode_sets(config)
+ENCODE_PATTERN = "|".join(re.escape(n) for n in ENCODE) or "(?!)"
 
 
 @functools.cache
@@ -39,4 +43,6 @@ def run_dir(run):
 
 
 def index_inputs(wildcards):
+    if DATA_SHEET:
+        return [DATA_SHEET]  # a changed sheet re-indexes
     return [f"{wf.DEMO_DATA}/factors.csv"] if DEMO else []

@@ -26,7 +26,8 @@ rule index_subjects:
         subjects="results/index/subjects.csv",
         rejected="results/index/rejected.csv",
     params:
-        root=lambda wildcards: data_config()["root_dir"],
+        root=lambda wildcards: None if DATA_SHEET else data_config()["root_dir"],
+        sheet=DATA_SHEET,
     threads: 8
     log:
         "logs/index_subjects.log",

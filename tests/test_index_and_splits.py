@@ -155,3 +155,33 @@ def test_user_splits_with_ids_that_cannot_be_file_names_are_refused_before_a_run
     with pytest.raises(ValueError, match=rf"train\.csv: .*{message}"):
         train(cfg, tmp_path / "run", splits_dir=splits)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sample_sheet_indexes_subjects_not_named_like_brats(demo_copy, tmp_path):
+    """data_sheet / `vae-dynamics index --sheet`: any names, paths relative to the sheet, extra columns
+    allowed; the same checks as folders, each failure named by subject and file; seg required to train."""
+    from vae_dynamics.data import FILE_KEYS
+    from vae_dynamics.data.index import SheetError
+
+    rows = []
+    for i, subject in enumerate(sorted(p for p in demo_copy.iterdir() if p.is_dir())):
+        rows.append({"subject_id": f"site_a.{i}", "scanner": "x",
+                     **{k: f"{demo_copy.name}/{subject.name}/{subject.name}-{k}.nii.gz" for k in FILE_KEYS}})  # fmt: skip
+    rows[1]["seg"] = ""  # training needs seg
+    rows[2]["t2w"] = "nowhere/t2w.nii.gz"
+    rows[3]["subject_id"] = "../escape"
+    pd.DataFrame(rows).to_csv(tmp_path / "subjects.tsv", sep="\t", index=False)
+    subjects, rejected = index_subjects(
+        None, tmp_path / "out", progress=False, sheet=tmp_path / "subjects.tsv"
+    )
+    assert list(subjects["subject_id"]) == ["site_a.0", "site_a.4"]
+    assert list(subjects.columns) == ["subject_id", *FILE_KEYS]
+    assert subjects["t1c"].map(lambda p: p.startswith("/") and p.endswith("-t1c.nii.gz")).all()
+    why = rejected.set_index("subject_id")["reason"]
+    assert why["site_a.1"].startswith("missing file (expected a path in the seg column")
+    assert "nowhere/t2w.nii.gz" in why["site_a.2"]
+    assert "subject id must be" in why["../escape"]
+    assert (tmp_path / "out" / "rejected.csv").is_file()
+    pd.DataFrame(rows).drop(columns="t1n").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SheetError, match="no column t1n"):
+        index_subjects(None, tmp_path / "out2", progress=False, sheet=tmp_path / "bad.csv")

@@ -168,7 +168,7 @@ def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its
     best score and top-k bookkeeping and wrote last-v1.ckpt, which no resume reads."""
     import shutil
 
-    from vae_dynamics.training.run_dir import load_trained
+    from vae_dynamics.inference import load_run
 
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(exp2_run["run_dir"], moved)
@@ -192,7 +192,7 @@ def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its
     assert summary["best_checkpoint"].startswith("checkpoints/")  # relative: valid after the next move
     (moved.parent / "train_summary.json").write_text(json.dumps({**summary, "run_dir": "run"}))
     shutil.move(str(moved.parent), str(tmp_path / "again"))
-    assert load_trained(tmp_path / "again" / "train_summary.json", device="cpu").run_dir.name == "run"
+    assert load_run(tmp_path / "again" / "train_summary.json", device="cpu").run_dir.name == "run"
 
 
 def test_a_second_training_in_a_held_run_directory_fails_at_once_naming_the_holder(demo_splits, tmp_path):
@@ -382,12 +382,12 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
     """Export, encoding and evaluation load the model without Lightning: the weights Lightning restores."""
     import json
 
+    from vae_dynamics.inference import load_run
     from vae_dynamics.models import TCVAESBD
-    from vae_dynamics.training.run_dir import load_trained
 
     summary = tmp_path / "train_summary.json"
     summary.write_text(json.dumps({**exp2_run["resumed"], "run_dir": str(exp2_run["run_dir"])}))
-    run = load_trained(summary, "cpu")
+    run = load_run(summary, "cpu")
     assert type(run.model) is TCVAESBD and not run.model.training and run.cfg["model"]["base_filters"] == 16
     reference = TCVAELitModule.load_from_checkpoint(
         exp2_run["run_dir"] / exp2_run["resumed"]["best_checkpoint"], map_location="cpu"
@@ -406,7 +406,7 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
     with pytest.raises(
         RuntimeError, match=rf"(?s){foreign}: does not fit the exp2_tcvae_sbd model of .*decoder\.final"
     ):
-        load_trained(summary, "cpu")
+        load_run(summary, "cpu")
 
 
 def test_evaluation_and_encoding_import_no_lightning():

@@ -270,16 +270,41 @@ def test_a_dry_run_imports_neither_torch_nor_monai():
     assert "HEAVY [] EXIT 0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
-def test_every_job_that_asks_for_a_gpu_goes_to_the_gpu_partition_on_slurm():
+def test_new_scans_of_a_sheet_are_encoded_by_a_snakemake_target(interrupted_then_finished, tmp_path):
+    """`encode: {name: {sheet: S, reconstruct: true}}` -> results/exp2/encoded/<name>/latents.csv, from the
+    finished run, without retraining; never-indexed demo scans with other names and no seg."""
+    from vae_dynamics.data import MODALITIES
+    from vae_dynamics.data.demo import generate
+
+    work = interrupted_then_finished["work"]
+    scans = tmp_path / "scans"
+    generate(scans, 1, seed=11, workers=1)
+    (subject,) = [p for p in scans.iterdir() if p.is_dir()]
+    row = {"subject_id": "followup_1", "timepoint": "6", **{k: f"scans/{subject.name}/{subject.name}-{k}.nii.gz"
+                                                         for k in MODALITIES}}  # fmt: skip
+    pd.DataFrame([row]).to_csv(tmp_path / "followup.csv", index=False)
+    target = "results/exp2/encoded/followup/latents.csv"
+    setting = f'encode={{"followup": {{"sheet": "{tmp_path / "followup.csv"}", "reconstruct": true}}}}'
+    dry = snakemake(work, "-n", "--config", setting, "--", target).stdout
+    assert re.search(r"rule encode_scans:\n(?:    .*\n)*?    resources: .*\bgpu=1", dry), dry
+    assert "train_exp2" not in dry and "build_persistent_cache" not in dry
+    snakemake(work, "--config", setting, "--", target)
+    latents = pd.read_csv(work / target)
+    assert list(latents["subject_id"]) == ["followup_1"] and list(latents["timepoint"]) == [6]
+    assert (work / "results/exp2/encoded/followup/reconstructions/followup_1/followup_1-t1c.nii.gz").is_file()
+
+
+def test_every_job_that_asks_for_a_gpu_goes_to_the_gpu_partition_on_slurm(tmp_path):
     """Read from the dry run of every target (main runs, comparison, sweep) and from profiles/slurm: a
     rule with gpu > 0 placed on the CPU partition fails on a cluster whose CPU nodes have no GPU (the
     export step once did; the one-node test cluster cannot show it)."""
-    dry = snakemake(REPO, "-n", "--configfile", "config/demo.yaml", "--", "results/compare/done",
-                    "results/sweep/done").stdout  # fmt: skip
+    encode = f'encode={{"new": {{"images": "{tmp_path}"}}}}'  # the encode_scans job of a new folder
+    dry = snakemake(REPO, "-n", "--configfile", "config/demo.yaml", "--config", encode, "--",
+                    "results/compare/done", "results/sweep/done", "results/exp2/encoded/new/latents.csv").stdout  # fmt: skip
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry, flags=re.M)
     gpu_rules = {rule for rule, res in jobs if int(re.search(r"\bgpu=(\d+)", res + " gpu=0").group(1)) > 0}
     assert {"train_exp2", "train_exp1", "train_sweep_run", "export_recon_panels", "encode_latents",
-            "evaluate_latents"} <= gpu_rules, gpu_rules  # fmt: skip
+            "evaluate_latents", "encode_scans"} <= gpu_rules, gpu_rules  # fmt: skip
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     cpu_partition = profile["default-resources"]["slurm_partition"]
     placed = {rule: profile["set-resources"].get(rule, {}).get("slurm_partition", cpu_partition)

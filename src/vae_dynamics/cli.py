@@ -3,10 +3,11 @@
     vae-dynamics train --config src/vae_dynamics/config/exp2_tcvae_sbd.yaml [--set train.max_epochs=3]
     vae-dynamics train --config C --run-dir D --resume          continue D/checkpoints/last.ckpt
     vae-dynamics demo --out results/demo/data --n-subjects 6
-    vae-dynamics index --root /data/BraTS_Men_Train --out-dir results/index
+    vae-dynamics index --root /data/BraTS_Men_Train --out-dir results/index   (or --sheet subjects.tsv)
     vae-dynamics splits --subjects results/index/subjects.csv --out-dir results/splits
     vae-dynamics cache --config C --splits results/splits --manifest results/cache/manifest.json
     vae-dynamics encode --summary results/exp2/train_summary.json --out results/exp2/latents.csv
+    vae-dynamics encode --run results/exp2 --sheet new.csv --out encoded/ [--reconstruct] [--traverse 4]
     vae-dynamics factors --subjects results/index/subjects.csv --out results/factors/factors.csv
     vae-dynamics evaluate --summary S --latents L --factors F --out results/exp2/evaluation
     vae-dynamics metrics --latents L.csv --factors F.csv --out M.json
@@ -20,6 +21,7 @@ Each subcommand imports only what it needs: `vae-dynamics --help` and `config` d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -77,7 +79,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_index(args: argparse.Namespace) -> None:
     from vae_dynamics.data.index import index_subjects
 
-    subjects, rejected = index_subjects(args.root, args.out_dir, args.workers, not args.no_progress)
+    subjects, rejected = index_subjects(
+        args.root, args.out_dir, args.workers, not args.no_progress, sheet=args.sheet
+    )
     print(f"{len(subjects)} valid subjects, {len(rejected)} rejected -> {args.out_dir}")
     for row in rejected.itertuples():
         print(f"  rejected {row.subject_id}: {row.file}: {row.reason}", file=sys.stderr)
@@ -104,10 +108,34 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from vae_dynamics.evaluation.encode import encode_latents
+    if args.summary:  # the run's own train/val subjects, from the training cache
+        if args.images or args.sheet or args.reconstruct or args.traverse:
+            raise UsageError("--images/--sheet/--reconstruct/--traverse go with --run, not --summary")
+        from vae_dynamics.evaluation.encode import encode_latents
 
-    table = encode_latents(args.summary, args.out, args.device, args.batch_size, args.workers)
-    print(f"{len(table)} subjects -> {args.out}")
+        table = encode_latents(args.summary, args.out, args.device, args.batch_size, args.workers)
+        print(f"{len(table)} subjects -> {args.out}")
+        return
+    if bool(args.images) == bool(args.sheet):
+        raise UsageError("--run needs one of --images DIR (BraTS-layout subject folders) or --sheet S")
+    from vae_dynamics.gpus import claim_gpus
+    from vae_dynamics.inference import load_run, write_encoding
+
+    with contextlib.ExitStack() as stack:
+        if args.device is None:  # on CUDA when present, on a GPU no other job of this user holds
+            stack.enter_context(claim_gpus(1))
+        run = load_run(args.run, args.device)
+        print(
+            f"run: {run.run_dir} ({run.summary['experiment']}), checkpoint {run.checkpoint}, on {run.device}"
+        )
+        table = write_encoding(
+            run, args.images or args.sheet, args.out, reconstruct=args.reconstruct, panels=True,
+            traverse=args.traverse, batch_size=args.batch_size, workers=args.workers, progress=True,
+        )  # fmt: skip
+    rejected = table.attrs["rejected"]
+    for row in rejected.itertuples():
+        print(f"  rejected {row.subject_id}: {row.file}: {row.reason}", file=sys.stderr)
+    print(f"{len(table)} scans encoded, {len(rejected)} rejected -> {args.out}")
 
 
 def cmd_factors(args: argparse.Namespace) -> None:
@@ -224,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
 
     p = add("index", cmd_index, "validate every subject folder -> subjects.csv, rejected.csv")
-    p.add_argument("--root", required=True, help="BraTS-MEN training folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", help="BraTS-MEN training folder")
+    source.add_argument("--sheet", help="sample sheet (.csv/.tsv): subject_id, t1c, t1n, t2f, t2w, seg")
     p.add_argument("--out-dir", required=True, help="where subjects.csv and rejected.csv are written")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -242,9 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
     p.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
 
-    p = add("encode", cmd_encode, "posterior (μ, log σ²) of every train and val subject of a finished run")
-    p.add_argument("--summary", required=True, help="train_summary.json of a finished run")
-    p.add_argument("--out", required=True, help="latents CSV to write")
+    p = add("encode", cmd_encode, "posterior (μ, log σ²) of a run's own subjects, or of any new scans")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--summary", help="train_summary.json: encode the run's train and val subjects")
+    which.add_argument("--run", help="a trained run (experiment folder, run dir, summary or .ckpt): "
+                       "encode the scans of --images or --sheet")  # fmt: skip
+    p.add_argument("--images", help="folder of BraTS-layout subject folders (seg optional)")
+    p.add_argument("--sheet", help="sample sheet .csv/.tsv: subject_id, t1c, t1n, t2f, t2w, optional seg, "
+                   "any other columns (carried into latents.csv); paths relative to the sheet")  # fmt: skip
+    p.add_argument("--out", required=True, help="--summary: latents CSV; --run: the output folder")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="also write each scan's reconstruction (NIfTI in its own space) and panel")  # fmt: skip
+    p.add_argument("--traverse", type=int, default=0, metavar="K",
+                   help="also draw the K dimensions of largest KL around each scan's code")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -300,9 +340,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
         errors += [DamagedCheckpointError, ResumeError, LoggerUnavailableError]
     if "vae_dynamics.data.index" in sys.modules:
-        from vae_dynamics.data.index import NoValidSubjectsError
+        from vae_dynamics.data.index import NoValidSubjectsError, SheetError
 
-        errors.append(NoValidSubjectsError)
+        errors += [NoValidSubjectsError, SheetError]
+    if "vae_dynamics.inference" in sys.modules:
+        from vae_dynamics.inference import ContractMismatchError
+
+        errors.append(ContractMismatchError)
     return tuple(errors)
 
 

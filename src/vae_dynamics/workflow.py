@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -112,6 +113,47 @@ def resolve_experiment(
 def data_root(config: Mapping[str, Any]) -> str | None:
     """The BraTS-MEN folder: the generated demo data, or `data_root` (None: the YAML's data.root_dir)."""
     return DEMO_DATA if config.get("demo") else config.get("data_root")
+
+
+def data_sheet(config: Mapping[str, Any]) -> str | None:
+    """The sample sheet the workflow trains on instead of a BraTS folder (`data_sheet`), or None."""
+    sheet = config.get("data_sheet")
+    if sheet and config.get("demo"):
+        raise ConfigError("data_sheet and demo are exclusive: the demo generates its own BraTS folder")
+    if sheet and config.get("data_root"):
+        raise ConfigError("data_sheet and data_root are exclusive: give the subjects one way")
+    return sheet or None
+
+
+def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The workflow config's `encode` block: name -> {sheet or images, reconstruct, traverse}, checked
+    (each target is results/<run>/encoded/<name>/latents.csv)."""
+    from vae_dynamics.data import SUBJECT_ID_PATTERN
+
+    sets = {}
+    for name, spec in (config.get("encode") or {}).items():
+        spec = dict(spec or {})
+        if not re.fullmatch(SUBJECT_ID_PATTERN, str(name)):
+            raise ConfigError(f"encode.{name}: a name of letters, digits, '.', '_', '-' (it names a folder)")
+        if ("sheet" in spec) == ("images" in spec):
+            raise ConfigError(f"encode.{name}: give exactly one of sheet (a .csv/.tsv) or images (a folder)")
+        sets[str(name)] = {"source": spec.get("sheet") or spec.get("images"),
+                           "reconstruct": bool(spec.get("reconstruct", False)),
+                           "traverse": int(spec.get("traverse", 0))}  # fmt: skip
+    return sets
+
+
+def encode_step(summary_path: str, source: str, latents_csv: str, reconstruct: bool, traverse: int,
+                workers: int = 0) -> int:  # fmt: skip
+    """Encode the scans of a sheet or folder with a finished run into the folder of `latents_csv`."""
+    from vae_dynamics.inference import load_run, write_encoding
+
+    run = load_run(summary_path)
+    table = write_encoding(run, source, Path(latents_csv).parent, reconstruct=reconstruct,
+                           traverse=traverse, workers=workers, progress=True)  # fmt: skip
+    for row in table.attrs["rejected"].itertuples():
+        print(f"rejected {row.subject_id}: {row.file}: {row.reason}")
+    return len(table)
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,11 +337,11 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
     import torch
 
     from vae_dynamics.evaluation.encode import split_datasets
-    from vae_dynamics.training.run_dir import load_trained
+    from vae_dynamics.inference import load_run
     from vae_dynamics.viz.curves import plot_loss_curves
     from vae_dynamics.viz.recon import save_recon_panel
 
-    run = load_trained(summary_path, device)
+    run = load_run(summary_path, device)
     val = split_datasets(run)["val"]
     with atomic_dir(panels_dir) as tmp, torch.no_grad():
         for i in range(len(val)):

@@ -1,4 +1,4 @@
-"""Rule index_subjects: validate every subject below the data root."""
+"""Rule index_subjects: validate every subject below the data root (or of the data_sheet)."""
 
 from pathlib import Path
 
@@ -7,7 +7,9 @@ from vae_dynamics.workflow import log_to
 
 with log_to(snakemake.log[0]):
     out_dir = Path(snakemake.output.subjects).parent
-    subjects, rejected = index_subjects(snakemake.params.root, out_dir, workers=snakemake.threads)
+    subjects, rejected = index_subjects(
+        snakemake.params.root, out_dir, workers=snakemake.threads, sheet=snakemake.params.sheet
+    )
     print(f"{len(subjects)} valid subjects, {len(rejected)} rejected")
     for row in rejected.itertuples():
         print(f"rejected {row.subject_id}: {row.file}: {row.reason}")

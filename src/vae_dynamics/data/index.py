@@ -1,19 +1,25 @@
-"""index_subjects: find BraTS-MEN subject folders, validate every file, write subjects.csv/rejected.csv.
+"""index_subjects: find subjects (BraTS-MEN folders or a sample sheet), validate every file, write
+subjects.csv/rejected.csv; `find_scans` does the same for inference, where seg is optional.
 
 vae-dynamics index --root /data/BraTS_Men_Train --out-dir results/index --workers 8
+vae-dynamics index --sheet subjects.tsv --out-dir results/index
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS
+from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS, SUBJECT_ID_PATTERN
 from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import process_pool
 
@@ -23,10 +29,15 @@ SUBJECT_DIR = re.compile(r"BraTS-[A-Za-z]+-\d+-\d+")  # used with fullmatch ($ a
 MAX_VOXELS = 2**28
 SUBJECT_COLUMNS = ["subject_id", *FILE_KEYS]
 REJECTED_COLUMNS = ["subject_id", "file", "reason"]
+SHEET_SUFFIXES = (".csv", ".tsv", ".tab")
 
 
 class NoValidSubjectsError(RuntimeError):
-    """No valid subject could be indexed (or the root does not exist)."""
+    """No valid subject could be indexed (or the root does not exist); `rejected` says why, per subject."""
+
+    def __init__(self, message: str, rejected: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected if rejected is not None else pd.DataFrame(columns=REJECTED_COLUMNS)
 
 
 def find_subject_dirs(root: Path) -> list[Path]:
@@ -36,10 +47,10 @@ def find_subject_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-def subject_files(subject_dir: Path) -> dict[str, Path | None]:
-    """The expected file of each modality and seg (.nii.gz preferred, .nii accepted), None if absent."""
+def subject_files(subject_dir: Path, keys: Sequence[str] = FILE_KEYS) -> dict[str, Path | None]:
+    """The expected file of each key (.nii.gz preferred, .nii accepted), None if absent."""
     files: dict[str, Path | None] = {}
-    for key in FILE_KEYS:
+    for key in keys:
         candidates = [subject_dir / f"{subject_dir.name}-{key}{ext}" for ext in (".nii.gz", ".nii")]
         files[key] = next((c for c in candidates if c.is_file()), None)
     return files
@@ -63,21 +74,31 @@ def header_problem(shape: tuple[int, ...], affine: np.ndarray | None) -> str | N
     return None
 
 
-def validate_subject(subject_dir: Path) -> tuple[dict | None, dict | None]:
-    """(subjects.csv row, None) if the subject is valid, else (None, rejected.csv row with one reason)."""
-    sid = subject_dir.name
-    files = subject_files(subject_dir)
+def validate_files(
+    sid: str, files: Mapping[str, Path | None], where: str, expected: Mapping[str, str] | None = None
+) -> tuple[dict | None, dict | None]:
+    """The checks of SPEC §3 on one subject's files: (row, None) if valid, else (None, rejection).
+
+    `files`: key -> path (None: missing) for every modality and, when given, seg; every file must be
+    present, readable to its end, 3D with a usable affine, of the first file's shape and affine, with
+    finite image values and seg labels in SEG_LABELS. `where` and `expected` (key -> the name that was
+    expected) make the "missing file" reason say where the file was looked for.
+    """
 
     def reject(key: str, reason: str) -> tuple[None, dict]:
-        name = files.get(key).name if files.get(key) else f"{sid}-{key}.nii.gz"
+        path = files.get(key)
+        name = path.name if path else (expected or {}).get(key, f"{sid}-{key}.nii.gz")
         return None, {"subject_id": sid, "file": name, "reason": reason}
 
+    if not re.fullmatch(SUBJECT_ID_PATTERN, sid):
+        return None, {"subject_id": sid, "file": "", "reason": (
+            "subject id must be letters, digits, '.', '_' or '-' (it names output files)")}  # fmt: skip
     for key, path in files.items():
         if path is None:
-            return reject(key, f"missing file (expected {sid}-{key}.nii.gz or .nii in {subject_dir})")
+            wanted = (expected or {}).get(key, f"{sid}-{key}.nii.gz or .nii")
+            return reject(key, f"missing file (expected {wanted} in {where})")
     reference = None
-    for key in FILE_KEYS:
-        path = files[key]
+    for key, path in files.items():
         try:
             img = nib.load(path)  # the header only
         except Exception as exc:  # noqa: BLE001 - any read failure is a rejection reason
@@ -103,50 +124,178 @@ def validate_subject(subject_dir: Path) -> tuple[dict | None, dict | None]:
         elif np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             n_bad = int((~np.isfinite(data)).sum())
             return reject(key, f"{n_bad} non-finite image values (NaN/inf)")
-    row = {"subject_id": sid, **{k: str(files[k].resolve()) for k in FILE_KEYS}}
-    return row, None
+    return {"subject_id": sid, **{k: str(p.resolve()) for k, p in files.items()}}, None
 
 
-def index_subjects(root: str | Path, out_dir: str | Path, workers: int = 1, progress: bool = True):
-    """Validate all subjects below `root`; write subjects.csv and rejected.csv; return both tables."""
-    root = Path(root)
-    if not root.is_dir():
-        raise NoValidSubjectsError(f"data root {root} does not exist or is not a directory")
-    dirs = find_subject_dirs(root)
-    if not dirs:
-        raise NoValidSubjectsError(
-            f"no subject folders (named like BraTS-MEN-00000-000) found in {root} or one level below"
+def validate_subject(subject_dir: Path, require_seg: bool = True) -> tuple[dict | None, dict | None]:
+    """validate_files on a BraTS subject folder (seg may be absent when not `require_seg`)."""
+    files = subject_files(subject_dir)
+    if not require_seg and files[SEG_KEY] is None:
+        del files[SEG_KEY]
+    return validate_files(subject_dir.name, files, str(subject_dir))
+
+
+# ---- sample sheets ---------------------------------------------------------------------------------------
+
+
+class SheetError(ValueError):
+    """A sample sheet that cannot be read at all (its file, or a column every row needs)."""
+
+
+def read_sheet(sheet: str | os.PathLike[str] | pd.DataFrame, base_dir: Path | None = None) -> pd.DataFrame:
+    """A sample sheet as a table of strings: a CSV or TSV file (separator from the extension: .tsv/.tab
+    tab, otherwise comma), or a DataFrame. Paths in it are resolved later against `base_dir`."""
+    if isinstance(sheet, pd.DataFrame):
+        table = sheet.copy()
+    else:
+        path = Path(sheet)
+        if not path.is_file():
+            raise SheetError(f"sample sheet {path} does not exist")
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        try:
+            table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
+        except Exception as exc:  # noqa: BLE001 - pandas raises several kinds
+            raise SheetError(f"sample sheet {path}: unreadable: {type(exc).__name__}: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if "subject_id" not in table.columns:
+        raise SheetError(f"sample sheet: no subject_id column (columns: {list(table.columns)})")
+    return table.fillna("").astype(str)
+
+
+def sheet_records(
+    sheet: str | os.PathLike[str] | pd.DataFrame, modalities: Sequence[str], require_seg: bool
+) -> tuple[list[tuple], list[str]]:
+    """(per row: subject id, key -> file, where, key -> expected path, extra columns), the extra columns.
+
+    Columns: subject_id, one per modality, optional seg (required when `require_seg`), any others
+    (e.g. visit, timepoint), carried through. Relative paths are relative to the sheet's folder
+    (the working directory for a DataFrame)."""
+    table = read_sheet(sheet)
+    base = Path.cwd() if isinstance(sheet, pd.DataFrame) else Path(sheet).resolve().parent
+    where = "the sample sheet" if isinstance(sheet, pd.DataFrame) else f"sample sheet {sheet}"
+    keys = [*modalities, SEG_KEY] if require_seg or SEG_KEY in table.columns else list(modalities)
+    missing = [k for k in keys if k not in table.columns]
+    if missing:
+        raise SheetError(
+            f"{where}: no column {', '.join(missing)} (needs subject_id, {', '.join(modalities)}"
+            f"{', seg' if require_seg else ' and optionally seg'}; columns: {list(table.columns)})"
         )
-    bar = dict(total=len(dirs), desc="index_subjects", unit="subject", disable=not progress)
+    extra = [c for c in table.columns if c != "subject_id" and c not in (*FILE_KEYS,)]
+    records = []
+    for row in table.to_dict("records"):
+        files: dict[str, Path | None] = {}
+        for key in keys:
+            value = row[key].strip()
+            if not value and key == SEG_KEY and not require_seg:
+                continue  # no seg for this subject: the foreground is the non-zero image
+            files[key] = (base / value) if value else None
+            if files[key] is not None and not files[key].is_file():
+                files[key] = None
+        expected = {k: (row[k].strip() or f"a path in the {k} column") for k in keys}
+        records.append((row["subject_id"].strip(), files, where, expected, {c: row[c] for c in extra}))
+    return records, extra
+
+
+def _validate_record(record) -> tuple[dict | None, dict | None]:
+    sid, files, where, expected, extra = record
+    row, rejected = validate_files(sid, files, where, expected)
+    return (None if row is None else {**row, **extra}), rejected
+
+
+def _validate_all(items: list, check, workers: int, progress: bool, desc: str) -> list:
+    bar = dict(total=len(items), desc=desc, unit="subject", disable=not progress)
     if workers > 1:
         with process_pool(workers) as pool:
-            results = list(tqdm(pool.map(validate_subject, dirs, chunksize=4), **bar))
-    else:
-        results = [validate_subject(d) for d in tqdm(dirs, **bar)]
+            return list(tqdm(pool.map(check, items, chunksize=4), **bar))
+    return [check(item) for item in tqdm(items, **bar)]
+
+
+def _unique(results: list) -> tuple[list[dict], list[dict]]:
+    """Valid rows (the first of each subject id) and rejections (including later duplicates)."""
     valid = [r for r, _ in results if r is not None]
     rejected = [x for _, x in results if x is not None]
     seen: set[str] = set()
     unique = []
-    for row in valid:  # the same subject id nested twice: keep the first, reject the copy
+    for row in valid:  # the same subject id twice: keep the first, reject the copy
         if row["subject_id"] in seen:
             rejected.append(
-                {
-                    "subject_id": row["subject_id"],
-                    "file": row[MODALITIES[0]],
-                    "reason": "duplicate subject id",
-                }
-            )
+                {"subject_id": row["subject_id"], "file": Path(row[MODALITIES[0]]).name,
+                 "reason": "duplicate subject id"}
+            )  # fmt: skip
         else:
             seen.add(row["subject_id"])
             unique.append(row)
-    subjects = pd.DataFrame(unique, columns=SUBJECT_COLUMNS)
+    return unique, rejected
+
+
+def find_scans(
+    source: str | os.PathLike[str] | pd.DataFrame | Sequence[str | os.PathLike[str]],
+    modalities: Sequence[str] = MODALITIES,
+    require_seg: bool = False,
+    workers: int = 1,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validated scans of a sample sheet (CSV/TSV path or DataFrame), a folder of BraTS-layout subject
+    folders, or a list of subject folders: (valid: subject_id, one column per file, the sheet's extra
+    columns; rejected: subject_id, file, reason). Raises NoValidSubjectsError when none is valid."""
+    is_sheet = isinstance(source, pd.DataFrame) or (
+        not isinstance(source, (list, tuple)) and Path(source).suffix.lower() in SHEET_SUFFIXES
+    )
+    keys = [*modalities, SEG_KEY]
+    if is_sheet:
+        records, extra = sheet_records(source, modalities, require_seg)
+        results = _validate_all(records, _validate_record, workers, progress, "validate sheet")
+        what = "the sample sheet" if isinstance(source, pd.DataFrame) else f"sample sheet {source}"
+    else:
+        if isinstance(source, (list, tuple)):
+            dirs, what = [Path(p) for p in source], f"{len(source)} subject folders"
+        else:
+            root = Path(source)
+            if not root.is_dir():
+                raise NoValidSubjectsError(f"{root} is neither a folder nor a .csv/.tsv sample sheet")
+            dirs, what = find_subject_dirs(root), str(root)
+            if not dirs:
+                raise NoValidSubjectsError(
+                    f"no subject folders (named like BraTS-MEN-00000-000) found in {root} or one level "
+                    "below; for other names, list the files in a sample sheet (--sheet)"
+                )
+        extra = []
+        check = functools.partial(validate_subject, require_seg=require_seg)
+        results = _validate_all(dirs, check, workers, progress, "validate scans")
+    unique, rejected = _unique(results)
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
-    out_dir = Path(out_dir)
-    write_csv(rejected_df, out_dir / "rejected.csv")
-    if subjects.empty:
+    if not unique:
         reasons = "; ".join(f"{r['subject_id']}: {r['file']}: {r['reason']}" for r in rejected[:5])
-        raise NoValidSubjectsError(
-            f"no valid subject among {len(dirs)} found in {root}; first problems: {reasons}"
-        )
-    write_csv(subjects, out_dir / "subjects.csv")
-    return subjects, rejected_df
+        raise NoValidSubjectsError(f"no valid subject in {what}; first problems: {reasons}", rejected_df)
+    columns = ["subject_id", *keys, *extra]
+    valid = pd.DataFrame(unique).reindex(columns=columns)
+    return valid, rejected_df
+
+
+def index_subjects(
+    root: str | Path | None,
+    out_dir: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+    sheet: str | os.PathLike[str] | None = None,
+):
+    """Validate all subjects below `root` (BraTS folders) or of a sample `sheet` (CSV/TSV: subject_id,
+    t1c, t1n, t2f, t2w, seg, any other columns); write subjects.csv and rejected.csv; return both."""
+    if sheet is not None:
+        source: Any = Path(sheet)
+        if source.suffix.lower() not in SHEET_SUFFIXES:
+            raise SheetError(f"sample sheet {sheet}: expected a .csv or .tsv file")
+    else:
+        if root is None or not Path(root).is_dir():
+            raise NoValidSubjectsError(f"data root {root} does not exist or is not a directory")
+        source = Path(root)
+    out_dir = Path(out_dir)
+    try:
+        subjects, rejected = find_scans(source, MODALITIES, require_seg=True, workers=workers,
+                                        progress=progress)  # fmt: skip
+    except NoValidSubjectsError as exc:
+        write_csv(exc.rejected, out_dir / "rejected.csv")
+        raise
+    write_csv(rejected, out_dir / "rejected.csv")
+    write_csv(subjects[SUBJECT_COLUMNS], out_dir / "subjects.csv")
+    return subjects[SUBJECT_COLUMNS], rejected

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from monai.data import DataLoader
 
+from vae_dynamics.inference import TrainedRun, load_run
 from vae_dynamics.io import write_csv
-from vae_dynamics.training.run_dir import TrainedRun, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,26 @@ def split_datasets(run: TrainedRun) -> dict[str, Any]:
 
 
 @torch.inference_mode()
+def encode_images(model: torch.nn.Module, images: torch.Tensor, device: torch.device):
+    """(μ, log σ²) [n, d] float32 on the CPU of images [n, 4, 128³] (cached float16 or float32)."""
+    mu, logvar = model.encoder(torch.as_tensor(images).to(device, non_blocking=True).float())
+    return mu.float().cpu(), logvar.float().cpu()
+
+
+@torch.inference_mode()
 def encode_dataset(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, workers: int):
-    """(subject ids, μ [n, d], log σ² [n, d]) of every item, in batches on `device`."""
+    """(subject ids, μ [n, d], log σ² [n, d]) of every item of a cached split, in batches on `device`
+    (new scans: vae_dynamics.inference, through the same `encode_images`)."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )  # fmt: skip
     ids, mus, logvars = [], [], []
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True).float()
-        mu, logvar = model.encoder(x)
+        mu, logvar = encode_images(model, batch["image"], device)
         ids.extend(batch["subject_id"])
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
+        mus.append(mu)
+        logvars.append(logvar)
     return ids, torch.cat(mus), torch.cat(logvars)
 
 
@@ -75,7 +82,7 @@ def encode_latents(
     workers: int = 0,
 ) -> pd.DataFrame:
     """Write latents.csv for the run of `summary_path` (atomically)."""
-    run = load_trained(summary_path, device)
+    run = load_run(summary_path, device)
     table = latents_table(run, batch_size, workers)
     write_csv(table, out_csv)
     return table

@@ -33,10 +33,10 @@ from vae_dynamics.evaluation.traversals import (
     traverse,
     tumour_centre,
 )
+from vae_dynamics.inference import TrainedRun, load_run
 from vae_dynamics.io import atomic_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 from vae_dynamics.provenance import finish_provenance, provenance
-from vae_dynamics.training.run_dir import TrainedRun, load_trained
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
     plot_kl_per_dim,
@@ -210,7 +210,7 @@ def _evaluate_into(
 ) -> dict[str, Any]:
     """Every file of the evaluation folder but metrics.json into `tmp`; return the metrics."""
     (tmp / "traversals").mkdir()
-    run = load_trained(summary_path, device)
+    run = load_run(summary_path, device)
     experiment = run.summary["experiment"]
     latents, factors = pd.read_csv(latents_csv), pd.read_csv(factors_csv)
 

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_dynamics import experiments
 from vae_dynamics.config import save_config
+from vae_dynamics.data.cache import preprocessing_contract
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.splits import check_split_dir
 from vae_dynamics.io import write_json
@@ -242,6 +243,8 @@ def _train_rank0(
                 print(f"train: WARNING: {note}", file=sys.stderr)
         log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
         save_config(cfg, run.config)
+        if not run.preprocessing.exists():  # what new scans must go through (inference.py checks it)
+            write_json(preprocessing_contract(cfg["data"]), run.preprocessing)
         L.seed_everything(cfg["train"]["seed"], workers=True)
         splits = run.prepare_splits(cfg, None if resume else splits_dir)
         os.environ[RUN_DIR_ENV] = str(run.path)  # for the ranks Lightning launches from this process

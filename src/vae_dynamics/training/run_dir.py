@@ -1,7 +1,8 @@
-"""A run directory: its layout, the resume policy, and loading a finished run for export/evaluation.
+"""A run directory: its layout and the resume policy (a finished run is loaded by vae_dynamics.inference).
 
 <run_dir>/
   config_resolved.yaml   the validated config the run was trained with
+  preprocessing.json     the preprocessing contract of its data (new scans must match it)
   provenance.json        versions, host, git commit, start/end
   train.log              log records of every (re)start
   splits/{train,val}.csv the subjects of this run (kept on resume)
@@ -82,6 +83,7 @@ class RunDir:
         return cls.new(cfg)
 
     config = property(lambda self: self.path / "config_resolved.yaml")
+    preprocessing = property(lambda self: self.path / "preprocessing.json")
     provenance = property(lambda self: self.path / "provenance.json")
     train_log = property(lambda self: self.path / "train.log")
     lock_file = property(lambda self: self.path / "train.lock")
@@ -232,71 +234,9 @@ class RunDir:
         return out
 
 
-@dataclass
-class TrainedRun:
-    """A finished training run: its resolved config, the chosen checkpoint's model, where it lives."""
-
-    cfg: dict[str, Any]
-    model: Any  # the experiment's nn.Module (TCVAESBD, BaselineVAE), in eval mode on `device`
-    run_dir: Path
-    summary: dict[str, Any]
-    device: Any  # torch.device
-
-    @property
-    def experiment(self) -> experiments.Experiment:
-        return experiments.of(self.cfg)
-
-    def autocast(self):
-        """The training's mixed precision for decoding figures (traversals, panels): bf16-mixed on any
-        device, 16-mixed on CUDA; full precision otherwise. Metrics are computed in float32."""
-        import contextlib
-
-        import torch
-
-        precision = self.cfg["train"]["precision"]
-        if precision == "bf16-mixed":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if precision == "16-mixed" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
-
-def default_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def summary_run_dir(summary_path: str | os.PathLike[str], summary: dict[str, Any] | None = None) -> RunDir:
     """The run directory a train_summary.json names: relative to the summary's folder (absolute in
     summaries written before 0.4), so that a moved or re-mounted results folder still resolves."""
     summary_path = Path(summary_path)
     summary = summary if summary is not None else json.loads(summary_path.read_text())
     return RunDir(summary_path.parent / summary["run_dir"])
-
-
-def load_trained(summary_path: str | os.PathLike[str], device=None) -> TrainedRun:
-    """Load the checkpoint a training summary chose (see `checkpoint_choice`) onto `device`."""
-    import torch
-
-    device = torch.device(device) if device is not None else default_device()
-    summary_path = Path(summary_path)
-    summary = json.loads(summary_path.read_text())
-    # Relative paths (run_dir from the summary's folder, checkpoints from the run directory) survive a
-    # moved results folder; absolute ones (summaries written before 0.4) are read as they are.
-    run = summary_run_dir(summary_path, summary)
-    best = run.path / summary["best_checkpoint"]
-    cfg = load_config(run.config)
-    experiment = experiments.of(cfg)
-    # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
-    checkpoint = torch.load(best, map_location=device, weights_only=True)
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
-    try:
-        model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
-    except RuntimeError as exc:
-        raise RuntimeError(
-            f"{best}: does not fit the {experiment.name} model of {run.config}: {exc}"
-        ) from None
-    return TrainedRun(cfg, model.to(device).eval(), run.path, summary, device)

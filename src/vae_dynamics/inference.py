@@ -1,0 +1,428 @@
+"""A trained run as a tool: load it, encode any scan, decode codes, reconstruct scans in their own space.
+
+    from vae_dynamics import load_run
+    run = load_run("results/exp2")          # the experiment folder, a run directory, a train_summary.json
+                                            # or a checkpoint; eval mode, on CUDA when present
+    codes = run.encode("new_scans.csv")     # a sample sheet (path or DataFrame), a folder of BraTS-layout
+                                            # subject folders, or a list of subject folders
+    images = run.decode(codes)              # [n, 4, 128, 128, 128] float32, the model's normalised space
+    table = run.reconstruct("new_scans.csv", "out/")   # NIfTI in each scan's own grid and affine
+
+    vae-dynamics encode --run results/exp2 --sheet new_scans.csv --out encoded/ [--reconstruct] [--traverse 4]
+
+New scans go through the training's preprocessing (data/transforms.py) with the run's config; their seg
+is optional (without it the crop is to the non-zero image). Nothing is read from or written to the
+training cache. A run whose recorded preprocessing contract differs from the one this code would apply
+is refused, naming the keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vae_dynamics import experiments
+from vae_dynamics.config import load_config
+from vae_dynamics.data import SEG_KEY
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+Scans = str | os.PathLike | pd.DataFrame | Sequence[str | os.PathLike]  # a sheet, a folder, folders
+
+
+class ContractMismatchError(RuntimeError):
+    """The run was trained on a preprocessing other than the one this code would apply to new scans."""
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: its resolved config, the chosen checkpoint's model, where it lives."""
+
+    cfg: dict[str, Any]
+    model: Any  # the experiment's nn.Module (TCVAESBD, BaselineVAE), in eval mode on `device`
+    run_dir: Path
+    summary: dict[str, Any]
+    device: Any  # torch.device
+    checkpoint: Path | None = None
+    _transform: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def experiment(self) -> experiments.Experiment:
+        return experiments.of(self.cfg)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg["data"]["modalities"])
+
+    def autocast(self):
+        """The training's mixed precision for decoding figures (traversals, panels): bf16-mixed on any
+        device, 16-mixed on CUDA; full precision otherwise. Metrics are computed in float32."""
+        import torch
+
+        precision = self.cfg["train"]["precision"]
+        if precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if precision == "16-mixed" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ---- provenance of what this run produces ---------------------------------------------------------
+
+    def identity(self) -> str:
+        from vae_dynamics.config.identity import run_identity
+
+        return run_identity(self.cfg)
+
+    def contract_differences(self) -> dict[str, tuple[Any, Any]]:
+        """Preprocessing keys whose value in the run's record differs from what this code applies:
+        key -> (the run's, this code's). Runs from before the record: their config's contract keys."""
+        from vae_dynamics.data.cache import preprocessing_contract
+
+        current = json.loads(json.dumps(preprocessing_contract(self.cfg["data"])))
+        record = self.run_dir / "preprocessing.json"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+        else:
+            log.warning("%s: no preprocessing.json (a run from before 0.5); its config's keys are used",
+                        self.run_dir)  # fmt: skip
+            saved = {k: v for k, v in current.items() if k in self.cfg["data"]}
+        keys = sorted(set(saved) | set(current))
+        return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+
+    def check_contract(self) -> None:
+        differences = self.contract_differences()
+        if differences:
+            listed = "; ".join(f"{k}: run {a!r}, here {b!r}" for k, (a, b) in differences.items())
+            raise ContractMismatchError(
+                f"{self.run_dir}: trained on another preprocessing than this code applies ({listed}); "
+                "encode with the package version and config the run was trained with"
+            )
+
+    # ---- scans ---------------------------------------------------------------------------------------
+
+    def preprocessing(self):
+        """The run's preprocessing (data/transforms.py), invertible: one instance, since MONAI inverts an
+        item only with the transform objects that recorded its steps."""
+        if self._transform is None:
+            from vae_dynamics.data.transforms import transforms_from_config
+
+            self._transform = transforms_from_config(self.cfg["data"], invertible=True)
+        return self._transform
+
+    def scans(self, source: Scans, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(valid, rejected) scans of a sheet, a folder or a list of folders (data/index.find_scans):
+        every subject is checked as indexing checks it; the rejected ones are named with their reason."""
+        from vae_dynamics.data.index import find_scans
+
+        valid, rejected = find_scans(source, self.modalities, require_seg=False, workers=workers)
+        for row in rejected.itertuples():
+            log.warning("rejected %s: %s: %s", row.subject_id, row.file, row.reason)
+        return valid, rejected
+
+    def preprocessed(
+        self, scans: pd.DataFrame, batch_size: int = 4, workers: int = 0
+    ) -> Iterator[list[dict]]:
+        """Batches (lists) of preprocessed items: subject_id, image (an invertible MetaTensor [4, 128³]),
+        intensity_scale, seg when the scan has one; loaded by `workers` processes."""
+        from monai.data import DataLoader, Dataset
+
+        keys = [*self.modalities, SEG_KEY]
+        records = [
+            {"subject_id": r["subject_id"], **{k: r[k] for k in keys if isinstance(r.get(k), str) and r[k]}}
+            for r in scans.to_dict("records")
+        ]
+        loader = DataLoader(Dataset(records, self.preprocessing()), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=list)  # fmt: skip
+        yield from loader
+
+    def encode_images(self, images) -> tuple[Any, Any]:
+        """(μ, log σ²) [n, d] float32 on the CPU of preprocessed images [n, 4, 128³]."""
+        from vae_dynamics.evaluation.encode import encode_images
+
+        return encode_images(self.model, images, self.device)
+
+    def encode(
+        self, source: Scans, batch_size: int = 4, workers: int = 0, progress: bool = False
+    ) -> pd.DataFrame:
+        """subject_id, the sheet's extra columns, mu_0.., logvar_0.. of every valid scan of `source`
+        (rejected scans are logged and listed in `table.attrs["rejected"]`)."""
+        self.check_contract()
+        valid, rejected = self.scans(source, workers=max(1, workers))
+        rows = []
+        for batch in self._batches(valid, batch_size, workers, progress):
+            rows.extend(_code_rows(batch))
+        return self._table(valid, rows, rejected)
+
+    def decode(self, codes, batch_size: int = 4):
+        """Volumes [n, 4, 128³] (float32, CPU) decoded from codes: a latents table (its mu_* columns),
+        or a tensor/array [n, d] or [d]."""
+        import torch
+
+        if isinstance(codes, pd.DataFrame):
+            codes = codes[mu_columns(codes)].to_numpy(dtype=np.float32)
+        if isinstance(codes, torch.Tensor):
+            z = codes.detach().float().cpu()
+        else:  # a copy: the caller's array stays as it is
+            z = torch.from_numpy(np.array(codes, dtype=np.float32))
+        z = z[None] if z.ndim == 1 else z
+        out = []
+        with torch.inference_mode(), self.autocast():
+            for chunk in z.split(batch_size):
+                out.append(self.model.decode(chunk.to(self.device)).float().cpu())
+        return torch.cat(out)
+
+    def reconstruct(
+        self,
+        source: Scans,
+        out_dir: str | os.PathLike[str],
+        panels: bool = True,
+        traverse: int = 0,
+        batch_size: int = 4,
+        workers: int = 0,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Encode `source` into `out_dir` (see `write_encoding`) with the reconstructions: the latents
+        table, one row per encoded scan."""
+        return write_encoding(self, source, out_dir, reconstruct=True, panels=panels, traverse=traverse,
+                              batch_size=batch_size, workers=workers, progress=progress)  # fmt: skip
+
+    # ---- internals -----------------------------------------------------------------------------------
+
+    def _batches(self, valid: pd.DataFrame, batch_size: int, workers: int, progress: bool):
+        """Preprocessed batches with μ, log σ² (and the images) of each item, with progress lines."""
+        import torch
+
+        done, start = 0, time.perf_counter()
+        for batch in self.preprocessed(valid, batch_size, workers):
+            images = torch.stack([item["image"].as_tensor() for item in batch])
+            mu, logvar = self.encode_images(images)
+            for item, m, lv in zip(batch, mu, logvar):
+                item["mu"], item["logvar"] = m, lv
+            done += len(batch)
+            message = (
+                f"encoded {done}/{len(valid)} scans on {self.device} ({time.perf_counter() - start:.1f} s)"
+            )
+            log.info(message)
+            if progress:
+                print(message, flush=True)
+            yield batch
+
+    def _table(self, valid: pd.DataFrame, rows: list[dict], rejected: pd.DataFrame) -> pd.DataFrame:
+        codes = pd.DataFrame(rows)
+        extra = [c for c in valid.columns if c not in ("subject_id", *self.modalities, SEG_KEY)]
+        table = valid[["subject_id", *extra]].merge(codes, on="subject_id", how="inner", validate="1:1")
+        table["checkpoint"] = str(self.checkpoint) if self.checkpoint else ""
+        table["run_identity"] = self.identity()
+        table.attrs["rejected"] = rejected
+        return table
+
+
+def mu_columns(table: pd.DataFrame, prefix: str = "mu_") -> list[str]:
+    """mu_0, mu_1, ... of a latents table, in dimension order."""
+    cols = [c for c in table.columns if c.startswith(prefix) and c[len(prefix) :].isdigit()]
+    return sorted(cols, key=lambda c: int(c[len(prefix) :]))
+
+
+def _code_rows(batch: list[dict]) -> list[dict]:
+    rows = []
+    for item in batch:
+        d = item["mu"].numel()
+        rows.append({"subject_id": item["subject_id"],
+                     **{f"mu_{k}": float(item["mu"][k]) for k in range(d)},
+                     **{f"logvar_{k}": float(item["logvar"][k]) for k in range(d)}})  # fmt: skip
+    return rows
+
+
+def native_space(run: TrainedRun, item: dict, volume) -> np.ndarray:
+    """A [4, 128³] volume in the model's space (e.g. x̂ of `item`) mapped back to the scan's own grid:
+    MONAI's inverse of the geometric preprocessing recorded on item["image"] (by `run.preprocessing()`),
+    and the intensity divisors undone. [4, X, Y, Z] float32 in the scan's intensity units."""
+    import torch
+    from monai.data import MetaTensor
+
+    image = item["image"]
+    mapped = MetaTensor(torch.as_tensor(volume).float().cpu(), meta=dict(image.meta),
+                        applied_operations=list(image.applied_operations))  # fmt: skip
+    out = run.preprocessing().inverse({"image": mapped})["image"]
+    scale = torch.as_tensor(item["intensity_scale"]).float().reshape(-1, 1, 1, 1)
+    return (out.as_tensor().float() * scale).numpy()
+
+
+def _save_native(
+    run: TrainedRun, item: dict, files: dict[str, str], volume: np.ndarray, folder: Path
+) -> None:
+    """One NIfTI per modality in the input file's grid, affine and header (float32)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for c, modality in enumerate(run.modalities):
+        source = nib.load(files[modality])
+        data = volume[c].astype(np.float32)
+        if data.shape != tuple(source.shape):
+            raise RuntimeError(f"{item['subject_id']}: reconstruction {data.shape} is not the grid "
+                               f"{tuple(source.shape)} of {files[modality]}")  # fmt: skip
+        header = source.header.copy()
+        header.set_data_dtype(np.float32)
+        header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+        nib.save(
+            nib.Nifti1Image(data, source.affine, header), folder / f"{item['subject_id']}-{modality}.nii.gz"
+        )
+
+
+def write_encoding(
+    run: TrainedRun,
+    source: Scans,
+    out_dir: str | os.PathLike[str],
+    reconstruct: bool = False,
+    panels: bool = True,
+    traverse: int = 0,
+    batch_size: int = 4,
+    workers: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Encode every valid scan of `source` into `out_dir` (written whole, atomically):
+
+    latents.csv        subject_id, the sheet's extra columns, mu_*, logvar_*, checkpoint, run_identity
+    rejected.csv       subject_id, file, reason of every scan that failed the checks
+    encoding.json      the run, checkpoint, run identity, preprocessing contract, counts
+    reconstructions/<id>/<id>-<modality>.nii.gz   (reconstruct) x̂ in the scan's own grid and affine
+    panels/<id>.png    (reconstruct, panels) input / recon / |diff| in the model's 128³ space
+    traversals/<id>.png (traverse K) the K dimensions of largest mean KL over these scans, around μ
+    """
+    import torch
+
+    from vae_dynamics.data.cache import preprocessing_contract
+    from vae_dynamics.evaluation.traversals import TRAVERSAL_MODALITIES, TRAVERSAL_VALUES, tumour_centre
+    from vae_dynamics.evaluation.traversals import traverse as walk
+    from vae_dynamics.io import atomic_dir, write_csv, write_json
+    from vae_dynamics.viz.latents import plot_traversal_overview
+    from vae_dynamics.viz.recon import save_recon_panel
+
+    if traverse < 0:
+        raise ValueError(f"traverse must be >= 0, got {traverse}")
+    run.check_contract()
+    valid, rejected = run.scans(source, workers=max(1, workers))
+    files_of = {r["subject_id"]: r for r in valid.to_dict("records")}
+    start = time.perf_counter()
+    rows, kept = [], []
+    with atomic_dir(out_dir) as tmp:
+        for batch in run._batches(valid, batch_size, workers, progress):
+            rows.extend(_code_rows(batch))
+            if reconstruct:
+                x_hat = run.decode(torch.stack([item["mu"] for item in batch]), batch_size)
+                for item, recon in zip(batch, x_hat):
+                    sid = item["subject_id"]
+                    _save_native(run, item, files_of[sid], native_space(run, item, recon),
+                                 tmp / "reconstructions" / sid)  # fmt: skip
+                    if panels:
+                        save_recon_panel(item["image"].as_tensor(), recon, tmp / "panels" / f"{sid}.png",
+                                         run.modalities, title=f"{sid} — {run.summary.get('experiment', '')}")  # fmt: skip
+            if traverse:  # kept small: μ and a seg-based centre per scan
+                kept.extend({"subject_id": it["subject_id"], "mu": it["mu"],
+                             "centre": tumour_centre(it[SEG_KEY]) if SEG_KEY in it else None} for it in batch)  # fmt: skip
+        table = run._table(valid, rows, rejected)
+        if traverse:
+            logvar = table[mu_columns(table, "logvar_")].to_numpy(dtype=float)
+            mu = table[mu_columns(table)].to_numpy(dtype=float)
+            kl = (0.5 * (np.exp(logvar) + mu**2 - 1.0 - logvar)).mean(axis=0)
+            top = [int(j) for j in np.argsort(-kl, kind="stable")[:traverse]]
+            channels = [run.modalities.index(m) for m in TRAVERSAL_MODALITIES]
+            size = tuple(run.cfg["data"]["roi_size"])
+            for it in kept:
+                centre = it["centre"] or tuple(s // 2 for s in size)
+                with run.autocast():
+                    slices = walk(run.model, it["mu"], top, centre, channels)
+                plot_traversal_overview(
+                    slices[:, :, 0], top, kl[top], TRAVERSAL_VALUES, TRAVERSAL_MODALITIES,
+                    tmp / "traversals" / f"{it['subject_id']}.png",
+                    title=f"{it['subject_id']}: the {len(top)} dimensions of largest mean KL over these scans",
+                )  # fmt: skip
+        write_csv(table, tmp / "latents.csv")
+        write_csv(rejected, tmp / "rejected.csv")
+        write_json({
+            "run_dir": str(run.run_dir.resolve()),
+            "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+            "experiment": run.summary.get("experiment"),
+            "run_identity": run.identity(),
+            "preprocessing_contract": preprocessing_contract(run.cfg["data"]),
+            "source": str(source) if isinstance(source, (str, os.PathLike)) else "a DataFrame or a list of folders",
+            "n_encoded": len(table), "n_rejected": len(rejected),
+            "reconstructions": reconstruct, "traversed_dims": traverse,
+            "device": str(run.device), "seconds": round(time.perf_counter() - start, 1),
+        }, tmp / "encoding.json")  # fmt: skip
+    return table
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+
+
+def default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _locate(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
+    """(run directory, checkpoint or None for the summary's choice, summary) of what `load_run` got."""
+    from vae_dynamics.training.run_dir import summary_run_dir
+
+    if path.is_dir() and (path / SUMMARY_FILE).is_file():
+        path = path / SUMMARY_FILE
+    if path.is_file() and path.suffix == ".json":
+        summary = json.loads(path.read_text())
+        run = summary_run_dir(path, summary)
+        return run.path, run.path / summary["best_checkpoint"], summary
+    if path.is_file() and path.suffix == ".ckpt":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path, {}
+    if path.is_dir() and (path / "config_resolved.yaml").is_file():
+        last = path / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"{path}: a run directory without checkpoints/last.ckpt")
+        log.warning("%s: no %s (training did not finish); using %s", path, SUMMARY_FILE, last)
+        return path, last, {}
+    raise FileNotFoundError(
+        f"{path}: not a trained run (expected an experiment folder or run directory with {SUMMARY_FILE}, "
+        "a train_summary.json, a run directory with config_resolved.yaml, or a .ckpt file)"
+    )
+
+
+def load_run(path: str | os.PathLike[str], device=None) -> TrainedRun:
+    """A finished run, ready to use: the experiment folder (results/exp2), the run directory, its
+    train_summary.json or a checkpoint. The model is in eval mode on `device` (CUDA when present).
+    The summary's checkpoint is the one training chose (`checkpoint_choice`); a run directory without
+    a summary gives its last.ckpt."""
+    import torch
+
+    device = torch.device(device) if device is not None else default_device()
+    run_dir, checkpoint, summary = _locate(Path(path))
+    config = run_dir / "config_resolved.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config_resolved.yaml beside the checkpoint {checkpoint}")
+    cfg = load_config(config)
+    experiment = experiments.of(cfg)
+    summary = summary or {"experiment": experiment.name, "run_dir": str(run_dir),
+                          "best_checkpoint": os.path.relpath(checkpoint, run_dir)}  # fmt: skip
+    # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
+    state_dict = torch.load(checkpoint, map_location=device, weights_only=True)["state_dict"]
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
+    try:
+        model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{checkpoint}: does not fit the {experiment.name} model of {config}: {exc}"
+        ) from None
+    return TrainedRun(cfg, model.to(device).eval(), run_dir, summary, device, checkpoint)
