@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -158,6 +160,56 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
     refused = subprocess.run([*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
     assert refused.returncode != 0 and "train.devices: 2 -> 1" in refused.stderr
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(c) for c in fh.read().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_stop_signal_to_one_ddp_rank_stops_both_together_with_one_last_checkpoint(
+    demo_splits, tmp_path, signum
+):
+    """SIGUSR1 or SIGTERM to rank 1 only (`scancel --signal=USR1 --batch` reaches one process): every rank
+    leaves at the same step with exit 75, last.ckpt holds that mid-epoch step, nothing hangs. Before the
+    ranks agreed, rank 1 stopped alone and waited in the save's barrier while rank 0 ran the next step."""
+    run_dir = tmp_path / "ddp"
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "train.py"),
+        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--run-dir", str(run_dir),
+        "--splits", str(demo_splits),
+        "--set", "train.devices=2", "--set", "train.accelerator=cpu", "--set", "model.base_filters=16",
+        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=bf16-mixed",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "logging.recon_every_n_epochs=100",
+        "--set", "train.max_epochs=20",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 600
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():  # epoch 0 done: both ranks train
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "no checkpoint after 10 minutes"
+            time.sleep(0.5)
+        (rank1,) = _children(proc.pid)  # Lightning's launcher starts rank 1 as a child of rank 0
+        time.sleep(3)  # inside epoch 1
+        os.kill(rank1, signum)
+        _, stderr = proc.communicate(timeout=300)  # a hang would end here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, stderr[-3000:]
+    assert f"{signal.Signals(signum).name} received (rank 1)" in stderr
+    assert "a stop signal to another rank received (rank 0)" in (run_dir / "train.log").read_text() + stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("last")) == [
+        "last.ckpt"
+    ]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] >= 2  # past epoch 0's 2 steps (4 subjects, 1 per rank per step)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning as L
 import pytest
 import torch
 from conftest import small_exp_config
@@ -168,3 +172,75 @@ def test_fewer_training_subjects_than_processes_is_a_clear_error(demo_splits, tm
     dm.trainer = SimpleNamespace(global_rank=0, world_size=8)
     with pytest.raises(ValueError, match=r"train\.csv\) has 4 subject\(s\), fewer than the 8 processes"):
         dm.setup("fit")
+
+
+class _Recorder(L.LightningModule):
+    """Records the subject ids of every training batch; SIGUSR1 to itself at one step (a pre-emption)."""
+
+    def __init__(self, loader_factory, signal_at: int | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.loader_factory, self.signal_at = loader_factory, signal_at
+        self.seen: list[tuple[int, list[str]]] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.signal_at is not None and self.global_step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        self.seen.append((self.current_epoch, list(batch["subject_id"])))
+        x = batch["image"].float().mean(dim=(1, 2, 3, 4), keepdim=False)[:, None]
+        return self.layer(x).square().mean()
+
+    def train_dataloader(self):
+        return self.loader_factory(self.trainer)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _resident(trainer):
+    n = 10
+    images = torch.arange(n, dtype=torch.float16).view(n, 1, 1, 1, 1).expand(n, 4, 2, 2, 2).contiguous()
+    return DeviceResidentBatches(images, torch.zeros(n, 1, 2, 2, 2, dtype=torch.uint8),
+                                 [f"S{i}" for i in range(n)], 2, 7, lambda: trainer.current_epoch,
+                                 lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # fmt: skip
+
+
+def _disk_like(trainer):
+    from vae_dynamics.data.datamodule import EpochSeededSampler, ResumableDataLoader
+
+    items = [{"image": torch.full((4, 2, 2, 2), float(i)), "subject_id": f"S{i}"} for i in range(10)]
+    epoch = lambda: trainer.current_epoch  # noqa: E731
+    done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+    return ResumableDataLoader(items, batch_size=2, sampler=EpochSeededSampler(10, 7, epoch), drop_last=True,
+                               epoch=epoch, batches_done=done)  # fmt: skip
+
+
+@pytest.mark.parametrize("factory", [_resident, _disk_like], ids=["gpu-resident", "dataloader"])
+def test_a_mid_epoch_resume_trains_the_rest_of_the_epochs_order_each_subject_once(tmp_path, factory):
+    """5 batches per epoch; pre-empted after the 2nd batch of epoch 1 (global step 6), resumed from
+    last.ckpt: the two parts of epoch 1 are the uninterrupted epoch 1, in order, each subject once."""
+    from vae_dynamics.training.checkpointing import Preempted, PreemptionCheckpoint
+    from vae_dynamics.training.run import fit
+
+    def trainer(root, callbacks=()):
+        return L.Trainer(default_root_dir=root, max_epochs=2, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=list(callbacks))  # fmt: skip
+
+    whole = _Recorder(factory)
+    trainer(tmp_path / "whole").fit(whole)
+    epoch1 = [ids for e, ids in whole.seen if e == 1]
+    assert len(epoch1) == 5
+
+    last = tmp_path / "cut" / "last.ckpt"
+    cut = _Recorder(factory, signal_at=6)
+    with pytest.raises(Preempted):
+        fit(trainer(tmp_path / "cut", [PreemptionCheckpoint(last)]), cut, None, None)
+    before = [ids for e, ids in cut.seen if e == 1]
+    assert len(before) == 2
+    resumed = _Recorder(factory)
+    trainer(tmp_path / "cut").fit(resumed, ckpt_path=last)
+    after = [ids for e, ids in resumed.seen if e == 1]
+    assert before + after == epoch1
+    flat = [s for ids in before + after for s in ids]
+    assert sorted(flat) == sorted(set(flat)) and len(flat) == 10

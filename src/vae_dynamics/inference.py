@@ -303,6 +303,7 @@ def write_encoding(
     import torch
 
     from vae_dynamics.data.cache import preprocessing_contract
+    from vae_dynamics.evaluation.metrics import kl_per_dimension
     from vae_dynamics.evaluation.traversals import TRAVERSAL_MODALITIES, TRAVERSAL_VALUES, tumour_centre
     from vae_dynamics.evaluation.traversals import traverse as walk
     from vae_dynamics.io import atomic_dir, write_csv, write_json
@@ -335,7 +336,7 @@ def write_encoding(
         if traverse:
             logvar = table[mu_columns(table, "logvar_")].to_numpy(dtype=float)
             mu = table[mu_columns(table)].to_numpy(dtype=float)
-            kl = (0.5 * (np.exp(logvar) + mu**2 - 1.0 - logvar)).mean(axis=0)
+            kl = kl_per_dimension(mu, logvar)
             top = [int(j) for j in np.argsort(-kl, kind="stable")[:traverse]]
             channels = [run.modalities.index(m) for m in TRAVERSAL_MODALITIES]
             size = tuple(run.cfg["data"]["roi_size"])

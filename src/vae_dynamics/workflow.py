@@ -130,16 +130,25 @@ def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     (each target is results/<run>/encoded/<name>/latents.csv)."""
     from vae_dynamics.data import SUBJECT_ID_PATTERN
 
+    block = config.get("encode") or {}
+    if isinstance(block, str):  # `--config 'encode={...}'` may arrive as text
+        block = yaml.safe_load(block) or {}
     sets = {}
-    for name, spec in (config.get("encode") or {}).items():
-        spec = dict(spec or {})
+    for name, spec in block.items():
+        # `--config` passes nested scalars as text: read them as YAML ("true" -> True, "2" -> 2)
+        spec = {k: yaml.safe_load(v) if isinstance(v, str) and k not in ("sheet", "images") else v
+                for k, v in dict(spec or {}).items()}  # fmt: skip
         if not re.fullmatch(SUBJECT_ID_PATTERN, str(name)):
             raise ConfigError(f"encode.{name}: a name of letters, digits, '.', '_', '-' (it names a folder)")
         if ("sheet" in spec) == ("images" in spec):
             raise ConfigError(f"encode.{name}: give exactly one of sheet (a .csv/.tsv) or images (a folder)")
-        sets[str(name)] = {"source": spec.get("sheet") or spec.get("images"),
-                           "reconstruct": bool(spec.get("reconstruct", False)),
-                           "traverse": int(spec.get("traverse", 0))}  # fmt: skip
+        reconstruct, traverse = spec.get("reconstruct", False), spec.get("traverse", 0)
+        if not isinstance(reconstruct, bool):
+            raise ConfigError(f"encode.{name}.reconstruct: true or false, got {reconstruct!r}")
+        if not isinstance(traverse, int) or isinstance(traverse, bool) or traverse < 0:
+            raise ConfigError(f"encode.{name}.traverse: an integer >= 0, got {traverse!r}")
+        sets[str(name)] = {"source": spec.get("sheet") or spec.get("images"), "reconstruct": reconstruct,
+                           "traverse": traverse}  # fmt: skip
     return sets
 
 

@@ -1,9 +1,11 @@
 """Data: subject indexing, splits, MONAI preprocessing, the persistent cache, the data module, demo data."""
 
-MODALITIES = ("t1c", "t1n", "t2f", "t2w")
+from vae_dynamics.config.schema import MODALITIES  # the one spelling (config/ is the bottom layer)
+
 SEG_KEY = "seg"
 FILE_KEYS = (*MODALITIES, SEG_KEY)
-SEG_LABELS = (0, 1, 2, 3)  # background, NETC, SNFH (edema), ET
+TUMOUR_LABELS = {"netc": 1, "snfh": 2, "et": 3}  # BraTS 2023: 1 NETC, 2 SNFH (edema), 3 ET
+SEG_LABELS = (0, *TUMOUR_LABELS.values())  # with 0, the background
 
 # A subject id becomes a file name (recon panels, snapshots, latents): letters, digits, '.', '_', '-',
 # starting with a letter or digit (no path separators, no '..', no hidden files).

@@ -51,12 +51,48 @@ def gpu_cache_plan(
     return True, f"the training split ({need:.1f} GB) fits in {allowed:.1f} GB of GPU memory"
 
 
-class DeviceResidentBatches:
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's subject order: distinct for every (run seed, epoch) pair in practice."""
+    return seed * 100_003 + epoch
+
+
+class ResumableEpoch:
+    """Lightning's resumable-loader interface (`state_dict` / `load_state_dict`, saved in every checkpoint
+    under the fit loop's "combined_loader"): where the current epoch stands, so that a run resumed from a
+    mid-epoch save (a pre-emption) trains the rest of that epoch's order, each subject once, instead of
+    starting the epoch's order again.
+
+    `epoch()` is the trainer's current epoch and `batches_done()` the batches of it trained so far
+    (Lightning's batch progress, `processed`: a save from on_train_batch_end counts that batch).
+    """
+
+    epoch: Callable[[], int]
+    batches_done: Callable[[], int]
+    _resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch()), "batches_done": int(self.batches_done())}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+
+    def _skip(self) -> int:
+        """Batches of this epoch to leave out: those trained before the save, once, in the saved epoch."""
+        resume, self._resume = self._resume, None
+        if resume is None or resume[0] != self.epoch():
+            return 0
+        if resume[1]:
+            log.info("resuming epoch %d after its first %d batches (the rest of its order)", *resume)
+        return resume[1]
+
+
+class DeviceResidentBatches(ResumableEpoch):
     """Training batches sliced from a split held on one device as a single float16 tensor.
 
     Each epoch draws a permutation seeded by (seed, epoch), so a run resumed at an epoch boundary sees
-    the same batches as an uninterrupted one (a mid-epoch resume restarts the epoch's order); batches are gathered on the device (no workers, no host copies). The ragged
-    last batch is dropped (constant M for the MWS estimator) unless the split is a single batch.
+    the same batches as an uninterrupted one, and a run resumed mid-epoch the rest of them
+    (ResumableEpoch); batches are gathered on the device (no workers, no host copies). The ragged last
+    batch is dropped (constant M for the MWS estimator) unless the split is a single batch.
     """
 
     def __init__(
@@ -67,15 +103,16 @@ class DeviceResidentBatches:
         batch_size: int,
         seed: int,
         epoch: Callable[[], int],
+        batches_done: Callable[[], int] = lambda: 0,
     ) -> None:
         self.images, self.segs, self.subject_ids = images, segs, list(subject_ids)
-        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.batch_size, self.seed, self.epoch, self.batches_done = batch_size, seed, epoch, batches_done
         self.drop_last = len(self.subject_ids) > batch_size
 
     @classmethod
     def from_dataset(
         cls, dataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int],
-        rank: int = 0, world: int = 1,
+        rank: int = 0, world: int = 1, batches_done: Callable[[], int] = lambda: 0,
     ):  # fmt: skip
         """Copy this rank's shard of a (cached) dataset into one tensor on `device`, item by item.
 
@@ -101,20 +138,20 @@ class DeviceResidentBatches:
             images[row].copy_(torch.as_tensor(item["image"]).to(CACHE_IMAGE_DTYPE))
             segs[row].copy_(torch.as_tensor(item["seg"]).to(torch.uint8))
             ids.append(item["subject_id"])
-        return cls(images, segs, ids, batch_size, seed + 7919 * rank, epoch)
+        return cls(images, segs, ids, batch_size, seed + 7919 * rank, epoch, batches_done)
 
     def __len__(self) -> int:
         n, b = len(self.subject_ids), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(len(self.subject_ids), generator=generator)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         order = self.permutation(self.epoch())
         device_order = order.to(self.images.device)
-        for k in range(len(self)):
+        for k in range(self._skip(), len(self)):
             rows = slice(k * self.batch_size, (k + 1) * self.batch_size)
             index = device_order[rows]
             yield {
@@ -126,18 +163,44 @@ class DeviceResidentBatches:
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
     """A permutation per epoch seeded by (seed, epoch): a run resumed at an epoch boundary replays the
-    batch order of an uninterrupted one (a generator seeded once would restart at epoch 0's order). A
-    mid-epoch resume (a pre-emption save) restarts that epoch's order from its first batch."""
+    batch order of an uninterrupted one (a generator seeded once would restart at epoch 0's order).
+    `skip_next` leaves out the first items of the next iteration only (ResumableDataLoader's mid-epoch
+    resume: those trained before the save)."""
 
     def __init__(self, n: int, seed: int, epoch: Callable[[], int]) -> None:
         self.n, self.seed, self.epoch = n, seed, epoch
+        self.skip_next = 0
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch()))
+        skip, self.skip_next = self.skip_next, 0
+        return iter(torch.randperm(self.n, generator=generator).tolist()[skip:])
+
+
+class ResumableDataLoader(ResumableEpoch, DataLoader):
+    """The training DataLoader with ResumableEpoch: on a mid-epoch resume its EpochSeededSampler skips the
+    items already trained (nothing is loaded for them); under DDP, where Lightning wraps the sampler in
+    its DistributedSampler, the trained batches are loaded and dropped instead.
+
+    Lightning re-creates DataLoaders to insert its distributed sampler, passing the attributes named like
+    the constructor's arguments: `epoch` and `batches_done` are kept as such."""
+
+    def __init__(self, *args: Any, epoch: Callable[[], int], batches_done: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.epoch, self.batches_done = epoch, batches_done
+
+    def __iter__(self):
+        skip = self._skip()
+        if skip and isinstance(self.sampler, EpochSeededSampler) and self.batch_sampler is not None:
+            self.sampler.skip_next = skip * self.batch_sampler.batch_size
+            skip = 0
+        iterator = super().__iter__()
+        for _ in range(skip):  # a wrapped sampler: load the trained batches and drop them
+            next(iterator, None)
+        return iterator
 
 
 class BraTSDataModule(L.LightningDataModule):
@@ -206,8 +269,9 @@ class BraTSDataModule(L.LightningDataModule):
                 device = None
         if device is not None:
             self.train_batches = DeviceResidentBatches.from_dataset(
-                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch, rank, world
-            )
+                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch, rank, world,
+                self._batches_done,
+            )  # fmt: skip
             return
         # Every process of this node holds its own RAM copy: share the memory budget between them.
         local = self.trainer.num_devices if self.trainer is not None else 1
@@ -220,11 +284,25 @@ class BraTSDataModule(L.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch done so far (Lightning's batch progress)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = self.data_cfg["num_workers"]
         sampler = EpochSeededSampler(len(dataset), self.seed, self._current_epoch) if shuffle else None
-        return DataLoader(  # MONAI's DataLoader seeds each worker's random state
+        # MONAI's DataLoader seeds each worker's random state; the training loader is resumable mid-epoch.
+        cls, resumable = DataLoader, {}
+        if shuffle:
+            cls, resumable = (
+                ResumableDataLoader,
+                {"epoch": self._current_epoch, "batches_done": self._batches_done},
+            )
+        return cls(
             dataset,
+            **resumable,
             batch_size=self.data_cfg["batch_size"],
             sampler=sampler,
             drop_last=drop_last,

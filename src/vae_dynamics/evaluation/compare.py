@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from vae_dynamics.evaluation import format_value
 from vae_dynamics.io import write_csv, write_text
 
 SCALARS = (
@@ -63,11 +64,7 @@ def _provenance_line(prov: Mapping[str, Any]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_value(value, 4)
 
 
 def compare_experiments(

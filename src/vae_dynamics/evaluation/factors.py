@@ -17,10 +17,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from vae_dynamics.data import TUMOUR_LABELS
 from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import process_pool
 
-LABELS = {"netc": 1, "snfh": 2, "et": 3}  # BraTS 2023: 1 NETC, 2 SNFH (edema), 3 ET
 MEASURED = [
     "et_mm3",
     "netc_mm3",
@@ -38,7 +38,7 @@ def measure_segmentation(seg_path: str | os.PathLike[str]) -> dict[str, float]:
     img = nib.load(str(seg_path))
     seg = np.asarray(img.dataobj).astype(np.int16)
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
-    out = {f"{name}_mm3": float(np.sum(seg == label)) * voxel_mm3 for name, label in LABELS.items()}
+    out = {f"{name}_mm3": float(np.sum(seg == label)) * voxel_mm3 for name, label in TUMOUR_LABELS.items()}
     tumour = np.argwhere(seg > 0)
     out["wt_mm3"] = float(len(tumour)) * voxel_mm3
     centroid = img.affine[:3, :3] @ tumour.mean(axis=0) + img.affine[:3, 3] if len(tumour) else [np.nan] * 3

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from vae_dynamics import experiments
+from vae_dynamics.evaluation import format_value
 from vae_dynamics.io import atomic_path, write_csv, write_text
 
 # Headline numbers per run, in table order: disentanglement, the latent space, reconstruction.
@@ -216,7 +217,4 @@ def summarize_sweep(
 
 
 def _fmt(value: Any) -> str:
-    """A number as the summary shows it; '–' for a missing one (e.g. a key the baseline has no value for)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return format_value(value, 3)

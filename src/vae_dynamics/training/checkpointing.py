@@ -8,8 +8,9 @@ and a save at the next step boundary when SLURM (or anyone) asks the job to stop
   and whether the disk is full.
 - intact_resume_checkpoint: last.ckpt if it loads, else the newest intact checkpoint of the run (and
   why), else an error naming the damaged file.
-- PreemptionCheckpoint: on SIGTERM or SIGUSR1 (`sbatch --signal=USR1@120`), save last.ckpt at the
-  next step boundary and exit with PREEMPTED_EXIT_CODE, so that a retry or a requeue resumes there.
+- PreemptionCheckpoint: on SIGTERM or SIGUSR1 (`sbatch --signal=USR1@120`) to any rank, all ranks
+  save last.ckpt at the same step boundary and exit with PREEMPTED_EXIT_CODE, so that a retry or a
+  requeue resumes there.
 """
 
 from __future__ import annotations
@@ -140,35 +141,48 @@ class Preempted(SystemExit):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGUSR1 (ours) or SIGTERM (Lightning's flag), save last.ckpt at the next step boundary and stop.
+    """On SIGUSR1 or SIGTERM, save last.ckpt at the next step boundary and stop, every rank together.
 
-    SIGUSR1 is taken over while training runs (Lightning's SLURM auto-requeue handler would requeue the
-    job itself, behind Snakemake's back); the previous handler comes back when training ends.
+    Both signals are taken over while training runs, and the previous handlers come back when it ends:
+    Lightning's SLURM auto-requeue handler (SIGUSR1) would requeue the job behind Snakemake's back, and
+    its SIGTERM handler lets each rank decide alone. Under DDP a signal often reaches one process only
+    (`scancel --signal=USR1 --batch`, `kill` of one rank) or lands between two ranks' checks; a rank that
+    stopped alone would wait in the save's barrier while the others run the next step's collectives,
+    and the job would hang until SIGKILL with no last.ckpt. So after every training batch the ranks
+    reduce their flags into one decision (any rank signalled: all stop), then all save once (rank 0
+    writes) and leave with PREEMPTED_EXIT_CODE. The cost is one all-reduce of one number per step.
     """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def __init__(self, last_path: str | os.PathLike[str]) -> None:
         self.last_path = Path(last_path)
         self.requested: str | None = None
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.requested = signal.Signals(signum).name
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning's own handlers (registered when fit starts), so ours are the ones called.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.requested is not None:
-            raise Preempted(f"{self.requested} received")
+        # Every rank reaches this point once per batch: the decision is taken together (any -> all).
+        stop = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
+        if stop:
+            what = self.requested or "a stop signal to another rank"
+            raise Preempted(f"{what} received (rank {trainer.global_rank})")
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -25,7 +25,6 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 log = logging.getLogger("vae_dynamics.train")
 
-LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 # The Python module each optional logger needs, and the extra that installs it.
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
                    "mlflow": ("mlflow", "mlflow")}  # fmt: skip
