@@ -16,18 +16,35 @@ BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install test test-fast lint format demo bench bench-gpu bench-learning bench-code-use clean
+.PHONY: install lock test test-fast lint format demo bench bench-gpu bench-learning bench-code-use clean
 
-$(BIN)/vae-dynamics: pyproject.toml
+# LOCK=1 (default): the exact versions of requirements/lock.txt, then the package without dependencies;
+# LOCK=0: the open ranges of pyproject.toml. .venv/.lock records which (tests/test_packaging.py checks it).
+LOCK ?= 1
+
+$(BIN)/vae-dynamics: pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(HAS_GPU),1)
 	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)"
 endif
+ifeq ($(LOCK),1)
+	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	cp requirements/lock.txt $(VENV)/.lock
+else
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.lock
+endif
 	touch $(BIN)/vae-dynamics
 
 install: $(BIN)/vae-dynamics
+
+# Rewrite requirements/lock.txt from this venv (install it with LOCK=0 first to resolve the open ranges).
+lock:
+	{ sed -n '1,/^# Regenerate/p' requirements/lock.txt; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > requirements/lock.new
+	mv requirements/lock.new requirements/lock.txt
 
 # In parallel: one single-threaded pytest process per core and one more (the SLURM and Snakemake
 # tests spend part of their time waiting for their jobs to be scheduled), each test file in one

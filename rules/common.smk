@@ -4,9 +4,17 @@ import functools
 import re
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from vae_dynamics import workflow as wf
+try:
+    from vae_dynamics import workflow as wf
+except ImportError as exc:  # a bare Snakemake: the package plans the runs, so it comes first
+    raise WorkflowError(
+        "this workflow needs the vae_dynamics package where Snakemake runs (it plans the runs and "
+        f"validates the configs): `make install`, or `pip install -e .` in this environment ({exc}); "
+        "--use-conda then builds the jobs' environment from workflow/envs/vae_dynamics.yaml"
+    ) from None
 
 min_version("8.0")
 

@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from vae_dynamics import __version__
@@ -46,3 +48,62 @@ def test_the_sdist_carries_the_workflow_and_the_type_marker(tmp_path, monkeypatc
                 "workflow/scripts/train.py", "workflow/envs/vae_dynamics.yaml", "config/demo.yaml",
                 "src/vae_dynamics/py.typed", "CITATION.cff"}  # fmt: skip
     assert expected <= files, expected - files
+
+
+def _lock() -> dict[str, str]:
+    """requirements/lock.txt: normalised name -> exact version."""
+    pins = {}
+    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_the_lock_pins_every_dependency_exactly_and_satisfies_pyproject():
+    from packaging.requirements import Requirement
+
+    pins = _lock()
+    assert pins["torch"] == "2.13.0" and "snakemake" in pins and "vae-dynamics" not in pins
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(spec)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{spec}: not in requirements/lock.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"lock {name}=={pins[name]} breaks {spec}"
+        )
+
+
+def test_an_install_from_the_lock_has_exactly_the_locks_versions():
+    """After `make install` (LOCK=1, which copies the lock to .venv/.lock): every installed version is the
+    lock's, so provenance.json records the lock's versions."""
+    import importlib.metadata as md
+
+    marker = Path(sys.prefix) / ".lock"
+    if not marker.is_file():
+        pytest.skip("this environment was not installed from the lock (make install LOCK=0, or another venv)")
+    assert marker.read_text() == (REPO / "requirements" / "lock.txt").read_text(), (
+        "lock changed: make install"
+    )
+    wrong = {n: (v, md.version(n)) for n, v in _lock().items() if md.version(n).split("+")[0] != v}
+    assert wrong == {}
+
+
+def test_the_conda_env_and_the_apptainer_image_install_exactly_the_lock():
+    """Neither adds an unpinned package: both install requirements/lock.txt, then the package itself
+    without resolving anything else (Apptainer cannot be installed here to build the image)."""
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "vae_dynamics.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip == ["-r ../../requirements/lock.txt", "-e ../.."]
+    assert "python=3.11" in env["dependencies"]  # the python the lock was made with
+    definition = (REPO / "containers" / "vae_dynamics.def").read_text()
+    post = definition.split("%post", 1)[1].split("%environment", 1)[0]
+    installs = [line.strip() for line in post.splitlines() if "pip install" in line]
+    assert installs == [
+        "/opt/venv/bin/python -m pip install --no-cache-dir --upgrade pip",
+        "/opt/venv/bin/python -m pip install --no-cache-dir -r /opt/vae_dynamics/requirements/lock.txt",
+        "/opt/venv/bin/python -m pip install --no-cache-dir --no-deps /opt/vae_dynamics",
+    ]
+    assert "requirements/lock.txt /opt/vae_dynamics/requirements/lock.txt" in definition
+    assert "python3.11 -m venv" in post
