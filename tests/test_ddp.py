@@ -186,9 +186,8 @@ def test_a_stop_signal_to_one_ddp_rank_stops_both_together_with_one_last_checkpo
         "--set", "train.max_epochs=20",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
     try:
         deadline = time.time() + 600
         while not (run_dir / "checkpoints" / "last.ckpt").exists():  # epoch 0 done: both ranks train
@@ -200,8 +199,9 @@ def test_a_stop_signal_to_one_ddp_rank_stops_both_together_with_one_last_checkpo
         os.kill(rank1, signum)
         _, stderr = proc.communicate(timeout=300)  # a hang would end here
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a hang: both ranks go (rank 1 is in rank 0's process group)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 75, stderr[-3000:]
     assert f"{signal.Signals(signum).name} received (rank 1)" in stderr
     assert "a stop signal to another rank received (rank 0)" in (run_dir / "train.log").read_text() + stderr
