@@ -19,11 +19,11 @@ SBD_START_DEFAULTS = {
     "sbd_z_gain": 0.1,
     "sbd_coord_gain": 1.0,
     "sbd_project_norm": True,
-    "logvar_init_bias": -4.0,
+    "logvar_init_bias": -7.0,
 }
 TRAIN_START_DEFAULTS = {
     "encoder_head_lr_scale": 0.01,
-    "encoder_head_lr_ramp_steps": 150,
+    "encoder_head_lr_ramp_steps": 0,
     "lr_warmup_steps": 0,
 }
 

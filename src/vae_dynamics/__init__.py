@@ -3,7 +3,7 @@
 from vae_dynamics import load_run       # a trained run as a tool (vae_dynamics/inference.py)
 """
 
-__version__ = "0.4.0"  # the one source of the version (pyproject.toml reads it); see CHANGELOG.md
+__version__ = "0.5.0"  # the one source of the version (pyproject.toml reads it); see CHANGELOG.md
 __all__ = ["__version__", "load_run"]
 
 

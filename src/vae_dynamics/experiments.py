@@ -70,7 +70,7 @@ class Exp2Model(ModelConfig):
     sbd_project_norm: StrictBool = Field(True, description="GroupNorm after the projection")
     logvar_init_bias: Annotated[
         Number, check(lambda v: -20 <= v <= 5, "must lie in [-20, 5] (sigma from 4.5e-5 to 12)")
-    ] = Field(-4.0, description="initial bias of the encoder's log σ² output")
+    ] = Field(-7.0, description="initial bias of the encoder's log σ² output (σ = 0.03; docs/LEARNING.md)")
 
 
 class Exp2Loss(Section):
@@ -88,7 +88,7 @@ class Exp2Train(TrainConfig):
         0.01, description="Exp2: the encoder head starts at lr/100 (docs/LEARNING.md)"
     )
     encoder_head_lr_ramp_steps: NonNegativeInt = Field(
-        150, description="Exp2: ... and reaches lr after this many steps (geometric ramp)"
+        0, description="Exp2: ... and reaches lr after this many steps (geometric ramp; 0: it stays)"
     )
 
 
