@@ -79,7 +79,9 @@ class ResumableEpoch:
     def _skip(self) -> int:
         """Batches of this epoch to leave out: those trained before the save, once, in the saved epoch."""
         resume, self._resume = self._resume, None
-        if resume is None or resume[0] != self.epoch():
+        # Only a save inside an epoch: one at its end (every batch done) is resumed at the next epoch,
+        # which Lightning may iterate while its current_epoch still reads the saved one.
+        if resume is None or resume[0] != self.epoch() or resume[1] >= len(self):
             return 0
         if resume[1]:
             log.info("resuming epoch %d after its first %d batches (the rest of its order)", *resume)
