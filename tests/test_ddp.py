@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import train_script_args
 
 from vae_dynamics.losses import compute_tcvae_loss
 from vae_dynamics.training.lit_modules import TCVAELitModule
@@ -176,15 +177,14 @@ def test_a_stop_signal_to_one_ddp_rank_stops_both_together_with_one_last_checkpo
     leaves at the same step with exit 75, last.ckpt holds that mid-epoch step, nothing hangs. Before the
     ranks agreed, rank 1 stopped alone and waited in the save's barrier while rank 0 ran the next step."""
     run_dir = tmp_path / "ddp"
+    # The shared CPU-sized script command (conftest), as 2 CPU ranks of 1 subject each, for long enough.
+    sets = ("train.devices=2", "train.accelerator=cpu", "data.batch_size=1", "logging.recon_every_n_epochs=100",
+            "train.max_epochs=20")  # fmt: skip
     cmd = [
-        sys.executable, str(REPO / "scripts" / "train.py"),
-        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--run-dir", str(run_dir),
-        "--splits", str(demo_splits),
-        "--set", "train.devices=2", "--set", "train.accelerator=cpu", "--set", "model.base_filters=16",
-        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=bf16-mixed",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "logging.recon_every_n_epochs=100",
-        "--set", "train.max_epochs=20",
-    ]  # fmt: skip
+        *train_script_args("exp2_tcvae_sbd", run_dir, tmp_path / "cache", *sets),
+        "--splits",
+        str(demo_splits),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip

@@ -182,20 +182,10 @@ class TrainedRun:
                 out.append(self.model.decode(chunk.to(self.device)).float().cpu())
         return torch.cat(out)
 
-    def reconstruct(
-        self,
-        source: Scans,
-        out_dir: str | os.PathLike[str],
-        panels: bool = True,
-        traverse: int = 0,
-        batch_size: int = 4,
-        workers: int = 0,
-        progress: bool = False,
-    ) -> pd.DataFrame:
-        """Encode `source` into `out_dir` (see `write_encoding`) with the reconstructions: the latents
-        table, one row per encoded scan."""
-        return write_encoding(self, source, out_dir, reconstruct=True, panels=panels, traverse=traverse,
-                              batch_size=batch_size, workers=workers, progress=progress)  # fmt: skip
+    def reconstruct(self, source: Scans, out_dir: str | os.PathLike[str], **options: Any) -> pd.DataFrame:
+        """Encode `source` into `out_dir` with the reconstructions (`write_encoding`'s files; `options`:
+        its panels, traverse, batch_size, workers, progress): the latents table, a row per scan."""
+        return write_encoding(self, source, out_dir, reconstruct=True, **options)
 
     # ---- internals -----------------------------------------------------------------------------------
 
