@@ -47,7 +47,7 @@ from common import (  # noqa: E402
 from vae_dynamics import experiments  # noqa: E402
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
-from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share  # noqa: E402
+from vae_dynamics.models.diagnostics import latent_summary, spatial_share  # noqa: E402
 from vae_dynamics.models.diagnostics import z_dependence as code_dependence  # noqa: E402
 from vae_dynamics.training.schedules import linear_warmup  # noqa: E402
 
@@ -94,7 +94,7 @@ def evaluate(model, train: torch.Tensor, val: torch.Tensor, mean_volume: torch.T
         logvar_all = torch.cat([lv.float() for _, lv in posteriors])
         mu_val = mu_all[: len(val)]
         x_hat = torch.cat([model.decode(m).float() for m in mu_val.split(2)])
-        share = spatial_share(decoder_input(model, mu_val))
+        share = spatial_share(model.decoder_input(mu_val))
         dependence = code_dependence(model, val, mu_val)
     model.train()
     err = (x_hat - val).square().sum()

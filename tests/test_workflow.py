@@ -240,16 +240,24 @@ def test_raising_max_epochs_continues_the_same_run(interrupted_then_finished):
 def test_resuming_on_other_splits_is_refused_on_the_workflow_path_too(interrupted_then_finished):
     work = interrupted_then_finished["work"]
     train_csv = work / "results/splits/train.csv"
+    # Snakemake deletes a failed job's outputs; keep them (and the splits' bytes and times) so that the
+    # module's later tests find the finished workflow this test found.
+    kept = {p: (p.read_bytes(), p.stat()) for p in (train_csv, *(work / "results/exp2").glob("*.*"))}
     train = pd.read_csv(train_csv)
     removed = train["subject_id"].iloc[0]
     train.iloc[1:].to_csv(train_csv, index=False)  # as if the data had been re-indexed and re-split
     longer = json.dumps({**OVERRIDES, "train.max_epochs": 4})
-    out = snakemake(
-        work, "--config", f"overrides={longer}", "--", "results/exp2/train_summary.json", check=False
-    )
-    assert out.returncode != 0
-    log = (work / "logs/train_exp2.log").read_text()
-    assert f"train.csv: 1 subject(s) removed ({removed})" in log and "refusing to resume" in log
+    try:
+        out = snakemake(
+            work, "--config", f"overrides={longer}", "--", "results/exp2/train_summary.json", check=False
+        )
+        assert out.returncode != 0
+        log = (work / "logs/train_exp2.log").read_text()
+        assert f"train.csv: 1 subject(s) removed ({removed})" in log and "refusing to resume" in log
+    finally:
+        for path, (data, stat) in kept.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_snakemake_lint_is_clean():

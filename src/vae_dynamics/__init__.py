@@ -3,11 +3,13 @@
 from vae_dynamics import load_run       # a trained run as a tool (vae_dynamics/inference.py)
 """
 
+from typing import Any
+
 __version__ = "0.5.0"  # the one source of the version (pyproject.toml reads it); see CHANGELOG.md
 __all__ = ["__version__", "load_run"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # load_run imports torch and MONAI; `import vae_dynamics` (and `vae-dynamics --version`) does not.
     if name == "load_run":
         from vae_dynamics.inference import load_run

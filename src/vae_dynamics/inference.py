@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,12 @@ import pandas as pd
 from vae_dynamics import experiments
 from vae_dynamics.config import load_config
 from vae_dynamics.data import SEG_KEY
+
+if TYPE_CHECKING:  # torch, MONAI and the models are imported where they are used
+    import torch
+    from monai.transforms import Compose
+
+    from vae_dynamics.models import VAE3d
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,12 @@ class TrainedRun:
     """A finished training run: its resolved config, the chosen checkpoint's model, where it lives."""
 
     cfg: dict[str, Any]
-    model: Any  # the experiment's nn.Module (TCVAESBD, BaselineVAE), in eval mode on `device`
+    model: VAE3d  # the experiment's model (TCVAESBD, BaselineVAE), in eval mode on `device`
     run_dir: Path
     summary: dict[str, Any]
-    device: Any  # torch.device
+    device: torch.device
     checkpoint: Path | None = None
-    _transform: Any = field(default=None, init=False, repr=False)
+    _transform: Compose | None = field(default=None, init=False, repr=False)
 
     @property
     def experiment(self) -> experiments.Experiment:
@@ -65,7 +71,7 @@ class TrainedRun:
     def modalities(self) -> list[str]:
         return list(self.cfg["data"]["modalities"])
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The training's mixed precision for decoding figures (traversals, panels): bf16-mixed on any
         device, 16-mixed on CUDA; full precision otherwise. Metrics are computed in float32."""
         import torch
@@ -111,7 +117,7 @@ class TrainedRun:
 
     # ---- scans ---------------------------------------------------------------------------------------
 
-    def preprocessing(self):
+    def preprocessing(self) -> Compose:
         """The run's preprocessing (data/transforms.py), invertible: one instance, since MONAI inverts an
         item only with the transform objects that recorded its steps."""
         if self._transform is None:
@@ -146,7 +152,7 @@ class TrainedRun:
                             num_workers=workers, collate_fn=list)  # fmt: skip
         yield from loader
 
-    def encode_images(self, images) -> tuple[Any, Any]:
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) [n, d] float32 on the CPU of preprocessed images [n, 4, 128³]."""
         from vae_dynamics.evaluation.encode import encode_images
 
@@ -164,7 +170,7 @@ class TrainedRun:
             rows.extend(_code_rows(batch))
         return self._table(valid, rows, rejected)
 
-    def decode(self, codes, batch_size: int = 4):
+    def decode(self, codes: pd.DataFrame | torch.Tensor | np.ndarray, batch_size: int = 4) -> torch.Tensor:
         """Volumes [n, 4, 128³] (float32, CPU) decoded from codes: a latents table (its mu_* columns),
         or a tensor/array [n, d] or [d]."""
         import torch
@@ -189,7 +195,9 @@ class TrainedRun:
 
     # ---- internals -----------------------------------------------------------------------------------
 
-    def _batches(self, valid: pd.DataFrame, batch_size: int, workers: int, progress: bool):
+    def _batches(
+        self, valid: pd.DataFrame, batch_size: int, workers: int, progress: bool
+    ) -> Iterator[list[dict[str, Any]]]:
         """Preprocessed batches with μ, log σ² (and the images) of each item, with progress lines."""
         import torch
 
@@ -234,7 +242,7 @@ def _code_rows(batch: list[dict]) -> list[dict]:
     return rows
 
 
-def native_space(run: TrainedRun, item: dict, volume) -> np.ndarray:
+def native_space(run: TrainedRun, item: dict[str, Any], volume: torch.Tensor | np.ndarray) -> np.ndarray:
     """A [4, 128³] volume in the model's space (e.g. x̂ of `item`) mapped back to the scan's own grid:
     MONAI's inverse of the geometric preprocessing recorded on item["image"] (by `run.preprocessing()`),
     and the intensity divisors undone. [4, X, Y, Z] float32 in the scan's intensity units."""
@@ -250,14 +258,16 @@ def native_space(run: TrainedRun, item: dict, volume) -> np.ndarray:
 
 
 def _save_native(
-    run: TrainedRun, item: dict, files: dict[str, str], volume: np.ndarray, folder: Path
+    run: TrainedRun, item: dict[str, Any], files: dict[str, Any], volume: np.ndarray, folder: Path
 ) -> None:
     """One NIfTI per modality in the input file's grid, affine and header (float32)."""
     import nibabel as nib
 
+    from vae_dynamics.data.index import load_image
+
     folder.mkdir(parents=True, exist_ok=True)
     for c, modality in enumerate(run.modalities):
-        source = nib.load(files[modality])
+        source = load_image(files[modality])
         data = volume[c].astype(np.float32)
         if data.shape != tuple(source.shape):
             raise RuntimeError(f"{item['subject_id']}: reconstruction {data.shape} is not the grid "
@@ -304,9 +314,12 @@ def write_encoding(
         raise ValueError(f"traverse must be >= 0, got {traverse}")
     run.check_contract()
     valid, rejected = run.scans(source, workers=max(1, workers))
-    files_of = {r["subject_id"]: r for r in valid.to_dict("records")}
+    files_of: dict[str, dict[str, Any]] = {
+        str(r["subject_id"]): {str(k): v for k, v in r.items()} for r in valid.to_dict("records")
+    }
     start = time.perf_counter()
-    rows, kept = [], []
+    rows: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as tmp:
         for batch in run._batches(valid, batch_size, workers, progress):
             rows.extend(_code_rows(batch))
@@ -358,14 +371,14 @@ def write_encoding(
 # ---- loading ---------------------------------------------------------------------------------------------
 
 
-def default_device():
+def default_device() -> torch.device:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _locate(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
-    """(run directory, checkpoint or None for the summary's choice, summary) of what `load_run` got."""
+def _locate(path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(run directory, checkpoint, summary or {}) of what `load_run` got."""
     from vae_dynamics.training.run_dir import summary_run_dir
 
     if path.is_dir() and (path / SUMMARY_FILE).is_file():
@@ -389,7 +402,7 @@ def _locate(path: Path) -> tuple[Path, Path | None, dict[str, Any]]:
     )
 
 
-def load_run(path: str | os.PathLike[str], device=None) -> TrainedRun:
+def load_run(path: str | os.PathLike[str], device: str | torch.device | None = None) -> TrainedRun:
     """A finished run, ready to use: the experiment folder (results/exp2), the run directory, its
     train_summary.json or a checkpoint. The model is in eval mode on `device` (CUDA when present).
     The summary's checkpoint is the one training chose (`checkpoint_choice`); a run directory without

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 def single_threaded_torch() -> None:
@@ -23,3 +28,23 @@ def process_pool(
 ) -> ProcessPoolExecutor:
     """`workers` processes for CPU-bound work, each single-threaded (see `single_threaded_torch`)."""
     return ProcessPoolExecutor(workers, initializer=initializer)
+
+
+def map_in_processes(
+    fn: Callable[..., T],
+    *iterables: Iterable[Any],
+    workers: int,
+    progress: bool = False,
+    desc: str = "",
+) -> list[T]:
+    """[fn(*args) for args in zip(*iterables)], in `workers` processes when more than one, in order;
+    with a progress bar (one step per subject) when `progress`."""
+    args = list(zip(*iterables))
+
+    def bar(results: Iterable[T]) -> list[T]:
+        return list(tqdm(results, total=len(args), desc=desc, unit="subject", disable=not progress))
+
+    if workers > 1 and len(args) > 1:
+        with process_pool(workers) as pool:
+            return bar(pool.map(fn, *zip(*args)))
+    return bar(fn(*a) for a in args)

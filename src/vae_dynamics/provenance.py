@@ -100,7 +100,7 @@ def append_start(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """provenance.json of a run: the latest start's record at the top level, every start in `starts`."""
     import json
 
-    starts = []
+    starts: list[dict[str, Any]] = []
     if path.is_file():
         try:
             old = json.loads(path.read_text())

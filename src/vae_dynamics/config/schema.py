@@ -11,6 +11,7 @@ Light (pydantic and the standard library only): the workflow's dry run reads it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,7 +46,7 @@ def _number_from_string(v: Any) -> Any:
     return v
 
 
-def check(ok, problem: str) -> AfterValidator:
+def check(ok: Callable[[Any], bool], problem: str) -> AfterValidator:
     """A value check: `ok(value)` or the error '<value> <problem>'."""
 
     def validate(v: Any) -> Any:

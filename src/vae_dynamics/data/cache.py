@@ -32,7 +32,7 @@ from vae_dynamics.config.identity import CONTRACT_KEYS
 from vae_dynamics.data import FILE_KEYS
 from vae_dynamics.data.transforms import transforms_from_config
 from vae_dynamics.io import atomic_path, write_json
-from vae_dynamics.parallel import process_pool
+from vae_dynamics.parallel import map_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class AtomicPersistentDataset(PersistentDataset):
 
     def cache_file(self, item: Mapping[str, Any]) -> Path:
         """Where the preprocessed tensors of `item` are (or will be) cached."""
+        if self.cache_dir is None:
+            raise ValueError("AtomicPersistentDataset needs a cache_dir")
         return self.cache_dir / f"{self.hash_func(item).decode()}.pt"
 
     def _cachecheck(self, item_transformed: Mapping[str, Any]) -> Any:
@@ -118,7 +120,7 @@ def subject_records(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
     missing = [c for c in ("subject_id", *FILE_KEYS) if c not in df.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing columns {missing}")
-    return df[["subject_id", *FILE_KEYS]].to_dict("records")
+    return [{str(k): v for k, v in row.items()} for row in df[["subject_id", *FILE_KEYS]].to_dict("records")]
 
 
 def make_dataset(
@@ -128,7 +130,7 @@ def make_dataset(
 ) -> AtomicPersistentDataset:
     """A PersistentDataset over `records` caching `transform`'s output in `cache_dir`."""
     return AtomicPersistentDataset(
-        data=list(records), transform=transform, cache_dir=cache_dir, hash_func=item_hash
+        data=list(records), transform=transform, cache_dir=Path(cache_dir), hash_func=item_hash
     )
 
 
@@ -148,7 +150,7 @@ def split_dataset(
 class RamCachedDataset(Dataset):
     """Serves the first `n_in_ram` items from memory (loaded from the disk cache once, at setup)."""
 
-    def __init__(self, base: Dataset, n_in_ram: int, progress: bool = False) -> None:
+    def __init__(self, base: AtomicPersistentDataset, n_in_ram: int, progress: bool = False) -> None:
         self.base = base
         self.held = [base[i] for i in tqdm(range(n_in_ram), desc="cache -> RAM", disable=not progress)]
 
@@ -157,6 +159,9 @@ class RamCachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.held[index] if index < len(self.held) else self.base[index]
+
+
+SubjectDataset = AtomicPersistentDataset | RamCachedDataset  # one item per subject, sized
 
 
 def available_memory_bytes() -> int:
@@ -220,14 +225,12 @@ def build_cache(
     """Fill the cache for every subject of the split CSVs (in `workers` processes); write a manifest."""
     cache_dir = prepare_cache_dir(cache_root, data_cfg)
     records = [r for csv in split_csvs for r in subject_records(csv)]
-    bar = dict(total=len(records), desc="build_persistent_cache", unit="subject", disable=not progress)
     start = time.perf_counter()
     n = len(records)
-    if workers > 1:
-        with process_pool(workers) as pool:
-            subjects = list(tqdm(pool.map(_cache_one, records, [cache_dir] * n, [data_cfg] * n), **bar))
-    else:
-        subjects = [_cache_one(r, cache_dir, data_cfg) for r in tqdm(records, **bar)]
+    subjects = map_in_processes(
+        _cache_one, records, [cache_dir] * n, [data_cfg] * n,
+        workers=workers, progress=progress, desc="build_persistent_cache",
+    )  # fmt: skip
     manifest = {
         "cache_dir": str(cache_dir),
         "contract": preprocessing_contract(data_cfg),

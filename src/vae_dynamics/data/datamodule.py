@@ -14,7 +14,9 @@ from monai.data import DataLoader
 
 from vae_dynamics.data.cache import (
     CACHE_IMAGE_DTYPE,
+    AtomicPersistentDataset,
     RamCachedDataset,
+    SubjectDataset,
     ram_share,
     split_dataset,
     subject_records,
@@ -70,6 +72,9 @@ class ResumableEpoch:
     batches_done: Callable[[], int]
     _resume: tuple[int, int] | None = None
 
+    def __len__(self) -> int:
+        raise NotImplementedError  # batches per epoch, of the subclass
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.epoch()), "batches_done": int(self.batches_done())}
 
@@ -113,9 +118,9 @@ class DeviceResidentBatches(ResumableEpoch):
 
     @classmethod
     def from_dataset(
-        cls, dataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int],
+        cls, dataset: SubjectDataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int],
         rank: int = 0, world: int = 1, batches_done: Callable[[], int] = lambda: 0,
-    ):  # fmt: skip
+    ) -> DeviceResidentBatches:  # fmt: skip
         """Copy this rank's shard of a (cached) dataset into one tensor on `device`, item by item.
 
         Under DDP each rank holds the subjects rank, rank + W, ... of the list padded to a multiple of W
@@ -190,14 +195,19 @@ class ResumableDataLoader(ResumableEpoch, DataLoader):
     Lightning re-creates DataLoaders to insert its distributed sampler, passing the attributes named like
     the constructor's arguments: `epoch` and `batches_done` are kept as such."""
 
-    def __init__(self, *args: Any, epoch: Callable[[], int], batches_done: Callable[[], int], **kwargs: Any):
+    def __init__(
+        self, *args: Any, epoch: Callable[[], int], batches_done: Callable[[], int], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.epoch, self.batches_done = epoch, batches_done
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return DataLoader.__len__(self)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # the base loader's iterator
         skip = self._skip()
-        if skip and isinstance(self.sampler, EpochSeededSampler) and self.batch_sampler is not None:
-            self.sampler.skip_next = skip * self.batch_sampler.batch_size
+        if skip and isinstance(self.sampler, EpochSeededSampler) and self.batch_size is not None:
+            self.sampler.skip_next = skip * self.batch_size
             skip = 0
         iterator = super().__iter__()
         for _ in range(skip):  # a wrapped sampler: load the trained batches and drop them
@@ -229,14 +239,15 @@ class BraTSDataModule(L.LightningDataModule):
         self.cache_root = Path(cache_root or data_cfg["cache_dir"])
         self.train_records = subject_records(self.splits_dir / "train.csv")
         self.val_records = subject_records(self.splits_dir / "val.csv")
-        self.train_dataset = self.val_dataset = None
+        self.train_dataset: SubjectDataset | None = None
+        self.val_dataset: SubjectDataset | None = None
 
     @property
     def n_train(self) -> int:
         """N of the MWS estimator: the number of training subjects."""
         return len(self.train_records)
 
-    def disk_dataset(self, split: str):
+    def disk_dataset(self, split: str) -> AtomicPersistentDataset:
         """The `split` ("train" or "val") subjects served from the persistent disk cache only."""
         return split_dataset(self.data_cfg, self.splits_dir, split, self.cache_root)
 
@@ -290,13 +301,16 @@ class BraTSDataModule(L.LightningDataModule):
         """Training batches of the current epoch done so far (Lightning's batch progress)."""
         if self.trainer is None:
             return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
-    def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: SubjectDataset | None, shuffle: bool, drop_last: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("BraTSDataModule.setup() has not run")
         workers = self.data_cfg["num_workers"]
         sampler = EpochSeededSampler(len(dataset), self.seed, self._current_epoch) if shuffle else None
         # MONAI's DataLoader seeds each worker's random state; the training loader is resumable mid-epoch.
-        cls, resumable = DataLoader, {}
+        cls: type[DataLoader] = DataLoader
+        resumable: dict[str, Any] = {}
         if shuffle:
             cls, resumable = (
                 ResumableDataLoader,

@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vae_dynamics.io import write_csv
-from vae_dynamics.parallel import process_pool
+from vae_dynamics.parallel import map_in_processes
 
 BRATS_SHAPE = (240, 240, 155)
 # Tissue intensities per modality (relative units): csf, gm, wm, et, netc, snfh.
@@ -69,7 +70,8 @@ def load_anatomy() -> Anatomy:
     origin = affine[:3, 3].astype(np.float64)
     idx = np.argwhere(arrays[3] > 0.5)
     centre = origin + (idx.min(0) + idx.max(0)) / 2.0
-    return Anatomy(*arrays, origin=origin, centre=centre)
+    t1, gm, wm, mask = arrays
+    return Anatomy(t1, gm, wm, mask, origin=origin, centre=centre)
 
 
 def brats_affine(centre: np.ndarray) -> np.ndarray:
@@ -112,7 +114,9 @@ def _sample_trilinear(anat: Anatomy, src: np.ndarray) -> dict[str, np.ndarray]:
     return {n: out[0, i].numpy() for i, n in enumerate(names)}
 
 
-def _warp(anat: Anatomy, rng: np.random.Generator, affine: np.ndarray):
+def _warp(
+    anat: Anatomy, rng: np.random.Generator, affine: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Sample the MNI maps on the BraTS grid through a random affine + elastic deformation."""
     angles = rng.uniform(-6.0, 6.0, size=3)
     scale = float(rng.uniform(0.86, 1.0))  # the MNI brain is larger than average
@@ -134,7 +138,9 @@ def _warp(anat: Anatomy, rng: np.random.Generator, affine: np.ndarray):
     return warped, factors
 
 
-def _tumour(mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator):
+def _tumour(
+    mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Label map with a dural-based meningioma: ET shell at the brain surface, optional NETC/SNFH."""
     brain = mask > 0.5
     idx = np.argwhere(brain)
@@ -265,13 +271,9 @@ def generate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     load_anatomy()  # load once before forking workers
-    if workers > 1:
-        with process_pool(workers) as pool:
-            rows = list(
-                pool.map(write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects)
-            )
-    else:
-        rows = [write_subject(out_dir, i, seed) for i in range(n_subjects)]
+    rows = map_in_processes(
+        write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects, workers=workers
+    )
     factors = pd.DataFrame(rows)
     write_csv(factors, out_dir / "factors.csv")
     return factors

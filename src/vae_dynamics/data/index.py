@@ -12,16 +12,15 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS, SUBJECT_ID_PATTERN
 from vae_dynamics.io import write_csv
-from vae_dynamics.parallel import process_pool
+from vae_dynamics.parallel import map_in_processes
 
 SUBJECT_DIR = re.compile(r"BraTS-[A-Za-z]+-\d+-\d+")  # used with fullmatch ($ accepts a trailing newline)
 # A volume above this many voxels is rejected from its header, before it is read (BraTS: 240·240·155 =
@@ -74,6 +73,11 @@ def header_problem(shape: tuple[int, ...], affine: np.ndarray | None) -> str | N
     return None
 
 
+def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """A NIfTI image, header read, data left on disk (`nibabel.load` typed as the NIfTI it returns)."""
+    return cast(nib.Nifti1Image, nib.load(path))
+
+
 def validate_files(
     sid: str, files: Mapping[str, Path | None], where: str, expected: Mapping[str, str] | None = None
 ) -> tuple[dict | None, dict | None]:
@@ -93,14 +97,16 @@ def validate_files(
     if not re.fullmatch(SUBJECT_ID_PATTERN, sid):
         return None, {"subject_id": sid, "file": "", "reason": (
             "subject id must be letters, digits, '.', '_' or '-' (it names output files)")}  # fmt: skip
+    present: dict[str, Path] = {}
     for key, path in files.items():
         if path is None:
             wanted = (expected or {}).get(key, f"{sid}-{key}.nii.gz or .nii")
             return reject(key, f"missing file (expected {wanted} in {where})")
+        present[key] = path
     reference = None
-    for key, path in files.items():
+    for key, path in present.items():
         try:
-            img = nib.load(path)  # the header only
+            img = load_image(path)  # the header only
         except Exception as exc:  # noqa: BLE001 - any read failure is a rejection reason
             return reject(key, f"unreadable: {type(exc).__name__}: {exc}")
         problem = header_problem(img.shape, img.affine)
@@ -124,7 +130,7 @@ def validate_files(
         elif np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             n_bad = int((~np.isfinite(data)).sum())
             return reject(key, f"{n_bad} non-finite image values (NaN/inf)")
-    return {"subject_id": sid, **{k: str(p.resolve()) for k, p in files.items()}}, None
+    return {"subject_id": sid, **{k: str(p.resolve()) for k, p in present.items()}}, None
 
 
 def validate_subject(subject_dir: Path, require_seg: bool = True) -> tuple[dict | None, dict | None]:
@@ -162,9 +168,13 @@ def read_sheet(sheet: str | os.PathLike[str] | pd.DataFrame, base_dir: Path | No
     return table.fillna("").astype(str)
 
 
+# (subject id, key -> path or None if missing, where it was looked for, key -> what was expected, extras)
+SheetRecord = tuple[str, dict[str, Path | None], str, dict[str, str], dict[str, Any]]
+
+
 def sheet_records(
     sheet: str | os.PathLike[str] | pd.DataFrame, modalities: Sequence[str], require_seg: bool
-) -> tuple[list[tuple], list[str]]:
+) -> tuple[list[SheetRecord], list[str]]:
     """(per row: subject id, key -> file, where, key -> expected path, extra columns), the extra columns.
 
     Columns: subject_id, one per modality, optional seg (required when `require_seg`), any others
@@ -181,36 +191,30 @@ def sheet_records(
             f"{', seg' if require_seg else ' and optionally seg'}; columns: {list(table.columns)})"
         )
     extra = [c for c in table.columns if c != "subject_id" and c not in (*FILE_KEYS,)]
-    records = []
+    records: list[SheetRecord] = []
     for row in table.to_dict("records"):
         files: dict[str, Path | None] = {}
         for key in keys:
             value = row[key].strip()
             if not value and key == SEG_KEY and not require_seg:
                 continue  # no seg for this subject: the foreground is the non-zero image
-            files[key] = (base / value) if value else None
-            if files[key] is not None and not files[key].is_file():
-                files[key] = None
+            path = base / value if value else None
+            files[key] = path if path is not None and path.is_file() else None
         expected = {k: (row[k].strip() or f"a path in the {k} column") for k in keys}
         records.append((row["subject_id"].strip(), files, where, expected, {c: row[c] for c in extra}))
     return records, extra
 
 
-def _validate_record(record) -> tuple[dict | None, dict | None]:
+def _validate_record(record: SheetRecord) -> tuple[dict | None, dict | None]:
     sid, files, where, expected, extra = record
     row, rejected = validate_files(sid, files, where, expected)
     return (None if row is None else {**row, **extra}), rejected
 
 
-def _validate_all(items: list, check, workers: int, progress: bool, desc: str) -> list:
-    bar = dict(total=len(items), desc=desc, unit="subject", disable=not progress)
-    if workers > 1:
-        with process_pool(workers) as pool:
-            return list(tqdm(pool.map(check, items, chunksize=4), **bar))
-    return [check(item) for item in tqdm(items, **bar)]
+Result = tuple[dict | None, dict | None]
 
 
-def _unique(results: list) -> tuple[list[dict], list[dict]]:
+def _unique(results: list[Result]) -> tuple[list[dict], list[dict]]:
     """Valid rows (the first of each subject id) and rejections (including later duplicates)."""
     valid = [r for r, _ in results if r is not None]
     rejected = [x for _, x in results if x is not None]
@@ -228,6 +232,24 @@ def _unique(results: list) -> tuple[list[dict], list[dict]]:
     return unique, rejected
 
 
+def _subject_dirs(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> tuple[list[Path], str]:
+    """The subject folders of a list of folders or of a BraTS-layout root, and how to name them."""
+    if not isinstance(source, (str, os.PathLike)):
+        return [Path(p) for p in source], f"{len(source)} subject folders"
+    root = Path(source)
+    if not root.is_dir():
+        raise NoValidSubjectsError(f"{root} is neither a folder nor a .csv/.tsv sample sheet")
+    dirs = find_subject_dirs(root)
+    if not dirs:
+        raise NoValidSubjectsError(
+            f"no subject folders (named like BraTS-MEN-00000-000) found in {root} or one level "
+            "below; for other names, list the files in a sample sheet (--sheet)"
+        )
+    return dirs, str(root)
+
+
 def find_scans(
     source: str | os.PathLike[str] | pd.DataFrame | Sequence[str | os.PathLike[str]],
     modalities: Sequence[str] = MODALITIES,
@@ -238,30 +260,20 @@ def find_scans(
     """Validated scans of a sample sheet (CSV/TSV path or DataFrame), a folder of BraTS-layout subject
     folders, or a list of subject folders: (valid: subject_id, one column per file, the sheet's extra
     columns; rejected: subject_id, file, reason). Raises NoValidSubjectsError when none is valid."""
-    is_sheet = isinstance(source, pd.DataFrame) or (
-        not isinstance(source, (list, tuple)) and Path(source).suffix.lower() in SHEET_SUFFIXES
-    )
     keys = [*modalities, SEG_KEY]
-    if is_sheet:
+    if isinstance(source, pd.DataFrame) or (
+        isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in SHEET_SUFFIXES
+    ):
         records, extra = sheet_records(source, modalities, require_seg)
-        results = _validate_all(records, _validate_record, workers, progress, "validate sheet")
+        results = map_in_processes(
+            _validate_record, records, workers=workers, progress=progress, desc="validate sheet"
+        )
         what = "the sample sheet" if isinstance(source, pd.DataFrame) else f"sample sheet {source}"
     else:
-        if isinstance(source, (list, tuple)):
-            dirs, what = [Path(p) for p in source], f"{len(source)} subject folders"
-        else:
-            root = Path(source)
-            if not root.is_dir():
-                raise NoValidSubjectsError(f"{root} is neither a folder nor a .csv/.tsv sample sheet")
-            dirs, what = find_subject_dirs(root), str(root)
-            if not dirs:
-                raise NoValidSubjectsError(
-                    f"no subject folders (named like BraTS-MEN-00000-000) found in {root} or one level "
-                    "below; for other names, list the files in a sample sheet (--sheet)"
-                )
+        dirs, what = _subject_dirs(source)
         extra = []
         check = functools.partial(validate_subject, require_seg=require_seg)
-        results = _validate_all(dirs, check, workers, progress, "validate scans")
+        results = map_in_processes(check, dirs, workers=workers, progress=progress, desc="validate scans")
     unique, rejected = _unique(results)
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
     if not unique:
@@ -278,11 +290,11 @@ def index_subjects(
     workers: int = 1,
     progress: bool = True,
     sheet: str | os.PathLike[str] | None = None,
-):
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate all subjects below `root` (BraTS folders) or of a sample `sheet` (CSV/TSV: subject_id,
     t1c, t1n, t2f, t2w, seg, any other columns); write subjects.csv and rejected.csv; return both."""
     if sheet is not None:
-        source: Any = Path(sheet)
+        source = Path(sheet)
         if source.suffix.lower() not in SHEET_SUFFIXES:
             raise SheetError(f"sample sheet {sheet}: expected a .csv or .tsv file")
     else:

@@ -55,7 +55,9 @@ def split_subjects(subjects: pd.DataFrame, val_split: float, seed: int) -> tuple
     return train, val
 
 
-def make_splits(subjects_csv: str | Path, out_dir: str | Path, val_split: float, seed: int):
+def make_splits(
+    subjects_csv: str | Path, out_dir: str | Path, val_split: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write train.csv and val.csv next to each other; return (train, val)."""
     train, val = split_subjects(pd.read_csv(subjects_csv), val_split, seed)
     out_dir = Path(out_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.config import KeysCollection
@@ -114,8 +115,8 @@ def build_transforms(
     """
     modalities = list(modalities)
     fov_voxels = [round(fov_mm / s) for s in spacing]
-    seg = dict(keys=SEG_KEY, allow_missing_keys=True)
-    both = dict(keys=["image", SEG_KEY], allow_missing_keys=True)
+    seg: dict[str, Any] = dict(keys=SEG_KEY, allow_missing_keys=True)
+    both: dict[str, Any] = dict(keys=["image", SEG_KEY], allow_missing_keys=True)
     return Compose(
         [
             LoadImaged(keys=[*modalities, SEG_KEY], image_only=True, allow_missing_keys=True),

@@ -5,7 +5,7 @@
 N_TRAVERSED = 8
 
 
-def format_value(value, digits: int = 4) -> str:
+def format_value(value: object, digits: int = 4) -> str:
     """A number as the summaries (compare, sweep) show it; '–' for a missing one."""
     if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return "–"

@@ -14,9 +14,11 @@ from typing import Any
 import pandas as pd
 import torch
 from monai.data import DataLoader
+from torch.utils.data import Dataset
 
 from vae_dynamics.inference import TrainedRun, load_run
 from vae_dynamics.io import write_csv
+from vae_dynamics.models import VAE3d
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +33,26 @@ def split_datasets(run: TrainedRun) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def encode_images(model: torch.nn.Module, images: torch.Tensor, device: torch.device):
+def encode_images(
+    model: VAE3d, images: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, log σ²) [n, d] float32 on the CPU of images [n, 4, 128³] (cached float16 or float32)."""
     mu, logvar = model.encoder(torch.as_tensor(images).to(device, non_blocking=True).float())
     return mu.float().cpu(), logvar.float().cpu()
 
 
 @torch.inference_mode()
-def encode_dataset(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, workers: int):
+def encode_dataset(
+    model: VAE3d, dataset: Dataset, device: torch.device, batch_size: int, workers: int
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(subject ids, μ [n, d], log σ² [n, d]) of every item of a cached split, in batches on `device`
     (new scans: vae_dynamics.inference, through the same `encode_images`)."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )  # fmt: skip
-    ids, mus, logvars = [], [], []
+    ids: list[str] = []
+    mus, logvars = [], []
     for batch in loader:
         mu, logvar = encode_images(model, batch["image"], device)
         ids.extend(batch["subject_id"])

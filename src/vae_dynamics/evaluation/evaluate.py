@@ -23,6 +23,7 @@ from monai.metrics import MSEMetric, PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy.stats import rankdata
 
+from vae_dynamics.data.cache import SubjectDataset
 from vae_dynamics.evaluation import N_TRAVERSED
 from vae_dynamics.evaluation.encode import split_datasets
 from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical, latent_columns
@@ -57,8 +58,8 @@ def masked_quality(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> 
     SSIM is MONAI's local SSIM map (7³ Gaussian window) averaged over the mask.
     """
     inside_hat, inside = x_hat[mask].view(1, 1, -1), x[mask].view(1, 1, -1)
-    mse = float(MSEMetric()(inside_hat, inside).mean())
-    psnr = float(PSNRMetric(max_val=1.0)(inside_hat, inside).mean())
+    mse = float(torch.as_tensor(MSEMetric()(inside_hat, inside)).mean())
+    psnr = float(torch.as_tensor(PSNRMetric(max_val=1.0)(inside_hat, inside)).mean())
     r = SSIM_WINDOW // 2  # the map covers the voxels whose window lies inside the volume
     # only the mask's bounding box (+ r) enters the windows of its voxels: the same values, less work
     if mask.any():
@@ -76,18 +77,22 @@ def masked_quality(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> 
 
 
 @torch.inference_mode()
-def mean_volume(dataset) -> torch.Tensor:
+def mean_volume(dataset: SubjectDataset) -> torch.Tensor:
     """The voxelwise mean of a dataset's images [4, D, H, W]: the best predictor that ignores the code."""
-    total = None
-    for i in range(len(dataset)):
-        x = dataset[i]["image"].float()
-        total = x.clone() if total is None else total.add_(x)
+    if len(dataset) == 0:
+        raise ValueError("the mean volume of an empty dataset")
+    total = dataset[0]["image"].float().clone()
+    for i in range(1, len(dataset)):
+        total.add_(dataset[i]["image"].float())
     return total / len(dataset)
 
 
 @torch.inference_mode()
 def reconstruction_quality(
-    run: TrainedRun, val_dataset, train_mean: torch.Tensor | None = None, other_dataset=None
+    run: TrainedRun,
+    val_dataset: SubjectDataset,
+    train_mean: torch.Tensor | None = None,
+    other_dataset: SubjectDataset | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict]]:
     """Per validation subject and modality: quality of x̂ = decode(μ) inside the brain; and the items seen.
 
@@ -206,7 +211,12 @@ def evaluate_run(
 
 
 def _evaluate_into(
-    tmp: Path, summary_path, latents_csv, factors_csv, device, n_traversed: int
+    tmp: Path,
+    summary_path: str | os.PathLike[str],
+    latents_csv: str | os.PathLike[str],
+    factors_csv: str | os.PathLike[str],
+    device: str | None,
+    n_traversed: int,
 ) -> dict[str, Any]:
     """Every file of the evaluation folder but metrics.json into `tmp`; return the metrics."""
     (tmp / "traversals").mkdir()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from vae_dynamics.data import TUMOUR_LABELS
+from vae_dynamics.data.index import load_image
 from vae_dynamics.io import write_csv
-from vae_dynamics.parallel import process_pool
+from vae_dynamics.parallel import map_in_processes
 
 MEASURED = [
     "et_mm3",
@@ -35,7 +35,7 @@ GT_PREFIX = "gt_"
 
 def measure_segmentation(seg_path: str | os.PathLike[str]) -> dict[str, float]:
     """Tumour volumes (mm³) and whole-tumour centroid (RAS mm) of one BraTS segmentation file."""
-    img = nib.load(str(seg_path))
+    img = load_image(seg_path)
     seg = np.asarray(img.dataobj).astype(np.int16)
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
     out = {f"{name}_mm3": float(np.sum(seg == label)) * voxel_mm3 for name, label in TUMOUR_LABELS.items()}
@@ -65,11 +65,7 @@ def subject_factors(
         if column not in subjects.columns:
             raise ValueError(f"{subjects_csv}: missing column {column!r}")
     ids, segs = subjects["subject_id"].tolist(), subjects["seg"].tolist()
-    if workers > 1 and len(ids) > 1:
-        with process_pool(workers) as pool:
-            rows = list(pool.map(_measure_row, ids, segs))
-    else:
-        rows = [_measure_row(s, p) for s, p in zip(ids, segs)]
+    rows = map_in_processes(_measure_row, ids, segs, workers=workers)
     table = pd.DataFrame(rows, columns=["subject_id", *MEASURED])
     if demo_factors_csv is not None:
         gt = pd.read_csv(demo_factors_csv)

@@ -77,7 +77,7 @@ def aggregate(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _point_label(row: Mapping[str, Any], keys: list[str]) -> str:
+def _point_label(row: Mapping[str, Any] | pd.Series, keys: list[str]) -> str:
     parts = [f"{k.rsplit('.', 1)[-1]}={row[k]:g}" if isinstance(row[k], float) else f"{k.rsplit('.', 1)[-1]}={row[k]}"
              for k in keys if k in row and not pd.isna(row[k])]  # fmt: skip
     return f"{row['experiment']} " + ", ".join(parts) if parts else str(row["experiment"])

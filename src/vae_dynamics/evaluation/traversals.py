@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vae_dynamics.models import VAE3d
 from vae_dynamics.viz.recon import slices_through
 
 TRAVERSAL_VALUES = tuple(np.linspace(-3.0, 3.0, 7))  # prior σ = 1: offsets in units of the prior's σ
@@ -19,13 +20,15 @@ def tumour_centre(seg: torch.Tensor | np.ndarray) -> tuple[int, int, int]:
     seg = np.asarray(torch.as_tensor(seg)).reshape(np.shape(seg)[-3:])
     idx = np.argwhere(seg > 0)
     if len(idx) == 0:
-        return tuple(s // 2 for s in seg.shape)
-    return tuple(int(round(v)) for v in idx.mean(axis=0))
+        x, y, z = (s // 2 for s in seg.shape)
+    else:
+        x, y, z = (int(round(v)) for v in idx.mean(axis=0))
+    return x, y, z
 
 
 @torch.inference_mode()
 def traverse(
-    model: torch.nn.Module,
+    model: VAE3d,
     mu_ref: torch.Tensor,
     dims: Sequence[int],
     centre: tuple[int, int, int],

@@ -1,28 +1,23 @@
 """Is the code used? Latent statistics and decoder diagnostics shared by training, evaluation and bench.
 
-- spatial_share: how much of the decoder's 8³ input varies over space (the template) rather than
-  per channel (the code); near 0 means the per-sample constants drown the coordinates.
+- spatial_share: how much of the decoder's 8³ input (`VAE3d.decoder_input`) varies over space (the
+  template) rather than per channel (the code); near 0 means the per-sample constants drown the
+  coordinates.
 - latent_summary: active units, μ common part vs between-subject spread, mean σ, KL per dimension.
 - z_dependence: MSE(x_i, decode(μ_j)) / MSE(x_i, decode(μ_i)), j ≠ i; 1 = the decoder ignores z.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from vae_dynamics.models.vae.base import VAE3d
 
 # Active unit: between-subject variance of μ_k above this (Burda et al. 2016's criterion).
 ACTIVE_UNIT_THRESHOLD = 0.01
-
-
-def decoder_input(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The decoder's 8³ input before its first normalisation, [B, C0, 8, 8, 8], for both models.
-
-    TCVAESBD: the 1×1×1 projection of the broadcast grid; BaselineVAE: Linear(z) reshaped.
-    """
-    if hasattr(model, "broadcast"):
-        return model.project[0](model.broadcast(z))
-    return model.project(z).view(z.shape[0], model.c0, 8, 8, 8)
 
 
 def spatial_share(h: torch.Tensor) -> float:
@@ -58,7 +53,7 @@ def latent_summary(mu: torch.Tensor, logvar: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def z_dependence(model: nn.Module, x: torch.Tensor, mu: torch.Tensor) -> float:
+def z_dependence(model: VAE3d, x: torch.Tensor, mu: torch.Tensor) -> float:
     """Mean over the batch of MSE(x_i, decode(μ_{i+1})) / MSE(x_i, decode(μ_i)) (codes shifted cyclically).
 
     1 means that another subject's code reconstructs x_i as well as its own: the decoder ignores z.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vae_dynamics.models import VAE3d
 from vae_dynamics.training.tracking import log_image
 from vae_dynamics.viz.recon import save_recon_panel
 
@@ -19,7 +22,9 @@ log = logging.getLogger("vae_dynamics.train")
 class ReconSnapshotCallback(L.Callback):
     """Every n epochs: input | recon | |diff| panels of fixed validation subjects -> recon/epoch_<E>/."""
 
-    def __init__(self, out_dir: str | Path, every_n_epochs: int, num_samples: int, modalities) -> None:
+    def __init__(
+        self, out_dir: str | Path, every_n_epochs: int, num_samples: int, modalities: Sequence[str]
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
@@ -31,15 +36,16 @@ class ReconSnapshotCallback(L.Callback):
             return
         if not getattr(trainer, "is_global_zero", True):  # under DDP, rank 0 writes the snapshots
             return
-        dataset = trainer.datamodule.val_dataset
+        dataset = trainer.datamodule.val_dataset  # type: ignore[attr-defined]  # set by Trainer.fit
+        model: VAE3d = pl_module.model  # type: ignore[assignment]  # the LitModules' (lit_modules.py)
         out = self.out_dir / f"epoch_{epoch}"
         with torch.no_grad():
             for i in range(min(self.num_samples, len(dataset))):
                 item = dataset[i]
                 x = item["image"][None].to(pl_module.device).float()
                 with torch.autocast(device_type=pl_module.device.type, enabled=False):
-                    mu, _ = pl_module.model.encoder(x)
-                    x_hat = pl_module.model.decode(mu)  # posterior mean: stable snapshots
+                    mu, _ = model.encoder(x)
+                    x_hat = model.decode(mu)  # posterior mean: stable snapshots
                 png = out / f"{item['subject_id']}.png"
                 save_recon_panel(
                     item["image"], x_hat[0], png, self.modalities, title=f"{item['subject_id']} — epoch {epoch}",
@@ -67,13 +73,13 @@ class TargetBetaCheckpoint(ModelCheckpoint):
     ranked; until then last.ckpt is the checkpoint to use.
     """
 
-    def __init__(self, *, first_epoch: int, **kwargs) -> None:
+    def __init__(self, *, first_epoch: int, **kwargs: Any) -> None:
         # Rank and save when validation ends (val/loss is known then), not at the train epoch's end.
         # No version counter: last.ckpt is overwritten, never joined by a last-v1.ckpt that no resume reads.
         super().__init__(save_on_train_epoch_end=False, enable_version_counter=False, **kwargs)
         self.first_epoch = first_epoch
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's, with the saved paths mapped into this run's checkpoint folder.
 
         Lightning compares the saved folder with the current one by real path and, when they differ
@@ -82,14 +88,14 @@ class TargetBetaCheckpoint(ModelCheckpoint):
         whatever its loss. The checkpoints live in the run directory, so the same file names in the
         current folder are the same files.
         """
-        old = state_dict.get("dirpath")
-        if old and self.dirpath and old != self.dirpath:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
             log.info("checkpoint folder moved: %s -> %s (best/top-k bookkeeping kept)", old, self.dirpath)
 
-            def here(path):
+            def here(path: str | None) -> str | None:
                 if not path or Path(path).parent != Path(old):
                     return path
-                return str(Path(self.dirpath) / Path(path).name)
+                return str(Path(new) / Path(path).name)
 
             state_dict = {
                 **state_dict,
@@ -101,7 +107,7 @@ class TargetBetaCheckpoint(ModelCheckpoint):
             }
         super().load_state_dict(state_dict)
 
-    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         if trainer.current_epoch >= self.first_epoch:
             super()._save_topk_checkpoint(trainer, monitor_candidates)
 
@@ -121,13 +127,13 @@ class CompileTimer(L.Callback):
         self.done = False
 
     def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if not self.done and self.start is None:
             self.start = time.perf_counter()
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not self.done and self.start is not None:
             self.done = True

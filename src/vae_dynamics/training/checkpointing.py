@@ -177,7 +177,9 @@ class PreemptionCheckpoint(L.Callback):
             signal.signal(signum, previous)
         self._previous = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Every rank reaches this point once per batch: the decision is taken together (any -> all).
         stop = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
         if stop:

@@ -10,7 +10,10 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # Set by rank 0 before Lightning launches the other ranks (which re-run the same command).
 RUN_DIR_ENV = "VAE_DYNAMICS_RUN_DIR"
@@ -73,7 +76,7 @@ def distributed_world() -> tuple[int, int]:
     return 1, 0
 
 
-def gather_batch(t):
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
     """Concatenate a per-process tensor over all processes, in rank order, keeping its gradient."""
     import torch
     from torch.distributed.nn.functional import all_gather

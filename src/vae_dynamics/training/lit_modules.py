@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 
 from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_vae_loss
-from vae_dynamics.models import TCVAESBD, BaselineVAE
-from vae_dynamics.models.diagnostics import decoder_input, latent_summary, spatial_share, z_dependence
+from vae_dynamics.models import TCVAESBD, BaselineVAE, VAE3d
+from vae_dynamics.models.diagnostics import latent_summary, spatial_share, z_dependence
 from vae_dynamics.provenance import code_version
 from vae_dynamics.training.distributed import distributed_world, gather_batch
 from vae_dynamics.training.schedules import linear_warmup, lr_factors
@@ -34,7 +36,7 @@ def code_use_problems(stats: dict[str, float]) -> list[str]:
     return problems
 
 
-def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: VAE3d, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups: every parameter at lr, the encoder's last Linear at lr · encoder_head_lr_scale.
 
     That Linear reads all 32·8³ head features; Adam moves each weight by about lr per step, so its
@@ -48,7 +50,7 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_head_lr_scale: float
 
 
 def build_optimizer(
-    model: torch.nn.Module,
+    model: VAE3d,
     lr: float,
     *,
     encoder_head_lr_scale: float = 1.0,
@@ -62,7 +64,7 @@ def build_optimizer(
     """
     opt = torch.optim.AdamW(param_groups(model, lr, 1.0))
 
-    def factor(group: int):
+    def factor(group: int) -> Callable[[int], float]:
         return lambda step: lr_factors(
             step, lr_warmup_steps, encoder_head_lr_scale, encoder_head_lr_ramp_steps
         )[group]
@@ -70,7 +72,7 @@ def build_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, [factor(0), factor(1)])
 
 
-class _VAEStepsMixin:
+class _VAELitModule(L.LightningModule):
     """Shared step plumbing: forward, loss with the epoch's β, logging of every returned term.
 
     Under DDP the logged terms are those of the global batch (summed over processes), and the loss
@@ -78,12 +80,38 @@ class _VAEStepsMixin:
     the sum-reduced loss of the global batch is the sum, not the mean, of the per-process losses.
     """
 
-    def forward(self, x: torch.Tensor):
+    model: VAE3d
+    BETA: str  # the warmed-up weight: hparams <BETA>_target, <BETA>_annealing_epochs; logged as <BETA>
+
+    def __init__(self, model: VAE3d, channels_last: bool) -> None:
+        super().__init__()
+        self.model = model
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        self._val_posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._probe: dict[str, float] = {}
+
+    @property
+    def beta(self) -> float:
+        """β of the current epoch: linear from 0 to its target over the warm-up (training/schedules)."""
+        return linear_warmup(self.current_epoch, self.hparams[f"{self.BETA}_target"], self.warmup_epochs)
+
+    @property
+    def warmup_epochs(self) -> int:
+        return int(self.hparams[f"{self.BETA}_annealing_epochs"])
+
+    @abstractmethod
+    def compute_loss(
+        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The experiment's loss terms ("loss" is backpropagated; every term is logged)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         x = batch["image"]
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         x_hat, mu, logvar, z = self.model(x)
         if stage == "val":
@@ -131,15 +159,13 @@ class _VAEStepsMixin:
         return loss
 
     # ---- diagnostics: is the code used? (models/diagnostics.py) ----------------------------------
-    _val_posteriors: list
-
     def on_validation_epoch_start(self) -> None:
         self._val_posteriors, self._probe = [], {}
 
     def _probe_decoder(self, x: torch.Tensor, mu: torch.Tensor) -> None:
         """z-dependence and the spatial share of the decoder input, on the first validation batch."""
         self._probe = {"z_dependence": z_dependence(self.model, x, mu),
-                       "spatial_share": spatial_share(decoder_input(self.model, mu))}  # fmt: skip
+                       "spatial_share": spatial_share(self.model.decoder_input(mu))}  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._val_posteriors:
@@ -158,10 +184,10 @@ class _VAEStepsMixin:
         # The code that wrote it: a resume across a version change is reported (training/run.py).
         checkpoint["vae_dynamics"] = code_version()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]
         hp = self.hparams  # keys absent in checkpoints saved before them take the old behaviour
         opt, schedule = build_optimizer(
-            self.model, hp.lr,
+            self.model, hp["lr"],
             encoder_head_lr_scale=hp.get("encoder_head_lr_scale", 1.0),
             lr_warmup_steps=hp.get("lr_warmup_steps", 0),
             encoder_head_lr_ramp_steps=hp.get("encoder_head_lr_ramp_steps", 0),
@@ -169,7 +195,7 @@ class _VAEStepsMixin:
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-class VAELitModule(_VAEStepsMixin, L.LightningModule):
+class VAELitModule(_VAELitModule):
     """Exp1: BaselineVAE with recon + β_kl·KL; logs {train,val}/{loss,recon,kl,beta_kl}."""
 
     def __init__(
@@ -186,27 +212,18 @@ class VAELitModule(_VAEStepsMixin, L.LightningModule):
         encoder_head_lr_ramp_steps: int = 0,
         diagnostics_every_n_epochs: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(BaselineVAE(**model_kwargs), channels_last)
         self.save_hyperparameters()
-        self.model = BaselineVAE(**model_kwargs)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
 
-    @property
-    def beta_kl(self) -> float:
-        return linear_warmup(
-            self.current_epoch, self.hparams.beta_kl_target, self.hparams.beta_kl_annealing_epochs
-        )
+    BETA = "beta_kl"
 
-    @property
-    def warmup_epochs(self) -> int:
-        return self.hparams.beta_kl_annealing_epochs
-
-    def compute_loss(self, x_hat, x, mu, logvar, z) -> dict[str, torch.Tensor]:
-        return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=self.beta_kl)
+    def compute_loss(
+        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=self.beta)
 
 
-class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
+class TCVAELitModule(_VAELitModule):
     """Exp2: TCVAESBD with the β-TCVAE (MWS) loss; logs {train,val}/{loss,recon,mi,tc,dwkl,beta_tc}."""
 
     def __init__(
@@ -226,30 +243,22 @@ class TCVAELitModule(_VAEStepsMixin, L.LightningModule):
         encoder_head_lr_ramp_steps: int = 0,
         diagnostics_every_n_epochs: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(TCVAESBD(**model_kwargs), channels_last)
         self.save_hyperparameters()
-        self.model = TCVAESBD(**model_kwargs)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
         self.dataset_size = dataset_size  # N of the MWS estimator: number of TRAIN subjects
 
-    @property
-    def beta_tc(self) -> float:
-        return linear_warmup(
-            self.current_epoch, self.hparams.beta_tc_target, self.hparams.beta_tc_annealing_epochs
-        )
+    BETA = "beta_tc"
 
-    @property
-    def warmup_epochs(self) -> int:
-        return self.hparams.beta_tc_annealing_epochs
-
-    def compute_loss(self, x_hat, x, mu, logvar, z) -> dict[str, torch.Tensor]:
+    def compute_loss(
+        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         world, rank = distributed_world()
         # Under DDP every sample's MWS estimate uses the posteriors of the whole global batch (M = W·m).
         batch = (gather_batch(mu), gather_batch(logvar), rank * mu.shape[0]) if world > 1 else None
         return compute_tcvae_loss(
             x_hat, x, mu, logvar, z,
-            dataset_size=self.dataset_size, beta_tc=self.beta_tc,
-            alpha=self.hparams.alpha, gamma=self.hparams.gamma, compute_in_fp32=self.hparams.compute_in_fp32,
+            dataset_size=self.dataset_size, beta_tc=self.beta,
+            alpha=self.hparams["alpha"], gamma=self.hparams["gamma"],
+            compute_in_fp32=self.hparams["compute_in_fp32"],
             batch_posteriors=batch,
         )  # fmt: skip

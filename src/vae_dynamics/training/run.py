@@ -149,7 +149,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         devices=cfg["train"]["devices"],
         num_nodes=cfg["train"]["num_nodes"],
         strategy=resolve_strategy(cfg),
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(cfg),  # type: ignore[arg-type]  # one of config.schema's PRECISIONS
         max_epochs=cfg["train"]["max_epochs"],
         logger=build_loggers(cfg["logging"]["loggers"], run_dir, experiments.of(cfg).name),
         callbacks=[
@@ -255,6 +255,8 @@ def _train_rank0(
         log.info("device: %s, precision: %s", trainer.strategy.root_device, trainer.precision)
         fit(trainer, module, datamodule, ckpt_path)
         checkpoint = trainer.checkpoint_callback
+        if not isinstance(checkpoint, TargetBetaCheckpoint):
+            raise RuntimeError(f"the trainer's checkpoint callback is {type(checkpoint).__name__}, not ours")
         best, choice = choose_checkpoint(checkpoint, run.path, experiment.warmup_epochs(cfg))
         # Checkpoints relative to the run directory: the record stays valid when the folder moves.
         summary = {
@@ -290,7 +292,9 @@ def _train_other_rank(cfg: dict[str, Any], run: RunDir, ckpt_path: Path | None) 
     return {"run_dir": str(run.path.resolve())}
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, datamodule, ckpt_path: Path | None) -> None:
+def fit(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: Path | None
+) -> None:
     """trainer.fit; a pre-emption (SIGTERM/SIGUSR1, last.ckpt saved) leaves as Preempted (exit 75)."""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ class RunDir:
         return diffs
 
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self) -> Iterator[None]:
         """Hold the run directory for one training (rank 0, for the whole run); a second start fails at once.
 
         An exclusive flock on train.lock, which records the holder (host, pid, start time). The kernel

@@ -93,7 +93,9 @@ class LogProgress(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start, self.samples, self.first_step = time.perf_counter(), 0, trainer.global_step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.samples += batch["image"].shape[0] * trainer.world_size
         if trainer.global_step % self.every_n_steps == 0:
             log.info("%s", self._line(trainer, outputs))

@@ -39,7 +39,7 @@ def plot_factor_correlations(
 def plot_traversal_overview(
     slices: np.ndarray,
     dims: Sequence[int],
-    kls: Sequence[float],
+    kls: Sequence[float] | np.ndarray,
     values: Sequence[float],
     modalities: Sequence[str],
     path: str | os.PathLike[str],

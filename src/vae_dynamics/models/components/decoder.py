@@ -24,12 +24,13 @@ class UpsamplingDecoder(nn.Module):
         super().__init__()
         widths = decoder_widths(base_filters)
         self.gradient_checkpointing = gradient_checkpointing
-        self.stages = nn.ModuleList(UpBlock3d(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        for stage in self.stages:
+        stages = [UpBlock3d(a, b) for a, b in zip(widths[:-1], widths[1:])]
+        for stage in stages:
             stage.set_recompute_norm_act(gradient_checkpointing)
+        self.stages = nn.ModuleList(stages)
         self.final = nn.Conv3d(widths[-1], out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # The final conv runs inside the last stage's checkpoint: its 128³ input is then not kept.
-        *rest, last = self.stages
+        *rest, last = list(self.stages)
         return run_blocks([*rest, lambda t: self.final(last(t))], h, self.gradient_checkpointing)

@@ -11,6 +11,8 @@ from torch import nn
 class SpatialBroadcast(nn.Module):
     """z [B, z_dim] -> decoder input [B, z_dim + 3, g, g, g] (channels: z, then grid_d, grid_h, grid_w)."""
 
+    coords: torch.Tensor  # buffer (1, 3, g, g, g)
+
     def __init__(self, z_dim: int = 128, grid_size: int = 8) -> None:
         super().__init__()
         self.z_dim, self.grid_size = z_dim, grid_size
@@ -40,6 +42,8 @@ class BroadcastProjection(nn.Conv3d):
     mu) cannot drown it inside the GroupNorms that follow (docs/LEARNING.md). gains 1, 1 are the
     plain Conv3d.
     """
+
+    column_gain: torch.Tensor  # buffer (1, z_dim + 3, 1, 1, 1), not saved
 
     def __init__(self, z_dim: int, out_channels: int, z_gain: float = 1.0, coord_gain: float = 1.0) -> None:
         super().__init__(z_dim + 3, out_channels, kernel_size=1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae_dynamics.models.components.blocks import group_norm, reparameterize
-from vae_dynamics.models.components.decoder import UpsamplingDecoder, decoder_widths
-from vae_dynamics.models.components.resnet3d import ResNet3dEncoder
+from vae_dynamics.models.components.blocks import group_norm
+from vae_dynamics.models.components.decoder import decoder_widths
+from vae_dynamics.models.vae.base import VAE3d
 
 
-class BaselineVAE(nn.Module):
+class BaselineVAE(VAE3d):
     """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z])."""
 
     def __init__(
@@ -21,22 +21,14 @@ class BaselineVAE(nn.Module):
         norm: str = "GROUP",
         gradient_checkpointing: bool = False,
     ) -> None:
-        super().__init__()
-        if norm.upper() != "GROUP":
-            raise ValueError(f"norm must be 'GROUP' (GroupNorm everywhere), got {norm!r}")
+        super().__init__(z_dim, input_channels, base_filters, norm, gradient_checkpointing)
         self.c0 = decoder_widths(base_filters)[0]
-        self.encoder = ResNet3dEncoder(
-            input_channels, base_filters, z_dim, gradient_checkpointing=gradient_checkpointing
-        )
         self.project = nn.Linear(z_dim, self.c0 * 8**3)
         self.project_act = nn.Sequential(group_norm(self.c0), nn.SiLU())
-        self.decoder = UpsamplingDecoder(base_filters, input_channels, gradient_checkpointing)
+
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Linear(z) reshaped to [B, C0, 8, 8, 8]."""
+        return self.project(z).view(z.shape[0], self.c0, 8, 8, 8)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.project(z).view(z.shape[0], self.c0, 8, 8, 8)
-        return self.decoder(self.project_act(h))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar, z
+        return self.decoder(self.project_act(self.decoder_input(z)))

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vae_dynamics.models.components.blocks import group_norm, reparameterize
-from vae_dynamics.models.components.decoder import UpsamplingDecoder, decoder_widths
-from vae_dynamics.models.components.resnet3d import ResNet3dEncoder
+from vae_dynamics.models.components.blocks import group_norm
+from vae_dynamics.models.components.decoder import decoder_widths
 from vae_dynamics.models.components.sbd import BroadcastProjection, SpatialBroadcast
+from vae_dynamics.models.vae.base import VAE3d
 
 
-class TCVAESBD(nn.Module):
+class TCVAESBD(VAE3d):
     """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z])."""
 
     def __init__(
@@ -29,15 +29,10 @@ class TCVAESBD(nn.Module):
         sbd_project_norm: bool = True,
         logvar_init_bias: float = 0.0,
     ) -> None:
-        super().__init__()
-        if norm.upper() != "GROUP":
-            raise ValueError(f"norm must be 'GROUP' (GroupNorm everywhere), got {norm!r}")
         if tuple(sbd_grid_size) != (8, 8, 8):
             raise ValueError(f"sbd_grid_size is fixed to (8, 8, 8), got {tuple(sbd_grid_size)}")
+        super().__init__(z_dim, input_channels, base_filters, norm, gradient_checkpointing)
         c0 = decoder_widths(base_filters)[0]
-        self.encoder = ResNet3dEncoder(
-            input_channels, base_filters, z_dim, gradient_checkpointing=gradient_checkpointing
-        )
         self.broadcast = SpatialBroadcast(z_dim, grid_size=sbd_grid_size[0])
         # 131 -> C0 by a 1×1×1 Conv3d (the request); the gains and the GroupNorm after it are this
         # codebase's choices (model.sbd_z_gain, model.sbd_coord_gain, model.sbd_project_norm).
@@ -48,12 +43,10 @@ class TCVAESBD(nn.Module):
         )
         # The posterior's initial log-variance (model.logvar_init_bias): 0 gives sigma = 1 at init.
         nn.init.constant_(self.encoder.head.bias[z_dim:], logvar_init_bias)
-        self.decoder = UpsamplingDecoder(base_filters, input_channels, gradient_checkpointing)
+
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """The 1×1×1 projection of the broadcast grid, [B, C0, 8, 8, 8]."""
+        return self.project[0](self.broadcast(z))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.project(self.broadcast(z)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar, z

@@ -1,0 +1,48 @@
+"""What both experiment models share: the ResNet3D-GN encoder, the reparameterised forward, decode()."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import nn
+
+from vae_dynamics.models.components.blocks import reparameterize
+from vae_dynamics.models.components.decoder import UpsamplingDecoder
+from vae_dynamics.models.components.resnet3d import ResNet3dEncoder
+
+
+class VAE3d(nn.Module):
+    """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z]).
+
+    A subclass builds the decoder's 8³ input from z (`decode`); the encoder and the upsampling trunk
+    are the same for every experiment.
+    """
+
+    encoder: ResNet3dEncoder
+    decoder: UpsamplingDecoder
+
+    def __init__(
+        self, z_dim: int, input_channels: int, base_filters: int, norm: str, gradient_checkpointing: bool
+    ) -> None:
+        super().__init__()
+        if norm.upper() != "GROUP":
+            raise ValueError(f"norm must be 'GROUP' (GroupNorm everywhere), got {norm!r}")
+        self.z_dim = z_dim
+        self.encoder = ResNet3dEncoder(
+            input_channels, base_filters, z_dim, gradient_checkpointing=gradient_checkpointing
+        )
+        self.decoder = UpsamplingDecoder(base_filters, input_channels, gradient_checkpointing)
+
+    @abstractmethod
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's 8³ input before its first normalisation, [B, C0, 8, 8, 8]."""
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, z_dim] -> x_hat [B, C, 128³]."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar, z
