@@ -61,14 +61,19 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS) -m "not slow and not slurm"
 
+# ruff, the type check (pyproject.toml's [tool.mypy]), the Snakemake formatter and Snakemake's own lint;
+# .pre-commit-config.yaml runs the same tools before each commit (README, Development).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint --cores 1
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile rules/
 
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done

@@ -35,6 +35,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         "results/exp2/done",
-    default_target: True

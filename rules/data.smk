@@ -4,17 +4,17 @@
 rule make_demo_dataset:
     output:
         "results/demo/data/factors.csv",
-    params:
-        out_dir=lambda wildcards, output: str(Path(output[0]).parent),
-        n_subjects=(DEMO or {}).get("n_subjects", 6),
-        seed=(DEMO or {}).get("seed", 0),
-    threads: 2
     log:
         "logs/make_demo_dataset.log",
     benchmark:
         "benchmarks/make_demo_dataset.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 2
+    params:
+        out_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        n_subjects=(DEMO or {}).get("n_subjects", 6),
+        seed=(DEMO or {}).get("seed", 0),
     script:
         "../workflow/scripts/make_demo_dataset.py"
 
@@ -25,16 +25,16 @@ rule index_subjects:
     output:
         subjects="results/index/subjects.csv",
         rejected="results/index/rejected.csv",
-    params:
-        root=lambda wildcards: None if DATA_SHEET else data_config()["root_dir"],
-        sheet=DATA_SHEET,
-    threads: 8
     log:
         "logs/index_subjects.log",
     benchmark:
         "benchmarks/index_subjects.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 8
+    params:
+        root=lambda wildcards: None if DATA_SHEET else data_config()["root_dir"],
+        sheet=DATA_SHEET,
     script:
         "../workflow/scripts/index_subjects.py"
 
@@ -45,13 +45,13 @@ rule make_splits:
     output:
         train="results/splits/train.csv",
         val="results/splits/val.csv",
-    params:
-        val_split=lambda wildcards: data_config()["val_split"],
-        seed=lambda wildcards: run_config(EXPERIMENTS[0])["train"]["seed"],
     log:
         "logs/make_splits.log",
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    params:
+        val_split=lambda wildcards: data_config()["val_split"],
+        seed=lambda wildcards: run_config(EXPERIMENTS[0])["train"]["seed"],
     script:
         "../workflow/scripts/make_splits.py"
 
@@ -62,15 +62,15 @@ rule build_persistent_cache:
         val="results/splits/val.csv",
     output:
         manifest="results/cache/manifest.json",
-    params:
-        # the preprocessing contract and where the tensors go: data.num_workers etc. rebuild nothing
-        data=lambda wildcards: wf.cache_settings(data_config()),
-    threads: 8
     log:
         "logs/build_persistent_cache.log",
     benchmark:
         "benchmarks/build_persistent_cache.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 8
+    params:
+        # the preprocessing contract and where the tensors go: data.num_workers etc. rebuild nothing
+        data=lambda wildcards: wf.cache_settings(data_config()),
     script:
         "../workflow/scripts/build_persistent_cache.py"

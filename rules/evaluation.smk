@@ -10,13 +10,13 @@ rule subject_factors:
         demo=index_inputs,
     output:
         "results/factors/factors.csv",
-    threads: 4
     log:
         "logs/subject_factors.log",
     benchmark:
         "benchmarks/subject_factors.tsv"
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 4
     script:
         "../workflow/scripts/subject_factors.py"
 
@@ -26,19 +26,19 @@ rule encode_latents:
         summary="results/{run}/train_summary.json",
     output:
         "results/{run}/latents.csv",
-    wildcard_constraints:
-        run=RUN_PATTERN,
-    params:
-        batch_size=lambda wildcards: run_config(wildcards.run)["data"]["batch_size"],
-    threads: 4
-    resources:
-        gpu=1,
     log:
         "logs/encode_latents_{run}.log",
     benchmark:
         "benchmarks/encode_latents_{run}.tsv"
+    wildcard_constraints:
+        run=RUN_PATTERN,
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        batch_size=lambda wildcards: run_config(wildcards.run)["data"]["batch_size"],
     script:
         "../workflow/scripts/encode_latents.py"
 
@@ -82,19 +82,19 @@ rule evaluate_latents:
             category="{run}",
             subcategory="traversals per dimension",
         ),
-    wildcard_constraints:
-        run=RUN_PATTERN,
-    params:
-        traversed_dims=wf.traversed_dims(config),
-    threads: 4
-    resources:
-        gpu=1,
     log:
         "logs/evaluate_latents_{run}.log",
     benchmark:
         "benchmarks/evaluate_latents_{run}.tsv"
+    wildcard_constraints:
+        run=RUN_PATTERN,
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        traversed_dims=wf.traversed_dims(config),
     script:
         "../workflow/scripts/evaluate_latents.py"
 
@@ -113,11 +113,11 @@ rule compare_experiments:
         ),
         csv="results/compare/summary.csv",
         done="results/compare/done",
-    params:
-        experiments=COMPARED,
     log:
         "logs/compare_experiments.log",
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    params:
+        experiments=COMPARED,
     script:
         "../workflow/scripts/compare_experiments.py"

@@ -18,16 +18,16 @@ rule export_recon_panels:
             category="{run}",
             subcategory="training",
         ),
-    wildcard_constraints:
-        run=RUN_PATTERN,
-    resources:
-        gpu=1,  # decodes on CUDA when present (the script claims its own GPU: vae_dynamics/gpus.py)
     log:
         "logs/export_recon_panels_{run}.log",
     benchmark:
         "benchmarks/export_recon_panels_{run}.tsv"
+    wildcard_constraints:
+        run=RUN_PATTERN,
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    resources:
+        gpu=1,  # decodes on CUDA when present (the script claims its own GPU: vae_dynamics/gpus.py)
     script:
         "../workflow/scripts/export_recon_panels.py"
 
@@ -40,10 +40,10 @@ rule done:
         evaluation="results/{run}/evaluation/metrics.json",
     output:
         "results/{run}/done",
-    wildcard_constraints:
-        run=RUN_PATTERN,
     log:
         "logs/done_{run}.log",
+    wildcard_constraints:
+        run=RUN_PATTERN,
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     script:

@@ -26,6 +26,10 @@ rule sweep_summary:
             category="sweep",
         ),
         done="results/sweep/done",
+    log:
+        "logs/sweep_summary.log",
+    conda:
+        "../workflow/envs/vae_dynamics.yaml"
     params:
         runs=SWEEP,
         # Snakemake does not recreate a deleted intermediate file while the final target is up to date:
@@ -36,9 +40,5 @@ rule sweep_summary:
             if Path("results/sweep/done").exists()
             else []
         ),
-    log:
-        "logs/sweep_summary.log",
-    conda:
-        "../workflow/envs/vae_dynamics.yaml"
     script:
         "../workflow/scripts/sweep_summary.py"

@@ -21,20 +21,20 @@ for exp in EXPERIMENTS:
         output:
             summary=f"results/{exp}/train_summary.json",
             metrics=f"results/{exp}/metrics.csv",
-        params:
-            run=exp,
-            run_dir=lambda wildcards, exp=exp: run_dir(exp),
-            max_epochs=lambda wildcards, exp=exp: run_config(exp)["train"]["max_epochs"],
-        threads: 4
-        resources:
-            # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
-            gpu=lambda wildcards, exp=exp: run_config(exp)["train"]["devices"],
         log:
             f"logs/train_{exp}.log",
         benchmark:
             f"benchmarks/train_{exp}.tsv"
         conda:
             "../workflow/envs/vae_dynamics.yaml"
+        threads: 4
+        resources:
+            # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
+            gpu=lambda wildcards, exp=exp: run_config(exp)["train"]["devices"],
+        params:
+            run=exp,
+            run_dir=lambda wildcards, exp=exp: run_dir(exp),
+            max_epochs=lambda wildcards, exp=exp: run_config(exp)["train"]["max_epochs"],
         script:
             "../workflow/scripts/train.py"
 
@@ -48,20 +48,20 @@ rule train_sweep_run:
     output:
         summary="results/{run}/train_summary.json",
         metrics="results/{run}/metrics.csv",
-    wildcard_constraints:
-        run=SWEEP_PATTERN,
-    params:
-        run=lambda wildcards: wildcards.run,
-        run_dir=lambda wildcards: run_dir(wildcards.run),
-        max_epochs=lambda wildcards: run_config(wildcards.run)["train"]["max_epochs"],
-    threads: 4
-    resources:
-        gpu=lambda wildcards: run_config(wildcards.run)["train"]["devices"],
     log:
         "logs/train_{run}.log",
     benchmark:
         "benchmarks/train_{run}.tsv"
+    wildcard_constraints:
+        run=SWEEP_PATTERN,
     conda:
         "../workflow/envs/vae_dynamics.yaml"
+    threads: 4
+    resources:
+        gpu=lambda wildcards: run_config(wildcards.run)["train"]["devices"],
+    params:
+        run=lambda wildcards: wildcards.run,
+        run_dir=lambda wildcards: run_dir(wildcards.run),
+        max_epochs=lambda wildcards: run_config(wildcards.run)["train"]["max_epochs"],
     script:
         "../workflow/scripts/train.py"

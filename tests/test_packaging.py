@@ -107,3 +107,41 @@ def test_the_conda_env_and_the_apptainer_image_install_exactly_the_lock():
     ]
     assert "requirements/lock.txt /opt/vae_dynamics/requirements/lock.txt" in definition
     assert "python3.11 -m venv" in post
+
+
+def _copy_of_the_working_tree(dest: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files, in a new git repository, with this .venv."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")  # fmt: skip
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes((REPO / name).read_bytes())
+    (dest / ".venv").symlink_to(Path(sys.prefix))
+    for args in (["init", "-q"], ["add", "-A"]):
+        subprocess.run(["git", *args], cwd=dest, check=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_pre_commit_runs_every_hook_offline_and_fails_on_a_type_error(tmp_path):
+    """`pre-commit run --all-files` on a copy of this tree: every local hook runs from .venv (nothing is
+    cloned, so no network is needed) and passes; a type error in the package then fails the mypy hook."""
+    work = _copy_of_the_working_tree(tmp_path / "tree")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PRE_COMMIT_HOME": str(tmp_path / "cache"),
+           "MYPY_CACHE_DIR": str(tmp_path / "mypy_cache")}  # fmt: skip
+
+    def pre_commit() -> subprocess.CompletedProcess:
+        return subprocess.run([str(work / ".venv/bin/pre-commit"), "run", "--all-files"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    clean = pre_commit()
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-2000:]
+    for hook in ("ruff check", "ruff format", "snakefmt", "mypy"):
+        assert re.search(rf"^{re.escape(hook)}.*Passed$", clean.stdout, flags=re.M), clean.stdout
+    module = work / "src/vae_dynamics/parallel.py"
+    module.write_text(module.read_text() + '\n\ndef broken() -> int:\n    return "not an int"\n')
+    broken = pre_commit()
+    assert broken.returncode != 0
+    assert re.search(r"^mypy.*Failed$", broken.stdout, flags=re.M), broken.stdout
+    assert 'Incompatible return value type (got "str", expected "int")' in broken.stdout
