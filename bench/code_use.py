@@ -51,7 +51,7 @@ from common import (  # noqa: E402
 )
 
 from vae_dynamics import experiments  # noqa: E402
-from vae_dynamics.config import config_path, load_config  # noqa: E402
+from vae_dynamics.config import ExperimentConfig, config_path, load_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
 from vae_dynamics.models.diagnostics import (  # noqa: E402
     kl_per_dimension,
@@ -128,7 +128,7 @@ def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):
     return train, val, factors.loc[ids, list(FACTORS)].astype(float)
 
 
-def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module, dict[str, Any]]:
+def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module, ExperimentConfig]:
     """The arm's model (seed 0) and its validated config."""
     exp, overrides = ARMS[arm]
     cfg = load_config(config_path(exp), {"model.base_filters": base_filters, "train.lr": lr, **overrides})
@@ -137,12 +137,13 @@ def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module,
     return exp, experiment.model_cls()(**experiment.model_kwargs(cfg)), cfg
 
 
-def start_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+def start_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     out = {}
     for key in START_KEYS:
         section, name = key.split(".")
-        if name in cfg[section]:
-            out[key] = cfg[section][name]
+        values = getattr(cfg, section)
+        if name in type(values).model_fields:
+            out[key] = getattr(values, name)
     return out
 
 
@@ -222,7 +223,7 @@ def run_arm(arm: str, data, args, sink) -> None:
     train = data[0]
     exp, model, cfg = build(arm, args.base_filters, args.lr)
     opt, schedule = study_optimizer(model, args.lr, cfg)
-    target = cfg["loss"]["beta_tc_target" if exp == "exp2" else "beta_kl_target"]
+    target = experiments.get(exp).beta_target(cfg)
     steps_per_epoch = max(1, len(train) // args.batch)
     rng = np.random.default_rng(0)  # the same batch order for every arm
     order: list[int] = []

@@ -14,7 +14,9 @@ import monai
 import torch
 
 from vae_dynamics import experiments
+from vae_dynamics.config import ExperimentConfig
 from vae_dynamics.io import write_text
+from vae_dynamics.models import VAE3d
 
 # experiment key -> its nn.Module class (from the registry)
 MODELS = {key: e.model_cls() for key, e in experiments.EXPERIMENTS.items()}
@@ -106,23 +108,23 @@ def demo_volumes(work: Path, n_subjects: int, n_val: int, workers: int):
 
     generate(work / "data", n_subjects, seed=0, workers=workers)
     subjects, _ = index_subjects(work / "data", work / "index", workers=workers, progress=False)
-    data_cfg = load_config(config_path("exp2"))["data"]
+    data_cfg = load_config(config_path("exp2")).data
     transform = transforms_from_config(data_cfg)
     rows = subjects.to_dict("records")
-    keys = [*data_cfg["modalities"], "seg"]
+    keys = [*data_cfg.modalities, "seg"]
     images = torch.stack([transform({k: r[k] for k in keys})["image"] for r in rows])
     ids = [r["subject_id"] for r in rows]
     return images[n_val:].contiguous(), images[:n_val].contiguous(), ids[n_val:] + ids[:n_val]
 
 
-def study_optimizer(model: torch.nn.Module, lr: float, cfg: dict[str, Any]):
+def study_optimizer(model: VAE3d, lr: float, cfg: ExperimentConfig):
     """AdamW and the start schedule of a config, as training builds them (lit_modules.build_optimizer)."""
     from vae_dynamics.training.lit_modules import build_optimizer
 
-    t = cfg["train"]
-    return build_optimizer(model, lr, encoder_head_lr_scale=t["encoder_head_lr_scale"],
-                           lr_warmup_steps=t["lr_warmup_steps"],
-                           encoder_head_lr_ramp_steps=t["encoder_head_lr_ramp_steps"])  # fmt: skip
+    t = cfg.train
+    return build_optimizer(model, lr, encoder_head_lr_scale=t.encoder_head_lr_scale,
+                           lr_warmup_steps=t.lr_warmup_steps,
+                           encoder_head_lr_ramp_steps=t.encoder_head_lr_ramp_steps)  # fmt: skip
 
 
 def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_help: str) -> None:
@@ -141,13 +143,13 @@ def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict
     """The weighted loss terms (each as it enters the total) and μ, for one batch."""
     from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss
 
-    loss_cfg = cfg["loss"]
+    loss_cfg = cfg.loss
     x_hat, mu, logvar, z = model(x)
     if exp == "exp2":
         out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=n_train, beta_tc=beta,
-                                 alpha=loss_cfg["alpha"], gamma=loss_cfg["gamma"])  # fmt: skip
-        terms = {"recon": out["recon"], "mi": loss_cfg["alpha"] * out["mi"],
-                 "tc": beta * out["tc"], "dwkl": loss_cfg["gamma"] * out["dwkl"]}  # fmt: skip
+                                 alpha=loss_cfg.alpha, gamma=loss_cfg.gamma)  # fmt: skip
+        terms = {"recon": out["recon"], "mi": loss_cfg.alpha * out["mi"],
+                 "tc": beta * out["tc"], "dwkl": loss_cfg.gamma * out["dwkl"]}  # fmt: skip
     else:
         out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
         terms = {"recon": out["recon"], "kl": beta * out["kl"]}

@@ -121,7 +121,6 @@ def references(train: torch.Tensor, val: torch.Tensor) -> dict[str, float]:
 
 def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
     exp, model, cfg = build(variant, args.base_filters)
-    loss_cfg = cfg["loss"]
     opt, schedule = study_optimizer(model, args.lr, cfg)  # as in training
     mean_volume = train.mean(dim=0, keepdim=True)
     steps_per_epoch = max(1, len(train) // args.batch)
@@ -143,9 +142,7 @@ def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
             order = list(rng.permutation(len(train)))
         idx, order = order[: args.batch], order[args.batch :]
         epoch = (step - 1) // steps_per_epoch
-        beta = linear_warmup(
-            epoch, loss_cfg["beta_tc_target" if exp == "exp2" else "beta_kl_target"], args.warmup_epochs
-        )
+        beta = linear_warmup(epoch, experiments.get(exp).beta_target(cfg), args.warmup_epochs)
         if not training_step(
             exp, model, train[idx], cfg, beta, len(train), opt, schedule, f"{variant} step {step}"
         ):

@@ -28,7 +28,7 @@ from vae_dynamics.data.demo import generate  # noqa: E402
 from vae_dynamics.data.transforms import transforms_from_config  # noqa: E402
 from vae_dynamics.losses import compute_tcvae_loss  # noqa: E402
 
-DATA_CFG = load_config(config_path("exp2"))["data"]
+DATA_CFG = load_config(config_path("exp2")).data
 
 
 def current_rss_bytes() -> int:

@@ -183,7 +183,7 @@ def prepare_data(work: Path, n_subjects: int, epoch_subjects: int, workers: int)
     index_subjects(work / "data", work / "index", workers=workers, progress=False)
     make_splits(work / "index" / "subjects.csv", work / "splits", val_split=0.1, seed=0)
     cfg = load_config(config_path("exp2"), {"data.cache_dir": str(work / "cache")})
-    build_cache(cfg["data"], [work / "splits" / "train.csv", work / "splits" / "val.csv"], work / "cache",
+    build_cache(cfg.data, [work / "splits" / "train.csv", work / "splits" / "val.csv"], work / "cache",
                 workers=workers, progress=False)  # fmt: skip
     train = pd.read_csv(work / "splits" / "train.csv")
     repeats = max(1, round(epoch_subjects / len(train)))
@@ -204,23 +204,23 @@ def training_loop(
         {"data.cache_dir": str(work / "cache"), "data.cache_rate": 1.0, "train.max_epochs": 1, **overrides},
     )
     run_dir = work / "runs" / label
-    dm = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
+    dm = BraTSDataModule(cfg.data, splits, seed=cfg.train.seed)
     module = build_module(cfg, dm.n_train)
     trainer = build_trainer(cfg, run_dir)
     meter = Throughput(warmup)
     trainer.callbacks.append(meter)
     trainer.limit_train_batches = steps
     trainer.limit_val_batches = 1
-    cuda = torch.cuda.is_available() and cfg["train"]["accelerator"] != "cpu"
+    cuda = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    config = dict(label=label, batch=cfg["data"]["batch_size"], base_filters=cfg["model"]["base_filters"],
-                  precision=str(trainer.precision), gradient_checkpointing=cfg["train"]["gradient_checkpointing"],
-                  compile=cfg["train"]["compile"], gpu_cache=dm.train_batches is not None,
-                  num_workers=cfg["data"]["num_workers"], n_train=dm.n_train, steps=steps, warmup=warmup)  # fmt: skip
+    config = dict(label=label, batch=cfg.data.batch_size, base_filters=cfg.model.base_filters,
+                  precision=str(trainer.precision), gradient_checkpointing=cfg.train.gradient_checkpointing,
+                  compile=cfg.train.compile, gpu_cache=dm.train_batches is not None,
+                  num_workers=cfg.data.num_workers, n_train=dm.n_train, steps=steps, warmup=warmup)  # fmt: skip
     rate = meter.rate
     records = [
         record("loop_samples_per_s", rate, "samples/s", **config),

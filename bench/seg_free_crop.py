@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "seg_free_crop.json"))
     args = parser.parse_args(argv)
-    data = load_config(config_path("exp2"))["data"]
-    mods = list(data["modalities"])
+    data = load_config(config_path("exp2")).data
+    mods = list(data.modalities)
     # The preprocessing up to the foreground mask (data/transforms.build_transforms), on image and seg.
     load = Compose([
         LoadImaged(keys=[*mods, SEG_KEY], image_only=True), EnsureChannelFirstd(keys=[*mods, SEG_KEY]),
         ConcatItemsd(keys=mods, name="image"), Orientationd(keys=["image", SEG_KEY], axcodes="RAS", labels=RAS_LABELS),
-        Spacingd(keys="image", pixdim=data["spacing"]), Spacingd(keys=SEG_KEY, pixdim=data["spacing"], mode="nearest"),
+        Spacingd(keys="image", pixdim=data.spacing), Spacingd(keys=SEG_KEY, pixdim=data.spacing, mode="nearest"),
     ])  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,7 +42,7 @@ def run_config(run):
 
 def data_config():
     """Data section shared by every run (the data pipeline is identical)."""
-    return run_config(EXPERIMENTS[0])["data"]
+    return run_config(EXPERIMENTS[0]).data
 
 
 def run_dir(run):

@@ -33,7 +33,7 @@ rule index_subjects:
         "../workflow/envs/vae_dynamics.yaml"
     threads: 8
     params:
-        root=lambda wildcards: None if DATA_SHEET else data_config()["root_dir"],
+        root=lambda wildcards: None if DATA_SHEET else data_config().root_dir,
         sheet=DATA_SHEET,
     script:
         "../workflow/scripts/index_subjects.py"
@@ -50,8 +50,8 @@ rule make_splits:
     conda:
         "../workflow/envs/vae_dynamics.yaml"
     params:
-        val_split=lambda wildcards: data_config()["val_split"],
-        seed=lambda wildcards: run_config(EXPERIMENTS[0])["train"]["seed"],
+        val_split=lambda wildcards: data_config().val_split,
+        seed=lambda wildcards: run_config(EXPERIMENTS[0]).train.seed,
     script:
         "../workflow/scripts/make_splits.py"
 

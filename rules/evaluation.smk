@@ -38,7 +38,7 @@ rule encode_latents:
     resources:
         gpu=1,
     params:
-        batch_size=lambda wildcards: run_config(wildcards.run)["data"]["batch_size"],
+        batch_size=lambda wildcards: run_config(wildcards.run).data.batch_size,
     script:
         "../workflow/scripts/encode_latents.py"
 

@@ -30,11 +30,11 @@ for exp in EXPERIMENTS:
         threads: 4
         resources:
             # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
-            gpu=lambda wildcards, exp=exp: run_config(exp)["train"]["devices"],
+            gpu=lambda wildcards, exp=exp: run_config(exp).train.devices,
         params:
             run=exp,
             run_dir=lambda wildcards, exp=exp: run_dir(exp),
-            max_epochs=lambda wildcards, exp=exp: run_config(exp)["train"]["max_epochs"],
+            max_epochs=lambda wildcards, exp=exp: run_config(exp).train.max_epochs,
         script:
             "../workflow/scripts/train.py"
 
@@ -58,10 +58,10 @@ rule train_sweep_run:
         "../workflow/envs/vae_dynamics.yaml"
     threads: 4
     resources:
-        gpu=lambda wildcards: run_config(wildcards.run)["train"]["devices"],
+        gpu=lambda wildcards: run_config(wildcards.run).train.devices,
     params:
         run=lambda wildcards: wildcards.run,
         run_dir=lambda wildcards: run_dir(wildcards.run),
-        max_epochs=lambda wildcards: run_config(wildcards.run)["train"]["max_epochs"],
+        max_epochs=lambda wildcards: run_config(wildcards.run).train.max_epochs,
     script:
         "../workflow/scripts/train.py"

@@ -32,39 +32,41 @@ def test_exp2_yaml_has_exactly_the_requested_keys_and_values():
     raw = yaml.safe_load(config_path("exp2_tcvae_sbd").read_text())
     assert {k: set(v) for k, v in raw.items()} == EXP2_KEYS
     cfg = load_config(config_path("exp2_tcvae_sbd"))
-    assert cfg["data"]["root_dir"] == "/media/mpascual/PortableSSD/Meningiomas/BraTS/BraTS_Men_Train"
-    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["val_split"] == 0.1
-    requested = {k: v for k, v in cfg["model"].items() if k in EXP2_KEYS["model"]}
+    assert cfg.data.root_dir == "/media/mpascual/PortableSSD/Meningiomas/BraTS/BraTS_Men_Train"
+    assert cfg.data.batch_size == 8 and cfg.data.val_split == 0.1
+    requested = {k: v for k, v in cfg.model.model_dump().items() if k in EXP2_KEYS["model"]}
     assert requested == {
         "variant": "tcvae_sbd", "z_dim": 128, "input_channels": 4, "base_filters": 32, "norm": "GROUP",
         "sbd_grid_size": [8, 8, 8],
     }  # fmt: skip
     # keys the request leaves open, with the defaults chosen by bench/learning.py (docs/LEARNING.md)
-    assert {k: v for k, v in cfg["model"].items() if k not in EXP2_KEYS["model"]} == SBD_START_DEFAULTS
-    assert {k: cfg["train"][k] for k in TRAIN_START_DEFAULTS} == TRAIN_START_DEFAULTS
-    assert cfg["loss"] == {
+    assert {
+        k: v for k, v in cfg.model.model_dump().items() if k not in EXP2_KEYS["model"]
+    } == SBD_START_DEFAULTS
+    assert {k: getattr(cfg.train, k) for k in TRAIN_START_DEFAULTS} == TRAIN_START_DEFAULTS
+    assert cfg.loss.model_dump() == {
         "alpha": 1.0, "gamma": 1.0, "beta_tc_target": 6.0, "beta_tc_annealing_epochs": 40, "compute_in_fp32": True,
     }  # fmt: skip
-    assert cfg["train"]["lr"] == 1e-4  # '1e-4' is a string to PyYAML; the loader reads it as a float
-    assert cfg["train"]["precision"] == "16-mixed" and cfg["train"]["gradient_checkpointing"] is True
+    assert cfg.train.lr == 1e-4  # '1e-4' is a string to PyYAML; the loader reads it as a float
+    assert cfg.train.precision == "16-mixed" and cfg.train.gradient_checkpointing is True
 
 
 def test_exp1_yaml_mirrors_exp2_with_its_own_variant_and_loss():
     exp1, exp2 = load_config(config_path("exp1_baseline_vae")), load_config(config_path("exp2_tcvae_sbd"))
-    assert exp1["model"]["variant"] == "baseline_vae"
-    assert exp1["loss"] == {"beta_kl_target": 1.0, "beta_kl_annealing_epochs": 40}
-    assert exp1["data"] == exp2["data"]
+    assert exp1.model.variant == "baseline_vae"
+    assert exp1.loss.model_dump() == {"beta_kl_target": 1.0, "beta_kl_annealing_epochs": 40}
+    assert exp1.data == exp2.data
     # the same training settings, but for the keys only Exp2 has and Exp2's start (head lr, warm-up)
-    exp2_train = {k: v for k, v in exp2["train"].items() if k != "compute_tcvae_terms_in_fp32"}
+    exp2_train = {k: v for k, v in exp2.train.model_dump().items() if k != "compute_tcvae_terms_in_fp32"}
     exp1_start = {"encoder_head_lr_scale": 1.0, "encoder_head_lr_ramp_steps": 0}
-    assert exp1["train"] == {**exp2_train, **exp1_start}
+    assert exp1.train.model_dump() == {**exp2_train, **exp1_start}
 
 
 def test_dotted_overrides_are_parsed_as_yaml_before_validation():
     cfg = load_config(
         config_path("exp2_tcvae_sbd"), ["train.max_epochs=3", "data.batch_size=2", "train.lr=3e-4"]
     )
-    assert cfg["train"]["max_epochs"] == 3 and cfg["data"]["batch_size"] == 2 and cfg["train"]["lr"] == 3e-4
+    assert cfg.train.max_epochs == 3 and cfg.data.batch_size == 2 and cfg.train.lr == 3e-4
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,7 @@ def test_missing_key_and_unknown_section_are_errors(tmp_path):
 
 def test_compute_in_fp32_alias_must_agree():
     cfg = load_config(config_path("exp2_tcvae_sbd"), ["train.compute_tcvae_terms_in_fp32=true"])
-    assert cfg["loss"]["compute_in_fp32"] is True and "compute_tcvae_terms_in_fp32" not in cfg["train"]
+    assert cfg.loss.compute_in_fp32 is True and "compute_tcvae_terms_in_fp32" not in cfg.train
     with pytest.raises(ConfigError, match="compute_tcvae_terms_in_fp32"):
         load_config(config_path("exp2_tcvae_sbd"), ["train.compute_tcvae_terms_in_fp32=false"])
 
@@ -163,7 +165,7 @@ def test_sbd_start_keys_are_validated(override, message):
 def test_sbd_start_keys_belong_to_exp2_and_exp1_keeps_a_plain_encoder_head():
     with pytest.raises(ConfigError, match=r"model\.sbd_z_gain"):
         load_config(config_path("exp1_baseline_vae"), ["model.sbd_z_gain=0.1"])
-    assert load_config(config_path("exp1_baseline_vae"))["train"]["encoder_head_lr_scale"] == 1.0
+    assert load_config(config_path("exp1_baseline_vae")).train.encoder_head_lr_scale == 1.0
 
 
 def test_every_problem_is_reported_at_once_with_key_and_value():
@@ -220,8 +222,8 @@ def test_the_json_schema_accepts_the_shipped_configs_and_refuses_a_bad_one():
 def test_a_resolved_config_is_validated_when_loaded(tmp_path):
     from vae_dynamics.training.run_dir import ResumeError, RunDir
 
-    cfg = load_config(config_path("exp2_tcvae_sbd"))
-    cfg["loss"]["beta_tc_target"] = -1.0
+    cfg = load_config(config_path("exp2_tcvae_sbd")).to_dict()
+    cfg["loss"]["beta_tc_target"] = -1.0  # a hand-edited config_resolved.yaml
     save_config(cfg, tmp_path / "config_resolved.yaml")
     with pytest.raises(ResumeError, match=r"loss\.beta_tc_target: -1\.0 must be >= 0"):
         RunDir(tmp_path).saved_config()

@@ -87,7 +87,7 @@ def test_placement_plan():
 
 def test_datamodule_holds_the_cached_training_split_on_a_device(demo_splits, tmp_path):
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path)
-    dm = BraTSDataModule(cfg["data"], demo_splits, seed=0, resident_device="cpu")
+    dm = BraTSDataModule(cfg.data, demo_splits, seed=0, resident_device="cpu")
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader, DeviceResidentBatches) and len(loader) == 2  # 4 subjects, batch 2
@@ -108,7 +108,7 @@ def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits
     from vae_dynamics.training.run import build_module
 
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.max_epochs": 1})
-    dm = BraTSDataModule(cfg["data"], demo_splits, seed=0, resident_device="cpu")
+    dm = BraTSDataModule(cfg.data, demo_splits, seed=0, resident_device="cpu")
     module = build_module(cfg, dm.n_train)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, num_sanity_val_steps=0, precision="bf16-mixed")  # fmt: skip
@@ -168,7 +168,7 @@ def test_fewer_training_subjects_than_processes_is_a_clear_error(demo_splits, tm
     from vae_dynamics.data.datamodule import BraTSDataModule
 
     cfg = load_config(config_path("exp2_tcvae_sbd"), {"data.cache_dir": str(tmp_path / "cache")})
-    dm = BraTSDataModule(cfg["data"], demo_splits)
+    dm = BraTSDataModule(cfg.data, demo_splits)
     dm.trainer = SimpleNamespace(global_rank=0, world_size=8)
     with pytest.raises(ValueError, match=r"train\.csv\) has 4 subject\(s\), fewer than the 8 processes"):
         dm.setup("fit")

@@ -132,7 +132,7 @@ def test_a_reconstruction_lies_in_the_input_scans_space(trained, new_scans, tmp_
     assert len(table) == 2 and (out / "latents.csv").is_file() and (out / "rejected.csv").is_file()
     meta = json.loads((out / "encoding.json").read_text())
     assert meta["n_encoded"] == 2 and meta["run_identity"] == run.identity()
-    assert meta["preprocessing_contract"]["fov_mm"] == run.cfg["data"]["fov_mm"]
+    assert meta["preprocessing_contract"]["fov_mm"] == run.cfg.data.fov_mm
     for sid, folder in (("patient_0", "patient0"), ("patient_1", "patient1")):
         for key in MODALITIES:
             recon = nib.load(out / "reconstructions" / sid / f"{sid}-{key}.nii.gz")

@@ -251,7 +251,7 @@ def test_the_shipped_exp2_start_is_the_code_use_studys_best_and_uses_its_code_on
     finals = {r["arm"]: r for r in rows if r["step"] == last}
     best = max(finals.values(), key=lambda r: r["z_dependence"])
     cfg = load_config(config_path("exp2_tcvae_sbd"))
-    shipped = {key: cfg[key.split(".")[0]][key.split(".")[1]] for key in best["settings"]}
+    shipped = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in best["settings"]}
     assert shipped == best["settings"], (best["arm"], shipped)
     before = [r["z_dependence"] for r in rows if r["arm"] == best["arm"] and r["step"] >= last - 30]
     assert len(before) == 2 and min(before) >= 1.10
@@ -280,8 +280,8 @@ def test_exp2_from_the_shipped_initialisation_learns_a_head_in_a_few_dozen_cpu_s
     from vae_dynamics.training.run import build_module
 
     cfg = load_config(config_path("exp2_tcvae_sbd"), {"model.base_filters": 16, "train.lr": 3e-3})
-    transform = transforms_from_config(cfg["data"])
-    keys = [*cfg["data"]["modalities"], "seg"]
+    transform = transforms_from_config(cfg.data)
+    keys = [*cfg.data.modalities, "seg"]
 
     def volumes(split: str) -> torch.Tensor:
         rows = pd.read_csv(demo_splits / f"{split}.csv").to_dict("records")

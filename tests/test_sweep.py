@@ -35,10 +35,10 @@ def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names
         "sweep/exp1/seed=42", "sweep/exp1/seed=43",
     ]  # fmt: skip
     cfg = run_config(config, "sweep/exp2/beta_tc_target=6.5,seed=43")
-    assert cfg["loss"]["beta_tc_target"] == 6.5 and cfg["train"]["seed"] == 43
-    assert cfg["train"]["max_epochs"] == 3  # sweep.overrides
-    assert cfg["train"]["lr"] == 3e-3 and cfg["loss"]["beta_tc_annealing_epochs"] == 8  # the demo's overrides
-    assert run_config(config, "sweep/exp1/seed=42")["model"]["variant"] == "baseline_vae"
+    assert cfg.loss.beta_tc_target == 6.5 and cfg.train.seed == 43
+    assert cfg.train.max_epochs == 3  # sweep.overrides
+    assert cfg.train.lr == 3e-3 and cfg.loss.beta_tc_annealing_epochs == 8  # the demo's overrides
+    assert run_config(config, "sweep/exp1/seed=42").model.variant == "baseline_vae"
     identities = {spec["identity"] for spec in runs.values()}
     assert len(identities) == 6  # every run its own run directory
     assert runs["sweep/exp1/seed=42"]["identity"] == config_hash(run_config(config, "sweep/exp1/seed=42"))

@@ -287,7 +287,7 @@ def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
 
     cfg = exp2_run["cfg"]
     ckpt = exp2_run["run_dir"] / exp2_run["resumed"]["last_checkpoint"]
-    dm = BraTSDataModule(cfg["data"], exp2_run["run_dir"] / "splits", seed=0)
+    dm = BraTSDataModule(cfg.data, exp2_run["run_dir"] / "splits", seed=0)
     losses = []
     for _ in range(2):
         module = TCVAELitModule.load_from_checkpoint(ckpt, map_location="cpu")
@@ -388,7 +388,7 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
     summary = tmp_path / "train_summary.json"
     summary.write_text(json.dumps({**exp2_run["resumed"], "run_dir": str(exp2_run["run_dir"])}))
     run = load_run(summary, "cpu")
-    assert type(run.model) is TCVAESBD and not run.model.training and run.cfg["model"]["base_filters"] == 16
+    assert type(run.model) is TCVAESBD and not run.model.training and run.cfg.model.base_filters == 16
     reference = TCVAELitModule.load_from_checkpoint(
         exp2_run["run_dir"] / exp2_run["resumed"]["best_checkpoint"], map_location="cpu"
     )

@@ -21,7 +21,7 @@ from vae_dynamics.data.cache import (
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.transforms import build_transforms, transforms_from_config
 
-DATA_CFG = load_config(config_path("exp2_tcvae_sbd"))["data"]
+DATA_CFG = load_config(config_path("exp2_tcvae_sbd")).data
 
 
 def test_transform_output_meets_the_contract(demo_splits):
@@ -53,11 +53,11 @@ def test_left_marker_lands_on_the_left_after_ras_orientation(demo_copy, tmp_path
     nib.save(nib.Nifti1Image(data, img.affine), path)
     record = {
         "subject_id": sid,
-        **{k: str(demo_copy / sid / f"{sid}-{k}.nii.gz") for k in DATA_CFG["modalities"] + ["seg"]},
+        **{k: str(demo_copy / sid / f"{sid}-{k}.nii.gz") for k in DATA_CFG.modalities + ["seg"]},
     }
-    out = build_transforms(DATA_CFG["modalities"], [128] * 3, [1.0] * 3)(record)
-    t1c = out["image"][DATA_CFG["modalities"].index("t1c")]
-    t1n = out["image"][DATA_CFG["modalities"].index("t1n")]
+    out = build_transforms(DATA_CFG.modalities, [128] * 3, [1.0] * 3)(record)
+    t1c = out["image"][DATA_CFG.modalities.index("t1c")]
+    t1n = out["image"][DATA_CFG.modalities.index("t1n")]
     x_marker = torch.nonzero(t1c > 0.5)[:, 0].float().mean().item()
     brain_x = torch.nonzero(t1n > 0)[:, 0].float()
     # RAS array: axis 0 runs from Left (index 0) to Right; 40 mm at 1.5 mm/voxel ≈ 27 voxels left
@@ -126,13 +126,13 @@ def test_a_failed_cache_write_leaves_no_file(demo_splits, tmp_path, monkeypatch)
 
 def test_changed_preprocessing_parameter_gives_a_new_cache_directory(tmp_path):
     base = prepare_cache_dir(tmp_path, DATA_CFG)
-    assert cache_dir_for(tmp_path, dict(DATA_CFG)) == base
+    assert cache_dir_for(tmp_path, DATA_CFG.model_copy()) == base
     for key, value in (("fov_mm", 200.0), ("intensity_percentile", 99.0), ("spacing", [1.0, 1.0, 1.5])):
-        changed = cache_dir_for(tmp_path, {**DATA_CFG, key: value})
+        changed = cache_dir_for(tmp_path, DATA_CFG.model_copy(update={key: value}))
         assert changed != base, key
     assert (base / "contract.json").is_file()
     # keys that do not change the tensors do not change the directory
-    assert cache_dir_for(tmp_path, {**DATA_CFG, "batch_size": 1, "num_workers": 0}) == base
+    assert cache_dir_for(tmp_path, DATA_CFG.model_copy(update={"batch_size": 1, "num_workers": 0})) == base
 
 
 def test_build_cache_writes_a_manifest(demo_splits, tmp_path):
@@ -160,7 +160,9 @@ def test_ram_share_is_capped_by_available_memory(caplog):
 
 
 def test_datamodule_batches(demo_splits, tmp_path):
-    cfg = {**DATA_CFG, "batch_size": 2, "num_workers": 0, "cache_rate": 0.5, "cache_dir": str(tmp_path)}
+    cfg = DATA_CFG.model_copy(
+        update={"batch_size": 2, "num_workers": 0, "cache_rate": 0.5, "cache_dir": str(tmp_path)}
+    )
     dm = BraTSDataModule(cfg, demo_splits, seed=0)
     dm.setup("fit")
     assert dm.n_train == 4 and len(dm.train_dataset.held) == 2

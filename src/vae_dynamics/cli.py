@@ -101,7 +101,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     splits = Path(args.splits)
     manifest = build_cache(
-        cfg["data"], [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg["data"]["cache_dir"],
+        cfg.data, [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg.data.cache_dir,
         args.manifest, workers=args.workers,
     )  # fmt: skip
     print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")
@@ -180,9 +180,9 @@ def cmd_config(args: argparse.Namespace) -> None:
         raise UsageError(f"config {args.action} needs --config")
     cfg = load_config(args.config, args.overrides)
     if args.action == "show":
-        sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     else:
-        print(f"{args.config}: valid ({cfg['model']['variant']})")
+        print(f"{args.config}: valid ({cfg.model.variant})")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

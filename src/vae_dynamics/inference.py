@@ -33,6 +33,7 @@ import pandas as pd
 
 from vae_dynamics import experiments
 from vae_dynamics.config import load_config
+from vae_dynamics.config.schema import ExperimentConfig
 from vae_dynamics.data import SEG_KEY
 
 if TYPE_CHECKING:  # torch, MONAI and the models are imported where they are used
@@ -55,7 +56,7 @@ class ContractMismatchError(RuntimeError):
 class TrainedRun:
     """A finished training run: its resolved config, the chosen checkpoint's model, where it lives."""
 
-    cfg: dict[str, Any]
+    cfg: ExperimentConfig
     model: VAE3d  # the experiment's model (TCVAESBD, BaselineVAE), in eval mode on `device`
     run_dir: Path
     summary: dict[str, Any]
@@ -69,14 +70,14 @@ class TrainedRun:
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.cfg["data"]["modalities"])
+        return list(self.cfg.data.modalities)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The training's mixed precision for decoding figures (traversals, panels): bf16-mixed on any
         device, 16-mixed on CUDA; full precision otherwise. Metrics are computed in float32."""
         import torch
 
-        precision = self.cfg["train"]["precision"]
+        precision = self.cfg.train.precision
         if precision == "bf16-mixed":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         if precision == "16-mixed" and self.device.type == "cuda":
@@ -95,14 +96,14 @@ class TrainedRun:
         key -> (the run's, this code's). Runs from before the record: their config's contract keys."""
         from vae_dynamics.data.cache import preprocessing_contract
 
-        current = json.loads(json.dumps(preprocessing_contract(self.cfg["data"])))
+        current = json.loads(json.dumps(preprocessing_contract(self.cfg.data)))
         record = self.run_dir / "preprocessing.json"
         if record.is_file():
             saved = json.loads(record.read_text())
         else:
             log.warning("%s: no preprocessing.json (a run from before 0.5); its config's keys are used",
                         self.run_dir)  # fmt: skip
-            saved = {k: v for k, v in current.items() if k in self.cfg["data"]}
+            saved = {k: v for k, v in current.items() if k in self.cfg.data}
         keys = sorted(set(saved) | set(current))
         return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 
@@ -123,7 +124,7 @@ class TrainedRun:
         if self._transform is None:
             from vae_dynamics.data.transforms import transforms_from_config
 
-            self._transform = transforms_from_config(self.cfg["data"], invertible=True)
+            self._transform = transforms_from_config(self.cfg.data, invertible=True)
         return self._transform
 
     def scans(self, source: Scans, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -342,7 +343,7 @@ def write_encoding(
             kl = kl_per_dimension(mu, logvar)
             top = [int(j) for j in np.argsort(-kl, kind="stable")[:traverse]]
             channels = [run.modalities.index(m) for m in TRAVERSAL_MODALITIES]
-            size = tuple(run.cfg["data"]["roi_size"])
+            size = tuple(run.cfg.data.roi_size)
             for it in kept:
                 centre = it["centre"] or tuple(s // 2 for s in size)
                 with run.autocast():
@@ -359,7 +360,7 @@ def write_encoding(
             "checkpoint": str(run.checkpoint) if run.checkpoint else None,
             "experiment": run.summary.get("experiment"),
             "run_identity": run.identity(),
-            "preprocessing_contract": preprocessing_contract(run.cfg["data"]),
+            "preprocessing_contract": preprocessing_contract(run.cfg.data),
             "source": str(source) if isinstance(source, (str, os.PathLike)) else "a DataFrame or a list of folders",
             "n_encoded": len(table), "n_rejected": len(rejected),
             "reconstructions": reconstruct, "traversed_dims": traverse,

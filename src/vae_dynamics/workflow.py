@@ -16,6 +16,7 @@ import yaml
 
 from vae_dynamics.config import ConfigError, load_config
 from vae_dynamics.config.identity import CONTRACT_KEYS, run_identity
+from vae_dynamics.config.schema import DataConfig, ExperimentConfig
 from vae_dynamics.io import atomic_dir, write_json, write_text
 
 
@@ -88,7 +89,7 @@ def resolve_experiment(
     cache_dir: str | None = None,
     experiment: str | None = None,
     point: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ExperimentConfig:
     """The experiment config with the workflow's data root, cache dir and overrides applied.
 
     `overrides` holds shared dotted keys and, under `exp1:` / `exp2:`, keys for one experiment only;
@@ -165,24 +166,15 @@ def encode_step(summary_path: str, source: str, latents_csv: str, reconstruct: b
     return len(table)
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = (
-            _merge(out[key], value)
-            if isinstance(value, Mapping) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
-
-
 def load_workflow_config(*configfiles: str | os.PathLike[str], root: str | os.PathLike[str] = ".") -> dict:
-    """config/config.yaml with each --configfile merged over it, as Snakemake does."""
+    """config/config.yaml with each --configfile merged over it, as Snakemake does (its update_config)."""
+    from snakemake.utils import update_config
+
     config: dict[str, Any] = {}
     for path in (Path(root) / "config" / "config.yaml", *map(Path, configfiles)):
         if not path.is_file():
             raise FileNotFoundError(f"workflow config not found: {path}")
-        config = _merge(config, yaml.safe_load(path.read_text()) or {})
+        update_config(config, yaml.safe_load(path.read_text()) or {})
     return config
 
 
@@ -194,7 +186,9 @@ def experiment_yaml(config: Mapping[str, Any], exp: str) -> str:
     return str(config.get(e.workflow_key) or e.yaml_path)
 
 
-def experiment_config(config: Mapping[str, Any], exp: str, point: Mapping[str, Any] | None = None) -> dict:
+def experiment_config(
+    config: Mapping[str, Any], exp: str, point: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
     """The validated config of one workflow run: `exp` (+ a sweep point)."""
     return resolve_experiment(
         experiment_yaml(config, exp), data_root=data_root(config), overrides=config.get("overrides"),
@@ -202,12 +196,19 @@ def experiment_config(config: Mapping[str, Any], exp: str, point: Mapping[str, A
     )  # fmt: skip
 
 
-def cache_settings(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What build_persistent_cache needs: the preprocessing contract and the cache root."""
-    return {k: data_cfg[k] for k in (*CONTRACT_KEYS, "cache_dir")}
+def data_config(config: Mapping[str, Any]) -> DataConfig:
+    """The data section shared by every run of the workflow (one index, split and cache)."""
+    return run_config(config, experiment_keys()[0]).data
 
 
-def config_hash(cfg: Mapping[str, Any]) -> str:
+def cache_settings(data_cfg: DataConfig) -> dict[str, Any]:
+    """build_persistent_cache's params: the preprocessing contract and the cache root (plain data, so
+    that Snakemake reruns the cache when they change, and only then)."""
+    values = data_cfg.model_dump(mode="json")
+    return {k: values[k] for k in (*CONTRACT_KEYS, "cache_dir")}
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
     """Identity of a training run (config/identity.py): what it learns, not how long, fast or where.
 
     Raising train.max_epochs or changing data.num_workers keeps the run directory (the run continues);
@@ -287,7 +288,7 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_config(
     config: Mapping[str, Any], run: str, runs: Mapping[str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
+) -> ExperimentConfig:
     """The config of a workflow run: `exp2` (the main run) or `sweep/exp2/<name>` (a sweep run).
 
     `runs`: the sweep's runs when already resolved (`sweep_runs(config)` validates every run's config).
@@ -313,7 +314,7 @@ def run_experiment(run: str) -> str:
 
 
 def train_step(
-    cfg: dict[str, Any],
+    cfg: ExperimentConfig,
     run_dir: str | os.PathLike[str],
     splits_dir: str,
     summary_path: str,
@@ -358,7 +359,7 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
             mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
             with run.autocast():
                 x_hat = run.model.decode(mu)[0].float()
-            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg["data"]["modalities"],
+            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg.data.modalities,
                              title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})")  # fmt: skip
     plot_loss_curves(run.run_dir / "logs", curves_png)
     return sorted(Path(panels_dir).glob("*.png"))

@@ -8,7 +8,7 @@ from vae_dynamics.gpus import claim_gpus
 from vae_dynamics.workflow import log_to, run_config, train_step
 
 cfg = run_config(snakemake.config, snakemake.params.run)
-with log_to(snakemake.log[0]), claim_gpus(cfg["train"]["devices"]):
+with log_to(snakemake.log[0]), claim_gpus(cfg.train.devices):
     torch.set_num_threads(snakemake.threads)
     summary = train_step(
         cfg, snakemake.params.run_dir, str(Path(snakemake.input.train).parent),

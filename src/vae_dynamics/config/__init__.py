@@ -3,19 +3,18 @@
 from vae_dynamics.config.loader import (
     config_path,
     diff_keys,
-    experiment_name,
     json_schema,
     load_config,
     save_config,
     validate_config,
 )
-from vae_dynamics.config.schema import ConfigError
+from vae_dynamics.config.schema import ConfigError, ExperimentConfig
 
 __all__ = [
     "ConfigError",
+    "ExperimentConfig",
     "config_path",
     "diff_keys",
-    "experiment_name",
     "json_schema",
     "load_config",
     "save_config",

@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from vae_dynamics.config.schema import ExperimentConfig
+
 # data.* keys that determine the cached tensors (the preprocessing contract).
 CONTRACT_KEYS = ("modalities", "roi_size", "spacing", "orientation", "fov_mm", "intensity_percentile")
 
@@ -44,8 +46,10 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def identity_keys(cfg: ExperimentConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The dotted keys and values that define what a run learns."""
+    if isinstance(cfg, ExperimentConfig):
+        cfg = cfg.to_dict()
     return {
         k: v
         for k, v in sorted(_flatten(cfg).items())
@@ -53,6 +57,6 @@ def identity_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_identity(cfg: Mapping[str, Any]) -> str:
+def run_identity(cfg: ExperimentConfig | Mapping[str, Any]) -> str:
     """A short hash of identity_keys: the workflow's run directory name."""
     return hashlib.sha256(json.dumps(identity_keys(cfg), sort_keys=True).encode()).hexdigest()[:12]

@@ -1,7 +1,8 @@
 """Read an experiment YAML, apply dotted overrides, validate against the experiment's schema.
 
-The schema is config/schema.py; which schema applies is the registry's (vae_dynamics/experiments.py)
-answer for `model.variant`.
+The schema is config/schema.py: the union of the experiments' config models, discriminated on
+`model.variant`. A loaded config is that frozen, typed object; plain dicts only where YAML is read or
+written (`read_yaml`, `save_config`) and where overrides are applied (before validation).
 """
 
 from __future__ import annotations
@@ -15,55 +16,43 @@ from typing import Any
 
 import yaml
 
-from vae_dynamics.config.schema import ConfigError, validate_sections
+from vae_dynamics.config.schema import CONFIG_ADAPTER, ConfigError, ExperimentConfig, validate_sections
 from vae_dynamics.io import write_text
+
+CONFIG_DIR = Path(__file__).resolve().parent
 
 
 def config_path(name: str) -> Path:
-    """Path of a config shipped with the package, by experiment name or key ('exp2_tcvae_sbd', 'exp2')."""
-    from vae_dynamics import experiments
-
-    return experiments.get(name.removesuffix(".yaml")).yaml_path
-
-
-def experiment_name(cfg: Mapping[str, Any]) -> str:
-    """Experiment name of a validated config, e.g. 'exp2_tcvae_sbd'."""
-    from vae_dynamics import experiments
-
-    return experiments.of(cfg).name
+    """Path of a config shipped with the package, by experiment name or key ('exp2_tcvae_sbd', 'exp2'):
+    config/<name>.yaml, or the one config/<key>_*.yaml."""
+    name = name.removesuffix(".yaml")
+    exact = CONFIG_DIR / f"{name}.yaml"
+    matches = [exact] if exact.is_file() else sorted(CONFIG_DIR.glob(f"{name}_*.yaml"))
+    if len(matches) != 1:
+        known = sorted(p.stem for p in CONFIG_DIR.glob("exp*.yaml"))
+        raise ConfigError(f"unknown experiment {name!r}; shipped configs: {known}")
+    return matches[0]
 
 
-def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Check every key against the experiment's schema; a normalised copy with defaults filled in.
+def validate_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
+    """Check every key against the schema of the experiment its model.variant names; the frozen,
+    typed config with defaults filled in.
 
     All problems are reported in one ConfigError, one line each, naming the dotted key and value.
     """
-    from vae_dynamics import experiments
-
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"config must be a mapping of sections, got {type(cfg).__name__}")
-    model = cfg.get("model")
-    experiment = experiments.for_variant(model.get("variant") if isinstance(model, Mapping) else None)
-    return validate_sections(experiment.config_model, cfg)
+    return validate_sections(cfg)
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON schema of an experiment config: one of the registered experiments, chosen by model.variant."""
-    from vae_dynamics import experiments
-
-    variants = []
-    defs: dict[str, Any] = {}
-    for e in experiments.EXPERIMENTS.values():
-        schema = e.config_model.model_json_schema(ref_template="#/$defs/{model}")
-        defs.update(schema.pop("$defs", {}))
-        defs[e.config_model.__name__] = schema
-        variants.append({"$ref": f"#/$defs/{e.config_model.__name__}"})
+    """JSON schema of an experiment config: pydantic's schema of the union of the experiments' configs,
+    discriminated on model.variant."""
+    schema = CONFIG_ADAPTER.json_schema(ref_template="#/$defs/{model}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "vae_dynamics experiment config",
         "description": "One experiment YAML (config/exp*.yaml); model.variant selects the experiment.",
-        "oneOf": variants,
-        "$defs": dict(sorted(defs.items())),
+        **{k: v for k, v in schema.items() if k != "$defs"},
+        "$defs": dict(sorted(schema.get("$defs", {}).items())),
     }
 
 
@@ -113,7 +102,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_config(
     path: str | os.PathLike[str], overrides: Iterable[str] | Mapping[str, Any] = ()
-) -> dict[str, Any]:
+) -> ExperimentConfig:
     """Read an experiment YAML (or a run's config_resolved.yaml), apply overrides, validate.
 
     Raises ConfigError naming the file and every bad key.
@@ -125,13 +114,17 @@ def load_config(
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def save_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+def save_config(cfg: ExperimentConfig | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a config as YAML, atomically."""
-    write_text(yaml.safe_dump(dict(cfg), sort_keys=False), path)
+    data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg)
+    write_text(yaml.safe_dump(data, sort_keys=False), path)
 
 
-def diff_keys(a: Mapping[str, Any], b: Mapping[str, Any], sections: Iterable[str]) -> list[str]:
+def diff_keys(
+    a: ExperimentConfig | Mapping[str, Any], b: ExperimentConfig | Mapping[str, Any], sections: Iterable[str]
+) -> list[str]:
     """Dotted keys whose values differ between two configs within the given sections."""
+    a, b = (c.to_dict() if isinstance(c, ExperimentConfig) else c for c in (a, b))
     diffs = []
     for section in sections:
         sa, sb = a.get(section, {}), b.get(section, {})

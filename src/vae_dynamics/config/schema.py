@@ -11,19 +11,23 @@ Light (pydantic and the standard library only): the workflow's dry run reads it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
+    TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 # 64-true is not offered: the data pipeline, caches and snapshots are float32/float16 throughout.
@@ -66,7 +70,10 @@ AutoOrBool = Literal["auto"] | StrictBool
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+    """A config section: unknown keys are errors, values are checked strictly, and a validated config is
+    frozen (code reads `cfg.train.lr`; a changed config is a new one: `cfg.model_copy(update=...)`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, frozen=True)
 
 
 class DataConfig(Section):
@@ -182,6 +189,109 @@ class ExperimentConfig(Section):
     train: TrainConfig
     logging: LoggingConfig
 
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (YAML files, run identities, Snakemake params): defaults filled in."""
+        return self.model_dump(mode="json")
+
+
+# ---- the config model of each experiment (the sections the request's YAML defines per variant) ----
+# The registry (vae_dynamics/experiments.py) names each one; CONFIG_MODELS below selects it by model.variant.
+
+# Exp1: the baseline VAE -------------------------------------------------------------------------
+
+
+class Exp1Model(ModelConfig):
+    variant: Literal["baseline_vae"]
+
+
+class Exp1Loss(Section):
+    beta_kl_target: NonNegative = Field(description="β of the KL term after the warm-up")
+    beta_kl_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β warm-up from 0")
+
+
+class Exp1Config(ExperimentConfig):
+    model: Exp1Model
+    loss: Exp1Loss
+
+
+# Exp2: β-TCVAE with a Spatial Broadcast Decoder ------------------------------------------------
+
+
+class Exp2Model(ModelConfig):
+    variant: Literal["tcvae_sbd"]
+    sbd_grid_size: Annotated[
+        list[StrictInt], check(lambda v: v == [8, 8, 8], "is fixed to [8, 8, 8] (do not change)")
+    ]
+    # Not in the request's YAML: how the SBD starts (docs/LEARNING.md).
+    sbd_z_gain: NonNegative = Field(
+        0.1, description="initial gain of the z columns of the SBD's 1×1×1 projection"
+    )
+    sbd_coord_gain: Positive = Field(1.0, description="initial gain of its coordinate columns")
+    sbd_project_norm: StrictBool = Field(True, description="GroupNorm after the projection")
+    logvar_init_bias: Annotated[
+        Number, check(lambda v: -20 <= v <= 5, "must lie in [-20, 5] (sigma from 4.5e-5 to 12)")
+    ] = Field(-7.0, description="initial bias of the encoder's log σ² output (σ = 0.03; docs/LEARNING.md)")
+
+
+class Exp2Loss(Section):
+    alpha: NonNegative = Field(description="weight of the index-code mutual information")
+    gamma: NonNegative = Field(description="weight of the dimension-wise KL")
+    beta_tc_target: NonNegative = Field(description="weight of the total correlation after the warm-up")
+    beta_tc_annealing_epochs: NonNegativeInt = Field(description="epochs of the linear β_tc warm-up from 0")
+    compute_in_fp32: StrictBool = Field(description="the log-density terms of the MWS estimator in float32")
+
+
+class Exp2Train(TrainConfig):
+    # The request also calls loss.compute_in_fp32 "train.compute_tcvae_terms_in_fp32" (an alias).
+    compute_tcvae_terms_in_fp32: StrictBool | None = Field(None, exclude=True)
+    encoder_head_lr_scale: Positive = Field(
+        0.01, description="Exp2: the encoder head starts at lr/100 (docs/LEARNING.md)"
+    )
+    encoder_head_lr_ramp_steps: NonNegativeInt = Field(
+        0, description="Exp2: ... and reaches lr after this many steps (geometric ramp; 0: it stays)"
+    )
+
+
+class Exp2Config(ExperimentConfig):
+    model: Exp2Model
+    loss: Exp2Loss
+    train: Exp2Train
+
+    @model_validator(mode="after")
+    def _alias_agrees(self) -> Exp2Config:
+        alias = self.train.compute_tcvae_terms_in_fp32
+        if alias is not None and alias != self.loss.compute_in_fp32:
+            raise ValueError(
+                "train.compute_tcvae_terms_in_fp32 contradicts loss.compute_in_fp32 "
+                "(they are the same switch; set only loss.compute_in_fp32)"
+            )
+        return self
+
+
+def variant_of(model: type[ExperimentConfig]) -> str:
+    """The model.variant that selects an experiment's config model (its `Literal`)."""
+    variant_field = model.model_fields["model"].annotation.model_fields["variant"]  # type: ignore[union-attr]
+    (variant,) = get_args(variant_field.annotation)
+    return str(variant)
+
+
+# model.variant -> the experiment's config model; a config is validated as their union, discriminated on it.
+CONFIG_MODELS: dict[str, type[ExperimentConfig]] = {variant_of(m): m for m in (Exp1Config, Exp2Config)}
+
+
+def _variant(value: Any) -> Any:
+    if isinstance(value, ExperimentConfig):
+        return value.model.variant
+    model = value.get("model") if isinstance(value, Mapping) else None
+    return model.get("variant") if isinstance(model, Mapping) else None
+
+
+# Built from CONFIG_MODELS (a type made at run time: mypy sees only the adapter's declared type).
+_TAGGED = tuple(Annotated[m, Tag(v)] for v, m in CONFIG_MODELS.items())
+CONFIG_ADAPTER: TypeAdapter[ExperimentConfig] = TypeAdapter(
+    Annotated[Union[_TAGGED], Discriminator(_variant)]  # type: ignore[arg-type]  # noqa: UP007
+)
+
 
 # ---- errors -----------------------------------------------------------------------------------------
 
@@ -228,8 +338,14 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
+        if loc and loc[0] in CONFIG_MODELS:  # the union's tag: the variant, not a key
+            loc = loc[1:]
         key = _dotted(loc)
-        if kind == "missing":
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            variant = _variant(value)
+            lines.append(f"model.variant: {variant!r} is not a known experiment variant; "
+                         f"valid variants: {sorted(CONFIG_MODELS)}")  # fmt: skip
+        elif kind == "missing":
             lines.append(f"{key}: missing required key" if len(loc) > 1 else f"{key}: missing section")
         elif kind == "extra_forbidden":
             valid = _fields_of(model, loc)
@@ -251,11 +367,13 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     return lines
 
 
-def validate_sections(model: type[ExperimentConfig], raw: Any) -> dict[str, Any]:
-    """Validate `raw` against one experiment's model; the normalised config as plain data."""
+def validate_sections(raw: Any) -> ExperimentConfig:
+    """Validate `raw` against the config model its model.variant selects; the frozen, typed config."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw).model_dump(mode="json")
+        return CONFIG_ADAPTER.validate_python(raw)
     except ValidationError as exc:
-        lines = describe_errors(exc, model)
+        lines = describe_errors(exc, CONFIG_MODELS.get(_variant(raw), ExperimentConfig))
         head = f"{len(lines)} problems:\n  " if len(lines) > 1 else ""
         raise ConfigError(head + "\n  ".join(lines)) from None

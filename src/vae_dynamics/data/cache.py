@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from vae_dynamics.config.identity import CONTRACT_KEYS
+from vae_dynamics.config.schema import DataConfig
 from vae_dynamics.data import FILE_KEYS
 from vae_dynamics.data.transforms import transforms_from_config
 from vae_dynamics.io import atomic_path, write_json
@@ -44,27 +45,27 @@ PREPROCESSING_VERSION = 1
 CACHE_IMAGE_DTYPE = torch.float16
 
 
-def preprocessing_contract(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def preprocessing_contract(data_cfg: DataConfig) -> dict[str, Any]:
     """Everything that determines the cached tensors."""
     return {
-        **{k: data_cfg[k] for k in CONTRACT_KEYS},
+        **data_cfg.model_dump(mode="json", include=set(CONTRACT_KEYS)),
         "preprocessing_version": PREPROCESSING_VERSION,
         "monai_version": monai.__version__,
         "dtypes": {"image": str(CACHE_IMAGE_DTYPE).removeprefix("torch."), "seg": "uint8"},
     }
 
 
-def contract_hash(data_cfg: Mapping[str, Any]) -> str:
+def contract_hash(data_cfg: DataConfig) -> str:
     blob = json.dumps(preprocessing_contract(data_cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cache_dir_for(cache_root: str | os.PathLike[str], data_cfg: Mapping[str, Any]) -> Path:
+def cache_dir_for(cache_root: str | os.PathLike[str], data_cfg: DataConfig) -> Path:
     """<cache_root>/<contract hash>/: where this preprocessing contract's items live (creates nothing)."""
     return Path(cache_root) / contract_hash(data_cfg)
 
 
-def prepare_cache_dir(cache_root: str | os.PathLike[str], data_cfg: Mapping[str, Any]) -> Path:
+def prepare_cache_dir(cache_root: str | os.PathLike[str], data_cfg: DataConfig) -> Path:
     """cache_dir_for, created, with contract.json describing what is cached there (written once)."""
     path = cache_dir_for(cache_root, data_cfg)
     path.mkdir(parents=True, exist_ok=True)
@@ -135,14 +136,14 @@ def make_dataset(
 
 
 def split_dataset(
-    data_cfg: Mapping[str, Any],
+    data_cfg: DataConfig,
     splits_dir: str | os.PathLike[str],
     split: str,
     cache_root: str | os.PathLike[str] | None = None,
 ) -> AtomicPersistentDataset:
     """The subjects of `<splits_dir>/<split>.csv` served from the persistent cache of `data_cfg`'s
     preprocessing under `cache_root` (default: data.cache_dir); computed and cached where missing."""
-    cache_dir = prepare_cache_dir(cache_root or data_cfg["cache_dir"], data_cfg)
+    cache_dir = prepare_cache_dir(cache_root or data_cfg.cache_dir, data_cfg)
     records = subject_records(Path(splits_dir) / f"{split}.csv")
     return make_dataset(records, cache_dir, transforms_from_config(data_cfg))
 
@@ -189,7 +190,7 @@ def ram_share(n_items: int, cache_rate: float, item_bytes: int, budget_fraction:
     return allowed
 
 
-def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: DataConfig) -> dict[str, Any]:
     """Preprocess (or load) one subject through the cache and describe it for the manifest."""
     t0 = time.perf_counter()
     dataset = make_dataset([record], cache_dir, transforms_from_config(data_cfg))
@@ -215,7 +216,7 @@ def _cache_one(record: Mapping[str, str], cache_dir: Path, data_cfg: Mapping[str
 
 
 def build_cache(
-    data_cfg: Mapping[str, Any],
+    data_cfg: DataConfig,
     split_csvs: Sequence[str | os.PathLike[str]],
     cache_root: str | os.PathLike[str],
     manifest_path: str | os.PathLike[str] | None = None,

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from monai.data import DataLoader
 
+from vae_dynamics.config.schema import DataConfig
 from vae_dynamics.data.cache import (
     CACHE_IMAGE_DTYPE,
     AtomicPersistentDataset,
@@ -223,7 +224,7 @@ class BraTSDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_cfg: Mapping[str, Any],
+        data_cfg: DataConfig,
         splits_dir: str | os.PathLike[str],
         seed: int = 0,
         cache_root: str | os.PathLike[str] | None = None,
@@ -233,10 +234,10 @@ class BraTSDataModule(L.LightningDataModule):
         super().__init__()
         self.resident_device = torch.device(resident_device) if resident_device is not None else None
         self.train_batches: DeviceResidentBatches | None = None
-        self.data_cfg = dict(data_cfg)
+        self.data_cfg = data_cfg
         self.splits_dir = Path(splits_dir)
         self.seed = seed
-        self.cache_root = Path(cache_root or data_cfg["cache_dir"])
+        self.cache_root = Path(cache_root or data_cfg.cache_dir)
         self.train_records = subject_records(self.splits_dir / "train.csv")
         self.val_records = subject_records(self.splits_dir / "val.csv")
         self.train_dataset: SubjectDataset | None = None
@@ -276,20 +277,20 @@ class BraTSDataModule(L.LightningDataModule):
             device = self._training_device()
             free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
             shard_bytes = -(-len(train) // world) * BYTES_PER_SUBJECT
-            use, why = gpu_cache_plan(self.data_cfg.get("gpu_cache", "auto"), device, shard_bytes, free)
+            use, why = gpu_cache_plan(self.data_cfg.gpu_cache, device, shard_bytes, free)
             log.info("GPU-resident training set %s: %s", "on" if use else "off", why)
             if not use:
                 device = None
         if device is not None:
             self.train_batches = DeviceResidentBatches.from_dataset(
-                train, device, self.data_cfg["batch_size"], self.seed, self._current_epoch, rank, world,
+                train, device, self.data_cfg.batch_size, self.seed, self._current_epoch, rank, world,
                 self._batches_done,
             )  # fmt: skip
             return
         # Every process of this node holds its own RAM copy: share the memory budget between them.
         local = self.trainer.num_devices if self.trainer is not None else 1
         n_ram = ram_share(
-            len(train), self.data_cfg["cache_rate"], BYTES_PER_SUBJECT, budget_fraction=0.5 / local
+            len(train), self.data_cfg.cache_rate, BYTES_PER_SUBJECT, budget_fraction=0.5 / local
         )
         if n_ram:
             self.train_dataset = RamCachedDataset(train, n_ram, progress=True)
@@ -306,7 +307,7 @@ class BraTSDataModule(L.LightningDataModule):
     def _loader(self, dataset: SubjectDataset | None, shuffle: bool, drop_last: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("BraTSDataModule.setup() has not run")
-        workers = self.data_cfg["num_workers"]
+        workers = self.data_cfg.num_workers
         sampler = EpochSeededSampler(len(dataset), self.seed, self._current_epoch) if shuffle else None
         # MONAI's DataLoader seeds each worker's random state; the training loader is resumable mid-epoch.
         cls: type[DataLoader] = DataLoader
@@ -319,7 +320,7 @@ class BraTSDataModule(L.LightningDataModule):
         return cls(
             dataset,
             **resumable,
-            batch_size=self.data_cfg["batch_size"],
+            batch_size=self.data_cfg.batch_size,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
@@ -334,7 +335,7 @@ class BraTSDataModule(L.LightningDataModule):
             return self.train_batches
         # A constant minibatch size M keeps the MWS estimator's scale; drop the ragged last batch.
         return self._loader(
-            self.train_dataset, shuffle=True, drop_last=self.n_train > self.data_cfg["batch_size"]
+            self.train_dataset, shuffle=True, drop_last=self.n_train > self.data_cfg.batch_size
         )
 
     def val_dataloader(self) -> DataLoader:

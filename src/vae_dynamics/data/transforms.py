@@ -23,6 +23,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from vae_dynamics.config.schema import DataConfig
 from vae_dynamics.data import SEG_KEY
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,14 @@ def build_transforms(
     )
 
 
-def transforms_from_config(data_cfg: Mapping, invertible: bool = False) -> Compose:
+def transforms_from_config(data_cfg: DataConfig, invertible: bool = False) -> Compose:
     """build_transforms with the keys of a validated config's `data` section."""
     return build_transforms(
         invertible=invertible,
-        modalities=data_cfg["modalities"],
-        roi_size=data_cfg["roi_size"],
-        spacing=data_cfg["spacing"],
-        orientation=data_cfg["orientation"],
-        fov_mm=data_cfg["fov_mm"],
-        intensity_percentile=data_cfg["intensity_percentile"],
+        modalities=data_cfg.modalities,
+        roi_size=data_cfg.roi_size,
+        spacing=data_cfg.spacing,
+        orientation=data_cfg.orientation,
+        fov_mm=data_cfg.fov_mm,
+        intensity_percentile=data_cfg.intensity_percentile,
     )

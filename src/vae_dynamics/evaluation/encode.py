@@ -27,9 +27,7 @@ def split_datasets(run: TrainedRun) -> dict[str, Any]:
     """The run's train and val subjects as cached (disk) datasets, in split-CSV order."""
     from vae_dynamics.data.cache import split_dataset
 
-    return {
-        split: split_dataset(run.cfg["data"], run.run_dir / "splits", split) for split in ("train", "val")
-    }
+    return {split: split_dataset(run.cfg.data, run.run_dir / "splits", split) for split in ("train", "val")}
 
 
 @torch.inference_mode()

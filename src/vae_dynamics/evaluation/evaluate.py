@@ -102,7 +102,7 @@ def reconstruction_quality(
     subject's code in place of its own (1 = the decoder ignores z); with a single validation subject,
     the code of the first subject of `other_dataset` (the training split).
     """
-    modalities = run.cfg["data"]["modalities"]
+    modalities = run.cfg.data.modalities
     rows, items, ratios, errors, mean_errors = [], [], [], [], []
     for i in range(len(val_dataset)):
         item = val_dataset[i]
@@ -277,7 +277,7 @@ def _evaluate_into(
     # Reference: the validation subject with the largest tumour; slices through its tumour centre.
     ref = max(val_items, key=lambda it: int((torch.as_tensor(it["seg"]) > 0).sum()))
     centre = tumour_centre(ref["seg"])
-    modalities = run.cfg["data"]["modalities"]
+    modalities = run.cfg.data.modalities
     channels = [modalities.index(m) for m in TRAVERSAL_MODALITIES]
     top = order[:n_traversed]
     with run.autocast():  # figures: decoded in the precision the model was trained in

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vae_dynamics.config.schema import ExperimentConfig
 
 if TYPE_CHECKING:
     import torch
@@ -25,13 +26,13 @@ class RankSetupTimeout(RuntimeError):
     """A DDP process of rank > 0 waited too long for rank 0 to prepare the run directory."""
 
 
-def world_size(cfg: Mapping[str, Any]) -> int:
-    return cfg["train"]["devices"] * cfg["train"]["num_nodes"]
+def world_size(cfg: ExperimentConfig) -> int:
+    return cfg.train.devices * cfg.train.num_nodes
 
 
-def resolve_strategy(cfg: Mapping[str, Any]) -> str:
+def resolve_strategy(cfg: ExperimentConfig) -> str:
     """train.strategy: auto = DDP (one process per device) when more than one device is used."""
-    strategy = cfg["train"]["strategy"]
+    strategy = cfg.train.strategy
     return "ddp" if strategy == "auto" and world_size(cfg) > 1 else strategy
 
 

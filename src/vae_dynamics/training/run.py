@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae_dynamics import experiments
 from vae_dynamics.config import save_config
+from vae_dynamics.config.schema import ExperimentConfig
 from vae_dynamics.data.cache import preprocessing_contract
 from vae_dynamics.data.datamodule import BraTSDataModule
 from vae_dynamics.data.splits import check_split_dir
@@ -54,15 +55,15 @@ log = logging.getLogger("vae_dynamics.train")
 STEP_LOG_EVERY_CUDA = 10
 
 
-def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
+def build_module(cfg: ExperimentConfig, n_train: int) -> L.LightningModule:
     """The experiment's LightningModule (selected by model.variant) with N = number of train subjects."""
     experiment = experiments.of(cfg)
-    common = dict(dataset_size=n_train, lr=cfg["train"]["lr"], channels_last=use_channels_last(cfg),
-                  encoder_head_lr_scale=cfg["train"]["encoder_head_lr_scale"],
-                  lr_warmup_steps=cfg["train"]["lr_warmup_steps"],
-                  encoder_head_lr_ramp_steps=cfg["train"]["encoder_head_lr_ramp_steps"],
-                  diagnostics_every_n_epochs=cfg["logging"]["diagnostics_every_n_epochs"])  # fmt: skip
-    module = experiment.lit_cls()(experiment.model_kwargs(cfg), **common, **cfg["loss"])
+    common = dict(dataset_size=n_train, lr=cfg.train.lr, channels_last=use_channels_last(cfg),
+                  encoder_head_lr_scale=cfg.train.encoder_head_lr_scale,
+                  lr_warmup_steps=cfg.train.lr_warmup_steps,
+                  encoder_head_lr_ramp_steps=cfg.train.encoder_head_lr_ramp_steps,
+                  diagnostics_every_n_epochs=cfg.logging.diagnostics_every_n_epochs)  # fmt: skip
+    module = experiment.lit_cls()(experiment.model_kwargs(cfg), **common, **cfg.loss.model_dump())
     if use_compile(cfg):
         # nn.Module.compile() compiles in place: the state_dict keeps its keys (no `_orig_mod.`), so
         # checkpoints load into an uncompiled model; dynamic=False: the batch shape is fixed (drop_last).
@@ -70,24 +71,24 @@ def build_module(cfg: dict[str, Any], n_train: int) -> L.LightningModule:
     return module
 
 
-def use_compile(cfg: dict[str, Any]) -> bool:
+def use_compile(cfg: ExperimentConfig) -> bool:
     """train.compile: auto = on with CUDA (compiling costs more than it gains on CPU); true/false force it."""
-    setting = cfg["train"]["compile"]
+    setting = cfg.train.compile
     return cuda_available(cfg) if setting == "auto" else bool(setting)
 
 
-def cuda_available(cfg: dict[str, Any]) -> bool:
-    return cfg["train"]["accelerator"] != "cpu" and torch.cuda.is_available()
+def cuda_available(cfg: ExperimentConfig) -> bool:
+    return cfg.train.accelerator != "cpu" and torch.cuda.is_available()
 
 
-def use_channels_last(cfg: dict[str, Any]) -> bool:
+def use_channels_last(cfg: ExperimentConfig) -> bool:
     # channels_last_3d pays off with cuDNN; on CPU it only slows the 3D convolutions down.
-    return cfg["train"]["channels_last"] and cuda_available(cfg)
+    return cfg.train.channels_last and cuda_available(cfg)
 
 
-def resolve_precision(cfg: dict[str, Any]) -> str:
+def resolve_precision(cfg: ExperimentConfig) -> str:
     """train.precision on CUDA; without CUDA, mixed fp16 becomes 32-true (with one warning)."""
-    precision = cfg["train"]["precision"]
+    precision = cfg.train.precision
     if not cuda_available(cfg) and precision == "16-mixed":
         warnings.warn(
             "train.precision=16-mixed needs CUDA; no GPU is available, training on CPU with 32-true",
@@ -116,7 +117,7 @@ def teardown_file_logging(handler: logging.Handler) -> None:
     handler.close()
 
 
-def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: ExperimentConfig, run_dir: Path) -> L.Trainer:
     """The Trainer, assembled in one place from the config."""
     on_cuda = cuda_available(cfg)
     if on_cuda:
@@ -133,12 +134,12 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         save_last=True,
     )
     recon = ReconSnapshotCallback(
-        run_dir / "recon", cfg["logging"]["recon_every_n_epochs"], cfg["logging"]["num_recon_samples"],
-        cfg["data"]["modalities"],
+        run_dir / "recon", cfg.logging.recon_every_n_epochs, cfg.logging.num_recon_samples,
+        cfg.data.modalities,
     )  # fmt: skip
-    progress = progress_callbacks(cfg["logging"]["progress_every_n_steps"])
+    progress = progress_callbacks(cfg.logging.progress_every_n_steps)
     plugins: list = [AtomicCheckpointIO()]  # checkpoints written beside their destination, never $TMPDIR
-    if world_size(cfg) > 1 and os.environ.get("SLURM_NTASKS") == "1" and cfg["train"]["num_nodes"] == 1:
+    if world_size(cfg) > 1 and os.environ.get("SLURM_NTASKS") == "1" and cfg.train.num_nodes == 1:
         # One SLURM task holding several devices (e.g. a Snakemake job): Lightning starts one process
         # per device itself. With one task per device (`srun --ntasks-per-node=N`) SLURM starts them.
         plugins.append(LightningEnvironment())
@@ -146,12 +147,12 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> L.Trainer:
         default_root_dir=run_dir,
         plugins=plugins,
         accelerator="gpu" if on_cuda else "cpu",
-        devices=cfg["train"]["devices"],
-        num_nodes=cfg["train"]["num_nodes"],
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
         strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),  # type: ignore[arg-type]  # one of config.schema's PRECISIONS
-        max_epochs=cfg["train"]["max_epochs"],
-        logger=build_loggers(cfg["logging"]["loggers"], run_dir, experiments.of(cfg).name),
+        max_epochs=cfg.train.max_epochs,
+        logger=build_loggers(cfg.logging.loggers, run_dir, experiments.of(cfg).name),
         callbacks=[
             checkpoint,
             recon,
@@ -182,7 +183,7 @@ def choose_checkpoint(checkpoint: TargetBetaCheckpoint, run_dir: Path, first_epo
 
 
 def train(
-    cfg: dict[str, Any],
+    cfg: ExperimentConfig,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     splits_dir: str | os.PathLike[str] | None = None,
@@ -193,7 +194,7 @@ def train(
     them all); only rank 0 writes the run directory's files, the other ranks read what it wrote.
     Rank 0 holds the run directory's lock (RunDir.lock) for the whole training.
     """
-    rank = launched_rank(cfg["train"]["devices"])
+    rank = launched_rank(cfg.train.devices)
     run = RunDir.for_launch(cfg, run_dir, rank)
     splits_dir = Path(splits_dir) if splits_dir else None
     if not resume and rank == 0:
@@ -213,7 +214,7 @@ def train(
 
 
 def _train_rank0(
-    cfg: dict[str, Any],
+    cfg: ExperimentConfig,
     run: RunDir,
     resume: bool,
     splits_dir: Path | None,
@@ -241,14 +242,14 @@ def _train_rank0(
                 note = f"this resume crosses a code change ({change}): the run mixes two versions"
                 log.warning(note)
                 print(f"train: WARNING: {note}", file=sys.stderr)
-        log.info("config: %s", yaml.safe_dump(cfg, sort_keys=False).replace("\n", " | "))
+        log.info("config: %s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).replace("\n", " | "))
         save_config(cfg, run.config)
         if not run.preprocessing.exists():  # what new scans must go through (inference.py checks it)
-            write_json(preprocessing_contract(cfg["data"]), run.preprocessing)
-        L.seed_everything(cfg["train"]["seed"], workers=True)
+            write_json(preprocessing_contract(cfg.data), run.preprocessing)
+        L.seed_everything(cfg.train.seed, workers=True)
         splits = run.prepare_splits(cfg, None if resume else splits_dir)
         os.environ[RUN_DIR_ENV] = str(run.path)  # for the ranks Lightning launches from this process
-        datamodule = BraTSDataModule(cfg["data"], splits, seed=cfg["train"]["seed"])
+        datamodule = BraTSDataModule(cfg.data, splits, seed=cfg.train.seed)
         log.info("subjects: %d train, %d val", datamodule.n_train, len(datamodule.val_records))
         module = build_module(cfg, datamodule.n_train)
         trainer = build_trainer(cfg, run.path)
@@ -281,11 +282,11 @@ def _train_rank0(
         teardown_file_logging(handler)
 
 
-def _train_other_rank(cfg: dict[str, Any], run: RunDir, ckpt_path: Path | None) -> dict[str, Any]:
+def _train_other_rank(cfg: ExperimentConfig, run: RunDir, ckpt_path: Path | None) -> dict[str, Any]:
     """A rank > 0 of a DDP run: train on what rank 0 prepared (splits, config); write nothing."""
     wait_for_rank0([run.splits / "val.csv", run.config])
-    L.seed_everything(cfg["train"]["seed"], workers=True)
-    datamodule = BraTSDataModule(cfg["data"], run.splits, seed=cfg["train"]["seed"])
+    L.seed_everything(cfg.train.seed, workers=True)
+    datamodule = BraTSDataModule(cfg.data, run.splits, seed=cfg.train.seed)
     module = build_module(cfg, datamodule.n_train)
     trainer = build_trainer(cfg, run.path)
     fit(trainer, module, datamodule, ckpt_path)

@@ -30,6 +30,7 @@ import pandas as pd
 from vae_dynamics import experiments
 from vae_dynamics.config import ConfigError, diff_keys, load_config
 from vae_dynamics.config.identity import RESUME_FREE_KEYS, RESUME_LOCKED_KEYS, RESUME_LOCKED_SECTIONS
+from vae_dynamics.config.schema import ExperimentConfig
 from vae_dynamics.io import atomic_path, remove_leftovers
 
 log = logging.getLogger("vae_dynamics.train")
@@ -52,13 +53,13 @@ class RunDir:
     path: Path
 
     @classmethod
-    def new(cls, cfg: dict[str, Any]) -> RunDir:
+    def new(cls, cfg: ExperimentConfig) -> RunDir:
         """<logging.save_dir>/<timestamp>_<experiment name> (the CLI's default)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        return cls(Path(cfg["logging"]["save_dir"]) / f"{stamp}_{experiments.of(cfg).name}")
+        return cls(Path(cfg.logging.save_dir) / f"{stamp}_{experiments.of(cfg).name}")
 
     @classmethod
-    def for_launch(cls, cfg: dict[str, Any], run_dir: str | os.PathLike[str] | None, rank: int) -> RunDir:
+    def for_launch(cls, cfg: ExperimentConfig, run_dir: str | os.PathLike[str] | None, rank: int) -> RunDir:
         """The run directory of this process: the one given, the one rank 0 passed on, or a new one.
 
         Lightning's own launcher starts ranks > 0 from rank 0, which passes its folder on ($RUN_DIR_ENV).
@@ -75,7 +76,7 @@ class RunDir:
         if int(os.environ.get("SLURM_NTASKS", 1)) > 1:
             job = os.environ.get("SLURM_JOB_ID")
             if job:
-                return cls(Path(cfg["logging"]["save_dir"]) / f"slurm-{job}_{experiments.of(cfg).name}")
+                return cls(Path(cfg.logging.save_dir) / f"slurm-{job}_{experiments.of(cfg).name}")
         if rank > 0 or int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise ResumeError(
                 "this process is one of several started at once (torchrun, or srun without SLURM_JOB_ID) "
@@ -107,7 +108,7 @@ class RunDir:
         """last.ckpt, or an epoch checkpoint to fall back on (intact_resume_checkpoint picks which)."""
         return self.last_checkpoint.is_file() or any(self.checkpoints.glob("*.ckpt"))
 
-    def saved_config(self) -> dict[str, Any]:
+    def saved_config(self) -> ExperimentConfig:
         """config_resolved.yaml, validated (a run whose config no longer validates is named)."""
         try:
             return load_config(self.config)
@@ -178,7 +179,7 @@ class RunDir:
                 "--run-dir."
             )
 
-    def check_resume(self, cfg: dict[str, Any], splits_dir: Path | None = None) -> Path:
+    def check_resume(self, cfg: ExperimentConfig, splits_dir: Path | None = None) -> Path:
         """The checkpoint to resume from; refuse a missing checkpoint, a changed experiment or other splits.
 
         What may change on resume: config/identity.py (RESUME_FREE_KEYS, and everything outside the
@@ -209,7 +210,7 @@ class RunDir:
                 )
         return self.last_checkpoint
 
-    def prepare_splits(self, cfg: dict[str, Any], splits_dir: Path | None) -> Path:
+    def prepare_splits(self, cfg: ExperimentConfig, splits_dir: Path | None) -> Path:
         """splits/{train,val}.csv: copied from `splits_dir`, kept on resume, or made by indexing root_dir."""
         from vae_dynamics.data.index import index_subjects
         from vae_dynamics.data.splits import make_splits
@@ -226,12 +227,12 @@ class RunDir:
             return out
         if all((out / name).is_file() for name in SPLIT_FILES):
             return out
-        data = cfg["data"]
-        log.info("indexing %s", data["root_dir"])
-        subjects, rejected = index_subjects(data["root_dir"], self.index, workers=max(1, data["num_workers"]))
+        data = cfg.data
+        log.info("indexing %s", data.root_dir)
+        subjects, rejected = index_subjects(data.root_dir, self.index, workers=max(1, data.num_workers))
         for row in rejected.itertuples():
             log.warning("rejected subject %s: %s: %s", row.subject_id, row.file, row.reason)
-        make_splits(self.index / "subjects.csv", out, data["val_split"], cfg["train"]["seed"])
+        make_splits(self.index / "subjects.csv", out, data.val_split, cfg.train.seed)
         return out
 
 
