@@ -66,3 +66,26 @@ def test_vae_train_and_scripts_train_are_the_train_subcommand():
                 [sys.executable, str(REPO / "scripts" / "train.py"), "--help"]):  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "--resume" in out.stdout and "usage: vae-dynamics train" in out.stdout
+
+
+def test_the_run_directory_layout_is_spelled_only_in_run_dir():
+    """grep: the names inside a run directory appear as path literals only in training/run_dir.py (RunDir),
+    and where a library fixes them: the Lightning loggers' folder names (tracking.py, which RunDir.logs
+    mirrors) and Lightning's last.ckpt inside any checkpoint folder (checkpointing.py)."""
+    names = ("checkpoints", "splits", "config_resolved.yaml", "train.log", "logs", "recon", "provenance.json",
+             "preprocessing.json", "last.ckpt", "train.lock")  # fmt: skip
+    pattern = re.compile(r"""/ ["'](%s)["']""" % "|".join(re.escape(n) for n in names))
+    allowed = {
+        "training/run_dir.py": None,
+        "training/tracking.py": {"logs"},
+        "training/checkpointing.py": {"last.ckpt"},
+    }
+    offenders = []
+    for f in (REPO / "src/vae_dynamics").rglob("*.py"):
+        where = f.relative_to(REPO / "src/vae_dynamics").as_posix()
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            for m in pattern.finditer(line):
+                if where in allowed and (allowed[where] is None or m.group(1) in allowed[where]):
+                    continue
+                offenders.append(f"{where}:{i}: {line.strip()}")
+    assert not offenders, offenders

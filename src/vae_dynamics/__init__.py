@@ -5,7 +5,7 @@ from vae_dynamics import load_run       # a trained run as a tool (vae_dynamics/
 
 from typing import Any
 
-__version__ = "0.5.0"  # the one source of the version (pyproject.toml reads it); see CHANGELOG.md
+__version__ = "0.6.0"  # the one source of the version (pyproject.toml reads it); see CHANGELOG.md
 __all__ = ["__version__", "load_run"]
 
 

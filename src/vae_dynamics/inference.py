@@ -97,7 +97,9 @@ class TrainedRun:
         from vae_dynamics.data.cache import preprocessing_contract
 
         current = json.loads(json.dumps(preprocessing_contract(self.cfg.data)))
-        record = self.run_dir / "preprocessing.json"
+        from vae_dynamics.training.run_dir import RunDir
+
+        record = RunDir(self.run_dir).preprocessing
         if record.is_file():
             saved = json.loads(record.read_text())
         else:
@@ -380,7 +382,7 @@ def default_device() -> torch.device:
 
 def _locate(path: Path) -> tuple[Path, Path, dict[str, Any]]:
     """(run directory, checkpoint, summary or {}) of what `load_run` got."""
-    from vae_dynamics.training.run_dir import summary_run_dir
+    from vae_dynamics.training.run_dir import RunDir, summary_run_dir
 
     if path.is_dir() and (path / SUMMARY_FILE).is_file():
         path = path / SUMMARY_FILE
@@ -389,10 +391,10 @@ def _locate(path: Path) -> tuple[Path, Path, dict[str, Any]]:
         run = summary_run_dir(path, summary)
         return run.path, run.path / summary["best_checkpoint"], summary
     if path.is_file() and path.suffix == ".ckpt":
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run_dir = path.parent.parent if path.parent == RunDir(path.parent.parent).checkpoints else path.parent
         return run_dir, path, {}
-    if path.is_dir() and (path / "config_resolved.yaml").is_file():
-        last = path / "checkpoints" / "last.ckpt"
+    if path.is_dir() and RunDir(path).config.is_file():
+        last = RunDir(path).last_checkpoint
         if not last.is_file():
             raise FileNotFoundError(f"{path}: a run directory without checkpoints/last.ckpt")
         log.warning("%s: no %s (training did not finish); using %s", path, SUMMARY_FILE, last)
@@ -411,8 +413,10 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
     import torch
 
     device = torch.device(device) if device is not None else default_device()
+    from vae_dynamics.training.run_dir import RunDir
+
     run_dir, checkpoint, summary = _locate(Path(path))
-    config = run_dir / "config_resolved.yaml"
+    config = RunDir(run_dir).config
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir}: no config_resolved.yaml beside the checkpoint {checkpoint}")
     cfg = load_config(config)

@@ -336,7 +336,7 @@ def train_step(
     summary["run_dir"] = Path(
         os.path.relpath(run_dir.resolve(), Path(summary_path).parent.resolve())
     ).as_posix()
-    metrics = read_metrics(run_dir / "logs")
+    metrics = read_metrics(RunDir(run_dir).logs)
     write_text(metrics.to_csv(index=False), metrics_path)
     write_json(summary, summary_path)  # last: its existence means training finished
     return summary
@@ -348,6 +348,7 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
 
     from vae_dynamics.evaluation.encode import split_datasets
     from vae_dynamics.inference import load_run
+    from vae_dynamics.training.run_dir import RunDir
     from vae_dynamics.viz.curves import plot_loss_curves
     from vae_dynamics.viz.recon import save_recon_panel
 
@@ -361,5 +362,5 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
                 x_hat = run.model.decode(mu)[0].float()
             save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg.data.modalities,
                              title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})")  # fmt: skip
-    plot_loss_curves(run.run_dir / "logs", curves_png)
+    plot_loss_curves(RunDir(run.run_dir).logs, curves_png)
     return sorted(Path(panels_dir).glob("*.png"))

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from vae_dynamics.inference import TrainedRun, load_run
 from vae_dynamics.io import write_csv
 from vae_dynamics.models import VAE3d
+from vae_dynamics.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ def split_datasets(run: TrainedRun) -> dict[str, Any]:
     """The run's train and val subjects as cached (disk) datasets, in split-CSV order."""
     from vae_dynamics.data.cache import split_dataset
 
-    return {split: split_dataset(run.cfg.data, run.run_dir / "splits", split) for split in ("train", "val")}
+    return {
+        split: split_dataset(run.cfg.data, RunDir(run.run_dir).splits, split) for split in ("train", "val")
+    }
 
 
 @torch.inference_mode()

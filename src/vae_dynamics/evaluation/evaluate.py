@@ -38,6 +38,7 @@ from vae_dynamics.inference import TrainedRun, load_run
 from vae_dynamics.io import atomic_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 from vae_dynamics.provenance import finish_provenance, provenance
+from vae_dynamics.training.run_dir import RunDir
 from vae_dynamics.viz.latents import (
     plot_factor_correlations,
     plot_kl_per_dim,
@@ -232,7 +233,7 @@ def _evaluate_into(
         "parameters": int(sum(p.numel() for p in run.model.parameters())),
         "factors_csv": str(factors_csv),
         "provenance": {
-            "training": _read_json(run.run_dir / "provenance.json"),  # runs from before it: None
+            "training": _read_json(RunDir(run.run_dir).provenance),  # runs from before it: None
             "evaluation": finish_provenance(provenance()),
         },
     }

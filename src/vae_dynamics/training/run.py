@@ -100,7 +100,7 @@ def resolve_precision(cfg: ExperimentConfig) -> str:
 
 def setup_file_logging(run_dir: Path) -> logging.Handler:
     """Send the package's and Lightning's log records to <run_dir>/train.log (appending on resume)."""
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(RunDir(run_dir).train_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("vae_dynamics", "lightning.pytorch", "py.warnings"):
         logger = logging.getLogger(name)
@@ -134,7 +134,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path) -> L.Trainer:
         save_last=True,
     )
     recon = ReconSnapshotCallback(
-        run_dir / "recon", cfg.logging.recon_every_n_epochs, cfg.logging.num_recon_samples,
+        RunDir(run_dir).recon, cfg.logging.recon_every_n_epochs, cfg.logging.num_recon_samples,
         cfg.data.modalities,
     )  # fmt: skip
     progress = progress_callbacks(cfg.logging.progress_every_n_steps)
