@@ -74,7 +74,7 @@ def test_the_run_directory_layout_is_spelled_only_in_run_dir():
     mirrors) and Lightning's last.ckpt inside any checkpoint folder (checkpointing.py)."""
     names = ("checkpoints", "splits", "config_resolved.yaml", "train.log", "logs", "recon", "provenance.json",
              "preprocessing.json", "last.ckpt", "train.lock")  # fmt: skip
-    pattern = re.compile(r"""/ ["'](%s)["']""" % "|".join(re.escape(n) for n in names))
+    pattern = re.compile(r"""/ ["'](""" + "|".join(re.escape(n) for n in names) + r""")["']""")
     allowed = {
         "training/run_dir.py": None,
         "training/tracking.py": {"logs"},
