@@ -36,7 +36,7 @@ class Experiment:
     config_model: type[ExperimentConfig]
     model_class: str  # "module:Class" of the nn.Module
     lit_module: str  # "module:Class" of the LightningModule
-    warmup_key: str  # loss key: epochs of the β warm-up (the first epoch at the target β)
+    beta: str  # the warmed-up weight: loss.<beta>_target, reached after loss.<beta>_annealing_epochs
     workflow_key: str  # key of the workflow config (config/config.yaml) naming its YAML
     baseline: bool = False  # the reference the others are compared with (sweep figures)
 
@@ -56,11 +56,11 @@ class Experiment:
         return _load(self.lit_module)
 
     def warmup_epochs(self, cfg: ExperimentConfig) -> int:
-        return int(getattr(cfg.loss, self.warmup_key))
+        return int(getattr(cfg.loss, f"{self.beta}_annealing_epochs"))
 
     def beta_target(self, cfg: ExperimentConfig) -> float:
         """The warmed-up β's value after the warm-up (loss.<β>_target)."""
-        return float(getattr(cfg.loss, self.warmup_key.replace("_annealing_epochs", "_target")))
+        return float(getattr(cfg.loss, f"{self.beta}_target"))
 
     def model_kwargs(self, cfg: ExperimentConfig) -> dict[str, Any]:
         """Constructor keywords of the model: every model.* key but the variant (the config model's fields
@@ -84,7 +84,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             config_model=Exp2Config,
             model_class="vae_dynamics.models.vae.tcvae_sbd:TCVAESBD",
             lit_module="vae_dynamics.training.lit_modules:TCVAELitModule",
-            warmup_key="beta_tc_annealing_epochs",
+            beta="beta_tc",
             workflow_key="experiment",
         ),
         Experiment(
@@ -94,7 +94,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             config_model=Exp1Config,
             model_class="vae_dynamics.models.vae.baseline_vae:BaselineVAE",
             lit_module="vae_dynamics.training.lit_modules:VAELitModule",
-            warmup_key="beta_kl_annealing_epochs",
+            beta="beta_kl",
             workflow_key="baseline_experiment",
             baseline=True,
         ),

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -73,8 +73,9 @@ class ResumableEpoch:
     batches_done: Callable[[], int]
     _resume: tuple[int, int] | None = None
 
-    def __len__(self) -> int:
-        raise NotImplementedError  # batches per epoch, of the subclass
+    if TYPE_CHECKING:  # batches per epoch: each subclass has its own (the DataLoader's, for the loader)
+
+        def __len__(self) -> int: ...
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.epoch()), "batches_done": int(self.batches_done())}
@@ -201,9 +202,6 @@ class ResumableDataLoader(ResumableEpoch, DataLoader):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.epoch, self.batches_done = epoch, batches_done
-
-    def __len__(self) -> int:
-        return DataLoader.__len__(self)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # the base loader's iterator
         skip = self._skip()
