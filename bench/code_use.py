@@ -117,7 +117,6 @@ DEFAULT_ARMS = ["exp2_shipped", "exp1", "exp2_issue26_start"]
 # Known demo factors (data/demo.py): head scale and affine deformation, tumour centre and radius.
 FACTORS = ("scale", "rot_x_deg", "rot_y_deg", "rot_z_deg", "shift_x_mm", "shift_y_mm", "shift_z_mm",
            "tumour_x_mm", "tumour_y_mm", "tumour_z_mm", "tumour_radius_mm")  # fmt: skip
-GRAD_TERMS = {"exp2": ("recon", "mi", "tc", "dwkl"), "exp1": ("recon", "kl")}
 
 
 def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):
@@ -170,7 +169,7 @@ def gradient_split(exp: str, model, x, cfg, beta: float, n_train: int) -> dict[s
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms, mu = loss_terms(exp, model, x, cfg, beta, n_train)
     torch.random.set_rng_state(state)
-    names = GRAD_TERMS[exp]
+    names = [k for k in terms if k != "loss"]  # the objective's weighted terms
     out = {}
     centred = (mu - mu.mean(0)).detach().float()
     direction = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -223,7 +222,7 @@ def run_arm(arm: str, data, args, sink) -> None:
     train = data[0]
     exp, model, cfg = build(arm, args.base_filters, args.lr)
     opt, schedule = study_optimizer(model, args.lr, cfg)
-    target = experiments.get(exp).beta_target(cfg)
+    target = experiments.get(exp).beta_target(cfg.loss)
     steps_per_epoch = max(1, len(train) // args.batch)
     rng = np.random.default_rng(0)  # the same batch order for every arm
     order: list[int] = []

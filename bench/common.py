@@ -140,20 +140,11 @@ def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_he
 
 
 def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
-    """The weighted loss terms (each as it enters the total) and μ, for one batch."""
-    from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss
-
-    loss_cfg = cfg.loss
+    """The weighted loss terms (each as it enters the total, the registry's objective) and μ, for one batch."""
+    objective = experiments.get(exp).objective_cls()(cfg.loss, n_train)
     x_hat, mu, logvar, z = model(x)
-    if exp == "exp2":
-        out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=n_train, beta_tc=beta,
-                                 alpha=loss_cfg.alpha, gamma=loss_cfg.gamma)  # fmt: skip
-        terms = {"recon": out["recon"], "mi": loss_cfg.alpha * out["mi"],
-                 "tc": beta * out["tc"], "dwkl": loss_cfg.gamma * out["dwkl"]}  # fmt: skip
-    else:
-        out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
-        terms = {"recon": out["recon"], "kl": beta * out["kl"]}
-    return {"loss": out["loss"], **terms}, mu
+    out = objective(x_hat, x, mu, logvar, z, beta=beta)
+    return {"loss": out["loss"], **{k: w * out[k] for k, w in objective.weights(beta).items()}}, mu
 
 
 def training_step(exp: str, model, x, cfg, beta: float, n_train: int, opt, schedule, where: str) -> bool:

@@ -142,7 +142,7 @@ def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
             order = list(rng.permutation(len(train)))
         idx, order = order[: args.batch], order[args.batch :]
         epoch = (step - 1) // steps_per_epoch
-        beta = linear_warmup(epoch, experiments.get(exp).beta_target(cfg), args.warmup_epochs)
+        beta = linear_warmup(epoch, experiments.get(exp).beta_target(cfg.loss), args.warmup_epochs)
         if not training_step(
             exp, model, train[idx], cfg, beta, len(train), opt, schedule, f"{variant} step {step}"
         ):

@@ -35,7 +35,7 @@ from vae_dynamics.data.demo import generate  # noqa: E402
 from vae_dynamics.data.index import index_subjects  # noqa: E402
 from vae_dynamics.data.splits import make_splits  # noqa: E402
 from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
-from vae_dynamics.training.run import build_module, build_trainer  # noqa: E402
+from vae_dynamics.training.trainer import build_module, build_trainer  # noqa: E402
 
 DTYPES = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 REPO = Path(__file__).resolve().parents[1]

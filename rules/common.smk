@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 try:
-    from vae_dynamics import workflow as wf
+    from vae_dynamics.workflow import plan as wf
 except ImportError as exc:  # a bare Snakemake: the package plans the runs, so it comes first
     raise WorkflowError(
         "this workflow needs the vae_dynamics package where Snakemake runs (it plans the runs and "
@@ -19,8 +19,9 @@ except ImportError as exc:  # a bare Snakemake: the package plans the runs, so i
 min_version("8.0")
 
 validate(config, "../workflow/schemas/config.schema.yaml")
+wf.check_experiment_keys(config)  # experiments:, overrides.<exp>, sweep.<exp> name registered ones
 
-EXPERIMENTS = wf.experiment_keys()  # the registry's experiments: exp2, exp1
+EXPERIMENTS = wf.experiment_keys()  # the registry's experiments: exp2, exp1 (and any plugin's)
 DEMO = config.get("demo") or None
 # A sweep's runs (results/sweep/<exp>/<name>), every config validated before any work.
 SWEEP = wf.sweep_runs(config)
@@ -47,10 +48,15 @@ def data_config():
 
 def run_dir(run):
     """Run directory named by the run's identity: raising max_epochs resumes it, a new model starts afresh."""
-    return f"results/{run}/runs/{wf.config_hash(run_config(run))}"
+    return f"results/{run}/runs/{wf.run_identity(run_config(run))}"
 
 
 def index_inputs(wildcards):
     if DATA_SHEET:
         return [DATA_SHEET]  # a changed sheet re-indexes
     return [f"{wf.DEMO_DATA}/factors.csv"] if DEMO else []
+
+
+def job_run(run, wildcards):
+    """A training job's run: the main run its rule was made for (exp2), or its {run} wildcard (a sweep run)."""
+    return wildcards.run if run == "{run}" else run

@@ -1,4 +1,5 @@
-# Training: train_exp2 / train_exp1 (the main runs) and train_sweep_run (one job per sweep run).
+# Training: train_exp2 / train_exp1 (the main runs, one per registered experiment) and train_sweep_run
+# (one job per sweep run), made by one rule factory: the same inputs, outputs, resources and script.
 # The run directory with its Lightning checkpoints is NOT an output (Snakemake deletes outputs of failed
 # jobs): a rerun after an interruption resumes from <run_dir>/checkpoints/last.ckpt. The outputs are
 # small files written atomically when training has finished.
@@ -8,60 +9,37 @@
 # data.num_workers or logging keys alone reruns nothing. The script resolves the full config itself.
 
 
-for exp in EXPERIMENTS:
+for name, run in [*((f"train_{exp}", exp) for exp in EXPERIMENTS), ("train_sweep_run", "{run}")]:
 
     rule:
         name:
-            f"train_{exp}"
+            name
         input:
             manifest="results/cache/manifest.json",
             train="results/splits/train.csv",
             val="results/splits/val.csv",
-            experiment=wf.experiment_yaml(config, exp),
+            experiment=lambda wildcards, run=run: wf.experiment_yaml(
+                config, wf.run_experiment(job_run(run, wildcards))
+            ),
         output:
-            summary=f"results/{exp}/train_summary.json",
-            metrics=f"results/{exp}/metrics.csv",
+            summary=f"results/{run}/train_summary.json",
+            metrics=f"results/{run}/metrics.csv",
         log:
-            f"logs/train_{exp}.log",
+            f"logs/train_{run}.log",
         benchmark:
-            f"benchmarks/train_{exp}.tsv"
+            f"benchmarks/train_{run}.tsv"
+        wildcard_constraints:
+            run=SWEEP_PATTERN,
         conda:
             "../workflow/envs/vae_dynamics.yaml"
         threads: 4
         resources:
             # one GPU per device of the run (train.devices x train.num_nodes; DDP when > 1)
-            gpu=lambda wildcards, exp=exp: run_config(exp).train.devices,
+            gpu=lambda wildcards, run=run: run_config(job_run(run, wildcards)).train.devices,
         params:
-            run=exp,
-            run_dir=lambda wildcards, exp=exp: run_dir(exp),
-            max_epochs=lambda wildcards, exp=exp: run_config(exp).train.max_epochs,
+            experiment=lambda wildcards, run=run: wf.run_experiment(job_run(run, wildcards)),
+            point=lambda wildcards, run=run: wf.run_point(job_run(run, wildcards), SWEEP),
+            run_dir=lambda wildcards, run=run: run_dir(job_run(run, wildcards)),
+            max_epochs=lambda wildcards, run=run: run_config(job_run(run, wildcards)).train.max_epochs,
         script:
             "../workflow/scripts/train.py"
-
-
-rule train_sweep_run:
-    input:
-        manifest="results/cache/manifest.json",
-        train="results/splits/train.csv",
-        val="results/splits/val.csv",
-        experiment=lambda wildcards: wf.experiment_yaml(config, wf.run_experiment(wildcards.run)),
-    output:
-        summary="results/{run}/train_summary.json",
-        metrics="results/{run}/metrics.csv",
-    log:
-        "logs/train_{run}.log",
-    benchmark:
-        "benchmarks/train_{run}.tsv"
-    wildcard_constraints:
-        run=SWEEP_PATTERN,
-    conda:
-        "../workflow/envs/vae_dynamics.yaml"
-    threads: 4
-    resources:
-        gpu=lambda wildcards: run_config(wildcards.run).train.devices,
-    params:
-        run=lambda wildcards: wildcards.run,
-        run_dir=lambda wildcards: run_dir(wildcards.run),
-        max_epochs=lambda wildcards: run_config(wildcards.run).train.max_epochs,
-    script:
-        "../workflow/scripts/train.py"

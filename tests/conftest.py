@@ -153,8 +153,10 @@ def make_workdir(tmp: Path, data_root: Path) -> Path:
     """A copy of the workflow files with a config pointing at the demo subjects."""
     work = copy_workflow(tmp / "wf")
     config = {
-        "experiment": str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
-        "baseline_experiment": str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
+        "experiments": {
+            "exp2": str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
+            "exp1": str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
+        },
         "data_root": str(data_root),
         "overrides": {**OVERRIDES, "exp1": {"train.max_epochs": 1}},  # Exp1 is the baseline of the comparison
         "demo": None,

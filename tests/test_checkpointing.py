@@ -21,7 +21,7 @@ from vae_dynamics.training.checkpointing import (
     checkpoint_problem,
     intact_resume_checkpoint,
 )
-from vae_dynamics.training.run import fit
+from vae_dynamics.training.trainer import fit
 
 
 def _ckpt(step: int) -> dict:

@@ -105,7 +105,7 @@ def test_datamodule_holds_the_cached_training_split_on_a_device(demo_splits, tmp
 def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits, tmp_path):
     import lightning as L
 
-    from vae_dynamics.training.run import build_module
+    from vae_dynamics.training.trainer import build_module
 
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.max_epochs": 1})
     dm = BraTSDataModule(cfg.data, demo_splits, seed=0, resident_device="cpu")
@@ -121,7 +121,7 @@ def test_compiled_model_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch
     """train.compile=true on CPU: same loss and gradients as eager, state_dict without `_orig_mod.`."""
     import torch._inductor.config as inductor_config
 
-    from vae_dynamics.training.run import build_module
+    from vae_dynamics.training.trainer import build_module
 
     monkeypatch.setattr(
         inductor_config, "fallback_random", True
@@ -220,7 +220,7 @@ def test_a_mid_epoch_resume_trains_the_rest_of_the_epochs_order_each_subject_onc
     """5 batches per epoch; pre-empted after the 2nd batch of epoch 1 (global step 6), resumed from
     last.ckpt: the two parts of epoch 1 are the uninterrupted epoch 1, in order, each subject once."""
     from vae_dynamics.training.checkpointing import Preempted, PreemptionCheckpoint
-    from vae_dynamics.training.run import fit
+    from vae_dynamics.training.trainer import fit
 
     def trainer(root, callbacks=()):
         return L.Trainer(default_root_dir=root, max_epochs=2, accelerator="cpu", logger=False,

@@ -277,7 +277,7 @@ def test_exp2_from_the_shipped_initialisation_learns_a_head_in_a_few_dozen_cpu_s
     fix it stayed at about 0.7 of it)."""
     from vae_dynamics.config import config_path, load_config
     from vae_dynamics.data.transforms import transforms_from_config
-    from vae_dynamics.training.run import build_module
+    from vae_dynamics.training.trainer import build_module
 
     cfg = load_config(config_path("exp2_tcvae_sbd"), {"model.base_filters": 16, "train.lr": 3e-3})
     transform = transforms_from_config(cfg.data)

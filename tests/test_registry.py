@@ -19,7 +19,7 @@ def test_each_experiment_is_one_record_with_its_yaml_schema_model_and_module():
         cfg = load_config(e.yaml_path)
         assert experiments.of(cfg) is e and cfg.model.variant == e.variant
         assert e.yaml_path.stem == e.name and config_path(e.key) == e.yaml_path
-        assert e.warmup_epochs(cfg) == 40
+        assert e.warmup_epochs(cfg.loss) == 40
         model = e.model_cls()(**{**e.model_kwargs(cfg), "base_filters": 16})
         assert type(model).__name__ in e.model_class
         assert e.lit_cls().__name__ in e.lit_module

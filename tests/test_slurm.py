@@ -174,8 +174,10 @@ def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
     env = slurm_cluster["env"]
     work = copy_workflow(tmp_path_factory.mktemp("slurm_wf") / "wf")
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    demo["experiment"] = str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml")
-    demo["baseline_experiment"] = str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml")
+    demo["experiments"] = {
+        "exp2": str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
+        "exp1": str(REPO / "src/vae_dynamics/config/exp1_baseline_vae.yaml"),
+    }
     demo["data_root"], demo["demo"] = str(demo_root), None  # the session's 5 demo subjects: 3 train, 2 val
     demo["overrides"]["train.max_epochs"] = 2  # the plumbing, not the learning
     demo["overrides"]["train.devices"] = 2  # DDP over the node's two GPU resources (CPU processes, gloo)

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from vae_dynamics.config import ConfigError
+from vae_dynamics.config.identity import run_identity
 from vae_dynamics.evaluation.sweep import summarize_sweep
-from vae_dynamics.workflow import config_hash, load_workflow_config, run_config, sweep_runs
+from vae_dynamics.workflow.plan import load_workflow_config, run_config, sweep_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names
     assert run_config(config, "sweep/exp1/seed=42").model.variant == "baseline_vae"
     identities = {spec["identity"] for spec in runs.values()}
     assert len(identities) == 6  # every run its own run directory
-    assert runs["sweep/exp1/seed=42"]["identity"] == config_hash(run_config(config, "sweep/exp1/seed=42"))
+    assert runs["sweep/exp1/seed=42"]["identity"] == run_identity(run_config(config, "sweep/exp1/seed=42"))
     assert sweep_runs(workflow_config(None)) == {}  # no sweep: nothing changes
 
 

@@ -411,7 +411,8 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
 
 def test_evaluation_and_encoding_import_no_lightning():
     code = (
-        "import sys, vae_dynamics.evaluation.evaluate, vae_dynamics.evaluation.encode, vae_dynamics.workflow\n"
+        "import sys, vae_dynamics.evaluation.evaluate, vae_dynamics.evaluation.encode\n"
+        "import vae_dynamics.workflow.plan, vae_dynamics.workflow.steps\n"
         "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -140,7 +140,8 @@ def test_changed_parameter_retrains_in_a_new_run_directory(interrupted_then_fini
                     '"data.batch_size": 2, "data.num_workers": 0, "train.precision": "bf16-mixed"}',
                     "--", "results/exp2/done").stdout  # fmt: skip
     assert "train_exp2" in out and "index_subjects" not in out
-    from vae_dynamics.workflow import config_hash, resolve_experiment
+    from vae_dynamics.config.identity import run_identity as config_hash
+    from vae_dynamics.workflow.plan import resolve_experiment
 
     def resolved(**extra):
         return resolve_experiment(

@@ -186,7 +186,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from vae_dynamics.workflow import load_workflow_config, sweep_runs
+    from vae_dynamics.workflow.plan import load_workflow_config, sweep_runs
 
     config = load_workflow_config(*args.configfile)
     runs = sweep_runs(config)

@@ -1,13 +1,19 @@
 """The registry of experiments: the one place that lists them and what each is made of.
 
 Every other place (config validation, training, export, evaluation, the workflow, the benchmarks)
-reads this table. Adding an experiment (say Exp3): its config model in config/schema.py (the common
-sections are there; its model.* fields are its nn.Module's arguments), the nn.Module under models/,
-its LightningModule, its YAML next to the others (config/exp3_<name>.yaml), and one `Experiment`
-record below.
+reads this table. An experiment is one `Experiment` record: its config model (config/schema.py holds
+the shipped ones; the common sections are there, its model.* fields are its nn.Module's arguments), its
+nn.Module, its loss (an `Objective`: the terms of a batch and the weight each enters the total with),
+the name of its warmed-up β, and its YAML. The training step, the β warm-up, the logging and the
+diagnostics are shared (training/lit_modules.py); the workflow's rules, the sweep and the comparison
+are keyed by this table.
 
-Light on purpose (no torch): the model and module classes are named by import path and loaded when
-a step needs them, so that `snakemake -n` can read the registry on a login node.
+Adding an experiment (say Exp3) is that record, its config model, its nn.Module, its objective and its
+YAML, in your own module: `register(Experiment(...))` there, and name the module in the environment
+variable VAE_DYNAMICS_EXPERIMENTS or an entry point (vae_dynamics/plugins.py). Nothing else is edited.
+
+Light on purpose (no torch): classes are named by import path and loaded when a step needs them, so
+that `snakemake -n` can read the registry on a login node.
 """
 
 from __future__ import annotations
@@ -18,9 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vae_dynamics.config.schema import ConfigError, Exp1Config, Exp2Config, ExperimentConfig, variant_of
+from vae_dynamics.config.schema import (
+    ConfigError,
+    Exp1Config,
+    Exp2Config,
+    ExperimentConfig,
+    Section,
+    register_config_model,
+    variant_of,
+)
+from vae_dynamics.plugins import load_plugins
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
+# The LightningModule of an experiment that names none: the shared step with the record's wiring.
+GENERIC_LIT_MODULE = "vae_dynamics.training.lit_modules:ExperimentLitModule"
 
 
 # ---- the registry ---------------------------------------------------------------------------------
@@ -30,15 +47,16 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 class Experiment:
     """One experiment: how it is named, configured, built and trained."""
 
-    key: str  # short name: results/<key>/, overrides.<key>, bench tables (exp1, exp2)
+    key: str  # short name: results/<key>/, overrides.<key>, sweep.<key>, bench tables (exp1, exp2)
     name: str  # run directories (<timestamp>_<name>), the YAML file (config/<name>.yaml), logger name
     title: str  # for figures and reports
     config_model: type[ExperimentConfig]
-    model_class: str  # "module:Class" of the nn.Module
-    lit_module: str  # "module:Class" of the LightningModule
+    model_class: str  # "module:Class" of the nn.Module (a models.VAE3d), built from model.* (model_kwargs)
+    objective: str  # "module:Class" of its loss, a losses.Objective built from loss.* and N
     beta: str  # the warmed-up weight: loss.<beta>_target, reached after loss.<beta>_annealing_epochs
-    workflow_key: str  # key of the workflow config (config/config.yaml) naming its YAML
-    baseline: bool = False  # the reference the others are compared with (sweep figures)
+    lit_module: str = GENERIC_LIT_MODULE  # "module:Class" of the LightningModule
+    config_yaml: Path | None = None  # its YAML; None: config/<name>.yaml of the package
+    baseline: bool = False  # the reference the others are compared with (sweep figures, compare)
 
     @property
     def variant(self) -> str:
@@ -47,7 +65,7 @@ class Experiment:
 
     @property
     def yaml_path(self) -> Path:
-        return CONFIG_DIR / f"{self.name}.yaml"
+        return self.config_yaml or CONFIG_DIR / f"{self.name}.yaml"
 
     def model_cls(self) -> type:
         return _load(self.model_class)
@@ -55,12 +73,25 @@ class Experiment:
     def lit_cls(self) -> type:
         return _load(self.lit_module)
 
-    def warmup_epochs(self, cfg: ExperimentConfig) -> int:
-        return int(getattr(cfg.loss, f"{self.beta}_annealing_epochs"))
+    def objective_cls(self) -> type:
+        return _load(self.objective)
 
-    def beta_target(self, cfg: ExperimentConfig) -> float:
+    def build_model(self, cfg: ExperimentConfig) -> Any:
+        """The experiment's nn.Module as the config describes it."""
+        return self.model_cls()(**self.model_kwargs(cfg))
+
+    def loss_config(self, values: Mapping[str, Any]) -> Section:
+        """The loss section of this experiment from plain values (a checkpoint's hyperparameters)."""
+        model: type[Section] = self.config_model.model_fields["loss"].annotation  # type: ignore[assignment]
+        return model.model_validate(dict(values))
+
+    def warmup_epochs(self, loss: Section) -> int:
+        """Epochs of the warmed-up β's linear warm-up (loss.<β>_annealing_epochs)."""
+        return int(getattr(loss, f"{self.beta}_annealing_epochs"))
+
+    def beta_target(self, loss: Section) -> float:
         """The warmed-up β's value after the warm-up (loss.<β>_target)."""
-        return float(getattr(cfg.loss, f"{self.beta}_target"))
+        return float(getattr(loss, f"{self.beta}_target"))
 
     def model_kwargs(self, cfg: ExperimentConfig) -> dict[str, Any]:
         """Constructor keywords of the model: every model.* key but the variant (the config model's fields
@@ -74,33 +105,53 @@ def _load(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-EXPERIMENTS: dict[str, Experiment] = {
-    e.key: e
-    for e in (
-        Experiment(
-            key="exp2",
-            name="exp2_tcvae_sbd",
-            title="Exp2 β-TCVAE + SBD",
-            config_model=Exp2Config,
-            model_class="vae_dynamics.models.vae.tcvae_sbd:TCVAESBD",
-            lit_module="vae_dynamics.training.lit_modules:TCVAELitModule",
-            beta="beta_tc",
-            workflow_key="experiment",
-        ),
-        Experiment(
-            key="exp1",
-            name="exp1_baseline_vae",
-            title="Exp1 baseline VAE",
-            config_model=Exp1Config,
-            model_class="vae_dynamics.models.vae.baseline_vae:BaselineVAE",
-            lit_module="vae_dynamics.training.lit_modules:VAELitModule",
-            beta="beta_kl",
-            workflow_key="baseline_experiment",
-            baseline=True,
-        ),
+EXPERIMENTS: dict[str, Experiment] = {}
+BY_VARIANT: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add an experiment to the registry (and its config model to the validated union)."""
+    for e in EXPERIMENTS.values():
+        clash = [f for f in ("key", "name", "variant") if getattr(e, f) == getattr(experiment, f)]
+        if clash and e != experiment:
+            raise ConfigError(f"experiment {experiment.key!r}: its {clash[0]} is that of {e.key!r}")
+    register_config_model(experiment.config_model)
+    EXPERIMENTS[experiment.key] = experiment
+    BY_VARIANT[experiment.variant] = experiment
+    return experiment
+
+
+register(
+    Experiment(
+        key="exp2",
+        name="exp2_tcvae_sbd",
+        title="Exp2 β-TCVAE + SBD",
+        config_model=Exp2Config,
+        model_class="vae_dynamics.models.vae.tcvae_sbd:TCVAESBD",
+        objective="vae_dynamics.losses.tcvae:TCVAEObjective",
+        beta="beta_tc",
+        lit_module="vae_dynamics.training.lit_modules:TCVAELitModule",
     )
-}
-BY_VARIANT: dict[str, Experiment] = {e.variant: e for e in EXPERIMENTS.values()}
+)
+register(
+    Experiment(
+        key="exp1",
+        name="exp1_baseline_vae",
+        title="Exp1 baseline VAE",
+        config_model=Exp1Config,
+        model_class="vae_dynamics.models.vae.baseline_vae:BaselineVAE",
+        objective="vae_dynamics.losses.vae:VAEObjective",
+        beta="beta_kl",
+        lit_module="vae_dynamics.training.lit_modules:VAELitModule",
+        baseline=True,
+    )
+)
+load_plugins()  # after the shipped ones: exp2 stays the first (the workflow's data section comes from it)
+
+
+def baseline() -> Experiment:
+    """The experiment the others are compared with (Exp1)."""
+    return next(e for e in EXPERIMENTS.values() if e.baseline)
 
 
 def get(key: str) -> Experiment:

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is only a type here: the workflow's dry run does not import it
     import pandas as pd
 
+# Every log file the package writes (a run's train.log, a workflow step's log).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def unique_sibling(path: Path, kind: str) -> Path:
     """A fresh hidden name beside `path` (unique per call: concurrent writers never share one)."""

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from vae_dynamics.config.schema import CONFIG_ADAPTER, ConfigError, ExperimentConfig, validate_sections
+from vae_dynamics.config.schema import ConfigError, ExperimentConfig, config_adapter, validate_sections
 from vae_dynamics.io import write_text
+from vae_dynamics.plugins import load_plugins
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -39,14 +40,16 @@ def validate_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     typed config with defaults filled in.
 
     All problems are reported in one ConfigError, one line each, naming the dotted key and value.
+    Experiment plugins (vae_dynamics/plugins.py) are imported first: their variants are valid too.
     """
+    load_plugins()
     return validate_sections(cfg)
 
 
 def json_schema() -> dict[str, Any]:
     """JSON schema of an experiment config: pydantic's schema of the union of the experiments' configs,
     discriminated on model.variant."""
-    schema = CONFIG_ADAPTER.json_schema(ref_template="#/$defs/{model}")
+    schema = config_adapter().json_schema(ref_template="#/$defs/{model}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "vae_dynamics experiment config",

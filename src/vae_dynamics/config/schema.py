@@ -11,6 +11,7 @@ Light (pydantic and the standard library only): the workflow's dry run reads it 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -276,7 +277,18 @@ def variant_of(model: type[ExperimentConfig]) -> str:
 
 
 # model.variant -> the experiment's config model; a config is validated as their union, discriminated on it.
+# The shipped experiments' below; a plugin's is added by its registry record (experiments.register).
 CONFIG_MODELS: dict[str, type[ExperimentConfig]] = {variant_of(m): m for m in (Exp1Config, Exp2Config)}
+
+
+def register_config_model(model: type[ExperimentConfig]) -> None:
+    """Add an experiment's config model to the union (selected by the `Literal` of its model.variant)."""
+    variant = variant_of(model)
+    known = CONFIG_MODELS.get(variant, model)
+    if known is not model:
+        raise ConfigError(f"model.variant {variant!r} is already the variant of {known.__name__}")
+    CONFIG_MODELS[variant] = model
+    config_adapter.cache_clear()
 
 
 def _variant(value: Any) -> Any:
@@ -286,11 +298,12 @@ def _variant(value: Any) -> Any:
     return model.get("variant") if isinstance(model, Mapping) else None
 
 
-# Built from CONFIG_MODELS (a type made at run time: mypy sees only the adapter's declared type).
-_TAGGED = tuple(Annotated[m, Tag(v)] for v, m in CONFIG_MODELS.items())
-CONFIG_ADAPTER: TypeAdapter[ExperimentConfig] = TypeAdapter(
-    Annotated[Union[_TAGGED], Discriminator(_variant)]  # type: ignore[arg-type]  # noqa: UP007
-)
+@functools.cache
+def config_adapter() -> TypeAdapter[ExperimentConfig]:
+    """The union of CONFIG_MODELS, discriminated on model.variant (a type made at run time: mypy sees only
+    the declared type)."""
+    tagged = tuple(Annotated[m, Tag(v)] for v, m in CONFIG_MODELS.items())
+    return TypeAdapter(Annotated[Union[tagged], Discriminator(_variant)])  # type: ignore[arg-type]  # noqa: UP007
 
 
 # ---- errors -----------------------------------------------------------------------------------------
@@ -372,7 +385,7 @@ def validate_sections(raw: Any) -> ExperimentConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return CONFIG_ADAPTER.validate_python(raw)
+        return config_adapter().validate_python(raw)
     except ValidationError as exc:
         lines = describe_errors(exc, CONFIG_MODELS.get(_variant(raw), ExperimentConfig))
         head = f"{len(lines)} problems:\n  " if len(lines) > 1 else ""

@@ -10,9 +10,10 @@ import math
 
 import torch
 
-from vae_dynamics.losses.common import NonFiniteLossError, check_finite, reconstruction_sum
+from vae_dynamics.config.schema import Exp2Loss
+from vae_dynamics.losses.common import BatchPosteriors, NonFiniteLossError, close_terms, reconstruction_sum
 
-__all__ = ["NonFiniteLossError", "compute_tcvae_loss", "gaussian_log_density"]
+__all__ = ["NonFiniteLossError", "TCVAEObjective", "compute_tcvae_loss", "gaussian_log_density"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -34,7 +35,7 @@ def compute_tcvae_loss(
     alpha: float = 1.0,
     gamma: float = 1.0,
     compute_in_fp32: bool = True,
-    batch_posteriors: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    batch_posteriors: BatchPosteriors | None = None,
 ) -> dict[str, torch.Tensor]:
     """Negative weighted ELBO: recon_sum + alpha·mi_sum + beta_tc·tc_sum + gamma·dwkl_sum.
 
@@ -73,13 +74,44 @@ def compute_tcvae_loss(
 
         total = recon_sum + alpha * mi_sum + beta_tc * tc_sum + gamma * dwkl_sum
 
-    terms = {
-        "loss": total,
-        "recon": recon_sum,
-        "mi": mi_sum,
-        "tc": tc_sum,
-        "dwkl": dwkl_sum,
-        "beta_tc": torch.tensor(float(beta_tc), device=total.device),
-    }
-    check_finite(terms)
-    return terms
+    return close_terms(
+        total, {"recon": recon_sum, "mi": mi_sum, "tc": tc_sum, "dwkl": dwkl_sum}, "beta_tc", beta_tc
+    )
+
+
+class TCVAEObjective:
+    """Exp2's objective (losses.common.Objective): the β-TCVAE loss with N = the training subjects."""
+
+    couples_batch = True  # the MWS estimate of q(z) uses every posterior of the minibatch
+
+    def __init__(self, loss: Exp2Loss, dataset_size: int) -> None:
+        self.loss, self.dataset_size = loss, dataset_size
+
+    def __call__(
+        self,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        z: torch.Tensor,
+        *,
+        beta: float,
+        batch_posteriors: BatchPosteriors | None = None,
+    ) -> dict[str, torch.Tensor]:
+        loss = self.loss
+        return compute_tcvae_loss(
+            x_hat,
+            x,
+            mu,
+            logvar,
+            z,
+            dataset_size=self.dataset_size,
+            beta_tc=beta,
+            alpha=loss.alpha,
+            gamma=loss.gamma,
+            compute_in_fp32=loss.compute_in_fp32,
+            batch_posteriors=batch_posteriors,
+        )
+
+    def weights(self, beta: float) -> dict[str, float]:
+        return {"recon": 1.0, "mi": self.loss.alpha, "tc": beta, "dwkl": self.loss.gamma}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vae_dynamics.losses.common import check_finite, reconstruction_sum
+from vae_dynamics.config.schema import Exp1Loss
+from vae_dynamics.losses.common import BatchPosteriors, close_terms, reconstruction_sum
 
 
 def kl_sum(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -21,11 +22,29 @@ def compute_vae_loss(
     with torch.autocast(device_type=x.device.type, enabled=False):
         kl = kl_sum(mu, logvar)
         total = recon + beta_kl * kl
-    terms = {
-        "loss": total,
-        "recon": recon,
-        "kl": kl,
-        "beta_kl": torch.tensor(float(beta_kl), device=total.device),
-    }
-    check_finite(terms)
-    return terms
+    return close_terms(total, {"recon": recon, "kl": kl}, "beta_kl", beta_kl)
+
+
+class VAEObjective:
+    """Exp1's objective (losses.common.Objective): recon + β_kl·KL, β_kl warmed up by the training step."""
+
+    couples_batch = False  # each sample's terms are its own
+
+    def __init__(self, loss: Exp1Loss, dataset_size: int) -> None:
+        self.loss = loss
+
+    def __call__(
+        self,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        z: torch.Tensor,
+        *,
+        beta: float,
+        batch_posteriors: BatchPosteriors | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
+
+    def weights(self, beta: float) -> dict[str, float]:
+        return {"recon": 1.0, "kl": beta}

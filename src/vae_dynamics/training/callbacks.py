@@ -79,6 +79,17 @@ class TargetBetaCheckpoint(ModelCheckpoint):
         super().__init__(save_on_train_epoch_end=False, enable_version_counter=False, **kwargs)
         self.first_epoch = first_epoch
 
+    def chosen(self, last_checkpoint: Path) -> tuple[Path, str]:
+        """The checkpoint to export and evaluate, and why it was chosen."""
+        if self.best_model_path:
+            return Path(self.best_model_path), (
+                f"lowest val/loss among the epochs at the target beta (epoch >= {self.first_epoch})"
+            )
+        return last_checkpoint, (
+            "last.ckpt: training has not reached the target beta yet (the warm-up ends at epoch "
+            f"{self.first_epoch}), and val/loss of warm-up epochs with different beta are not comparable"
+        )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's, with the saved paths mapped into this run's checkpoint folder.
 

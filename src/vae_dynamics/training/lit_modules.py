@@ -1,17 +1,22 @@
-"""LightningModules: step logic and logging only (models know nothing of training)."""
+"""LightningModules: step logic and logging only (models know nothing of training).
+
+One module for every experiment, wired by its registry record; the request's `VAELitModule` (Exp1) and
+`TCVAELitModule` (Exp2) are that module with the experiment fixed."""
 
 from __future__ import annotations
 
 import logging
-from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 
-from vae_dynamics.losses import NonFiniteLossError, compute_tcvae_loss, compute_vae_loss
-from vae_dynamics.models import TCVAESBD, BaselineVAE, VAE3d
+from vae_dynamics import experiments
+from vae_dynamics.config.schema import ExperimentConfig
+from vae_dynamics.losses import NonFiniteLossError
+from vae_dynamics.losses.common import Objective
+from vae_dynamics.models import VAE3d
 from vae_dynamics.models.diagnostics import latent_summary, spatial_share, z_dependence
 from vae_dynamics.provenance import code_version
 from vae_dynamics.training.distributed import distributed_world, gather_batch
@@ -72,39 +77,81 @@ def build_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, [factor(0), factor(1)])
 
 
-class _VAELitModule(L.LightningModule):
-    """Shared step plumbing: forward, loss with the epoch's β, logging of every returned term.
+class ExperimentLitModule(L.LightningModule):
+    """The training step of every experiment: forward, the record's objective with the epoch's β, logging
+    of every returned term, and the code-use diagnostics. What differs between experiments (the model,
+    the objective, the warmed-up β) comes from the registry record (experiments.py) named `experiment`.
 
     Under DDP the logged terms are those of the global batch (summed over processes), and the loss
     that is backpropagated is scaled by the world size: DDP averages gradients over processes, and
     the sum-reduced loss of the global batch is the sum, not the mean, of the per-process losses.
     """
 
+    EXPERIMENT: str | None = None  # fixed by the request's named modules below
     model: VAE3d
-    BETA: str  # the warmed-up weight: hparams <BETA>_target, <BETA>_annealing_epochs; logged as <BETA>
 
-    def __init__(self, model: VAE3d, channels_last: bool) -> None:
+    def __init__(
+        self,
+        model_kwargs: dict[str, Any],
+        *,
+        dataset_size: int,
+        lr: float,
+        experiment: str | None = None,
+        channels_last: bool = False,
+        encoder_head_lr_scale: float = 1.0,
+        lr_warmup_steps: int = 0,
+        encoder_head_lr_ramp_steps: int = 0,
+        diagnostics_every_n_epochs: int = 1,
+        **loss: Any,  # the experiment's loss.* keys
+    ) -> None:
         super().__init__()
-        self.model = model
+        key = experiment or self.EXPERIMENT
+        if key is None or (self.EXPERIMENT and key != self.EXPERIMENT):
+            raise ValueError(f"{type(self).__name__} trains {self.EXPERIMENT}, not experiment={experiment!r}")
+        self.experiment = experiments.get(key)
+        self.save_hyperparameters()
+        self.model = self.experiment.model_cls()(**model_kwargs)
         if channels_last:
             self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        self.dataset_size = dataset_size  # N of the MWS estimator: number of TRAIN subjects
+        self.loss_cfg = self.experiment.loss_config(loss)
+        self.objective: Objective = self.experiment.objective_cls()(self.loss_cfg, dataset_size)
         self._val_posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._probe: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, n_train: int, channels_last: bool) -> ExperimentLitModule:
+        """The module of the experiment `cfg` selects (model.variant), with N = number of train subjects."""
+        experiment = experiments.of(cfg)
+        lit_cls: type[ExperimentLitModule] = experiment.lit_cls()
+        train = cfg.train
+        return lit_cls(
+            experiment.model_kwargs(cfg), experiment=experiment.key, dataset_size=n_train, lr=train.lr,
+            channels_last=channels_last, encoder_head_lr_scale=train.encoder_head_lr_scale,
+            lr_warmup_steps=train.lr_warmup_steps, encoder_head_lr_ramp_steps=train.encoder_head_lr_ramp_steps,
+            diagnostics_every_n_epochs=cfg.logging.diagnostics_every_n_epochs, **cfg.loss.model_dump(),
+        )  # fmt: skip
 
     @property
     def beta(self) -> float:
         """β of the current epoch: linear from 0 to its target over the warm-up (training/schedules)."""
-        return linear_warmup(self.current_epoch, self.hparams[f"{self.BETA}_target"], self.warmup_epochs)
+        target = self.experiment.beta_target(self.loss_cfg)
+        return linear_warmup(self.current_epoch, target, self.warmup_epochs)
 
     @property
     def warmup_epochs(self) -> int:
-        return int(self.hparams[f"{self.BETA}_annealing_epochs"])
+        return self.experiment.warmup_epochs(self.loss_cfg)
 
-    @abstractmethod
     def compute_loss(
         self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The experiment's loss terms ("loss" is backpropagated; every term is logged)."""
+        """The objective's terms ("loss" is backpropagated; every term is logged)."""
+        world, rank = distributed_world()
+        batch = None
+        if world > 1 and self.objective.couples_batch:
+            # Under DDP every sample's estimate uses the posteriors of the whole global batch (M = W·m).
+            batch = (gather_batch(mu), gather_batch(logvar), rank * mu.shape[0])
+        return self.objective(x_hat, x, mu, logvar, z, beta=self.beta, batch_posteriors=batch)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
@@ -195,70 +242,13 @@ class _VAELitModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-class VAELitModule(_VAELitModule):
+class VAELitModule(ExperimentLitModule):
     """Exp1: BaselineVAE with recon + β_kl·KL; logs {train,val}/{loss,recon,kl,beta_kl}."""
 
-    def __init__(
-        self,
-        model_kwargs: dict[str, Any],
-        *,
-        dataset_size: int,
-        lr: float,
-        beta_kl_target: float,
-        beta_kl_annealing_epochs: int,
-        channels_last: bool = False,
-        encoder_head_lr_scale: float = 1.0,
-        lr_warmup_steps: int = 0,
-        encoder_head_lr_ramp_steps: int = 0,
-        diagnostics_every_n_epochs: int = 1,
-    ) -> None:
-        super().__init__(BaselineVAE(**model_kwargs), channels_last)
-        self.save_hyperparameters()
-
-    BETA = "beta_kl"
-
-    def compute_loss(
-        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=self.beta)
+    EXPERIMENT = "exp1"
 
 
-class TCVAELitModule(_VAELitModule):
+class TCVAELitModule(ExperimentLitModule):
     """Exp2: TCVAESBD with the β-TCVAE (MWS) loss; logs {train,val}/{loss,recon,mi,tc,dwkl,beta_tc}."""
 
-    def __init__(
-        self,
-        model_kwargs: dict[str, Any],
-        *,
-        dataset_size: int,
-        lr: float,
-        beta_tc_target: float,
-        beta_tc_annealing_epochs: int,
-        alpha: float = 1.0,
-        gamma: float = 1.0,
-        compute_in_fp32: bool = True,
-        channels_last: bool = False,
-        encoder_head_lr_scale: float = 1.0,
-        lr_warmup_steps: int = 0,
-        encoder_head_lr_ramp_steps: int = 0,
-        diagnostics_every_n_epochs: int = 1,
-    ) -> None:
-        super().__init__(TCVAESBD(**model_kwargs), channels_last)
-        self.save_hyperparameters()
-        self.dataset_size = dataset_size  # N of the MWS estimator: number of TRAIN subjects
-
-    BETA = "beta_tc"
-
-    def compute_loss(
-        self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        world, rank = distributed_world()
-        # Under DDP every sample's MWS estimate uses the posteriors of the whole global batch (M = W·m).
-        batch = (gather_batch(mu), gather_batch(logvar), rank * mu.shape[0]) if world > 1 else None
-        return compute_tcvae_loss(
-            x_hat, x, mu, logvar, z,
-            dataset_size=self.dataset_size, beta_tc=self.beta,
-            alpha=self.hparams["alpha"], gamma=self.hparams["gamma"],
-            compute_in_fp32=self.hparams["compute_in_fp32"],
-            batch_posteriors=batch,
-        )  # fmt: skip
+    EXPERIMENT = "exp2"

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,31 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from vae_dynamics.io import LOG_FORMAT
+
 log = logging.getLogger("vae_dynamics.train")
+# The loggers whose records a run's train.log holds.
+RUN_LOGGERS = ("vae_dynamics", "lightning.pytorch", "py.warnings")
+
+
+@contextlib.contextmanager
+def file_logging(path: Path) -> Iterator[None]:
+    """The package's and Lightning's log records (and warnings) appended to `path` (train.log)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        for name in RUN_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        logging.captureWarnings(False)
+        handler.close()
+
 
 # The Python module each optional logger needs, and the extra that installs it.
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
