@@ -244,10 +244,10 @@ def test_launched_rank_counts_processes_per_node_not_the_world(monkeypatch, env,
 def test_a_rank_waiting_for_rank_0_times_out_with_its_own_error(monkeypatch, tmp_path):
     from vae_dynamics.config import config_path, load_config
     from vae_dynamics.training.distributed import RANK_WAIT_ENV, RankSetupTimeout
-    from vae_dynamics.training.run import _train_other_rank
-    from vae_dynamics.training.run_dir import RunDir
+    from vae_dynamics.training.run import train
 
     monkeypatch.setenv(RANK_WAIT_ENV, "0.5")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process of a DDP run: rank 0 never writes its files
     cfg = load_config(config_path("exp2_tcvae_sbd"))
     with pytest.raises(RankSetupTimeout, match=rf"waited 0 s for rank 0 .*{RANK_WAIT_ENV}"):
-        _train_other_rank(cfg, RunDir(tmp_path), None)
+        train(cfg, tmp_path)

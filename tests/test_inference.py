@@ -20,7 +20,8 @@ from conftest import REPO, small_exp_config
 
 from vae_dynamics.data import MODALITIES
 from vae_dynamics.data.demo import generate
-from vae_dynamics.inference import ContractMismatchError, load_run, mu_columns, native_space, write_encoding
+from vae_dynamics.evaluation.new_scans import write_encoding
+from vae_dynamics.inference import ContractMismatchError, load_run, mu_columns, native_space
 
 # The same scan stored RAS instead of LPS: the same voxels after Orientation, so μ agrees to 1e-4. Stored
 # at 1.25 mm as well, it is resampled 1 -> 1.25 -> 1 mm (trilinear twice: a smoother image), and μ moves:

@@ -118,8 +118,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
         return
     if bool(args.images) == bool(args.sheet):
         raise UsageError("--run needs one of --images DIR (BraTS-layout subject folders) or --sheet S")
+    from vae_dynamics.evaluation.new_scans import write_encoding
     from vae_dynamics.gpus import claim_gpus
-    from vae_dynamics.inference import load_run, write_encoding
+    from vae_dynamics.inference import load_run
 
     with contextlib.ExitStack() as stack:
         if args.device is None:  # on CUDA when present, on a GPU no other job of this user holds

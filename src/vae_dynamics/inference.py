@@ -157,9 +157,7 @@ class TrainedRun:
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) [n, d] float32 on the CPU of preprocessed images [n, 4, 128³]."""
-        from vae_dynamics.evaluation.encode import encode_images
-
-        return encode_images(self.model, images, self.device)
+        return self.model.posterior(images)
 
     def encode(
         self, source: Scans, batch_size: int = 4, workers: int = 0, progress: bool = False
@@ -170,7 +168,7 @@ class TrainedRun:
         valid, rejected = self.scans(source, workers=max(1, workers))
         rows = []
         for batch in self._batches(valid, batch_size, workers, progress):
-            rows.extend(_code_rows(batch))
+            rows.extend(code_rows(batch))
         return self._table(valid, rows, rejected)
 
     def decode(self, codes: pd.DataFrame | torch.Tensor | np.ndarray, batch_size: int = 4) -> torch.Tensor:
@@ -190,11 +188,6 @@ class TrainedRun:
             for chunk in z.split(batch_size):
                 out.append(self.model.decode(chunk.to(self.device)).float().cpu())
         return torch.cat(out)
-
-    def reconstruct(self, source: Scans, out_dir: str | os.PathLike[str], **options: Any) -> pd.DataFrame:
-        """Encode `source` into `out_dir` with the reconstructions (`write_encoding`'s files; `options`:
-        its panels, traverse, batch_size, workers, progress): the latents table, a row per scan."""
-        return write_encoding(self, source, out_dir, reconstruct=True, **options)
 
     # ---- internals -----------------------------------------------------------------------------------
 
@@ -235,7 +228,7 @@ def mu_columns(table: pd.DataFrame, prefix: str = "mu_") -> list[str]:
     return sorted(cols, key=lambda c: int(c[len(prefix) :]))
 
 
-def _code_rows(batch: list[dict]) -> list[dict]:
+def code_rows(batch: list[dict]) -> list[dict]:
     rows = []
     for item in batch:
         d = item["mu"].numel()
@@ -260,7 +253,7 @@ def native_space(run: TrainedRun, item: dict[str, Any], volume: torch.Tensor | n
     return (out.as_tensor().float() * scale).numpy()
 
 
-def _save_native(
+def save_native(
     run: TrainedRun, item: dict[str, Any], files: dict[str, Any], volume: np.ndarray, folder: Path
 ) -> None:
     """One NIfTI per modality in the input file's grid, affine and header (float32)."""
@@ -281,94 +274,6 @@ def _save_native(
         nib.save(
             nib.Nifti1Image(data, source.affine, header), folder / f"{item['subject_id']}-{modality}.nii.gz"
         )
-
-
-def write_encoding(
-    run: TrainedRun,
-    source: Scans,
-    out_dir: str | os.PathLike[str],
-    reconstruct: bool = False,
-    panels: bool = True,
-    traverse: int = 0,
-    batch_size: int = 4,
-    workers: int = 0,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Encode every valid scan of `source` into `out_dir` (written whole, atomically):
-
-    latents.csv        subject_id, the sheet's extra columns, mu_*, logvar_*, checkpoint, run_identity
-    rejected.csv       subject_id, file, reason of every scan that failed the checks
-    encoding.json      the run, checkpoint, run identity, preprocessing contract, counts
-    reconstructions/<id>/<id>-<modality>.nii.gz   (reconstruct) x̂ in the scan's own grid and affine
-    panels/<id>.png    (reconstruct, panels) input / recon / |diff| in the model's 128³ space
-    traversals/<id>.png (traverse K) the K dimensions of largest mean KL over these scans, around μ
-    """
-    import torch
-
-    from vae_dynamics.data.cache import preprocessing_contract
-    from vae_dynamics.evaluation.metrics import kl_per_dimension
-    from vae_dynamics.evaluation.traversals import TRAVERSAL_MODALITIES, TRAVERSAL_VALUES, tumour_centre
-    from vae_dynamics.evaluation.traversals import traverse as walk
-    from vae_dynamics.io import atomic_dir, write_csv, write_json
-    from vae_dynamics.viz.latents import plot_traversal_overview
-    from vae_dynamics.viz.recon import save_recon_panel
-
-    if traverse < 0:
-        raise ValueError(f"traverse must be >= 0, got {traverse}")
-    run.check_contract()
-    valid, rejected = run.scans(source, workers=max(1, workers))
-    files_of: dict[str, dict[str, Any]] = {
-        str(r["subject_id"]): {str(k): v for k, v in r.items()} for r in valid.to_dict("records")
-    }
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    kept: list[dict[str, Any]] = []
-    with atomic_dir(out_dir) as tmp:
-        for batch in run._batches(valid, batch_size, workers, progress):
-            rows.extend(_code_rows(batch))
-            if reconstruct:
-                x_hat = run.decode(torch.stack([item["mu"] for item in batch]), batch_size)
-                for item, recon in zip(batch, x_hat):
-                    sid = item["subject_id"]
-                    _save_native(run, item, files_of[sid], native_space(run, item, recon),
-                                 tmp / "reconstructions" / sid)  # fmt: skip
-                    if panels:
-                        save_recon_panel(item["image"].as_tensor(), recon, tmp / "panels" / f"{sid}.png",
-                                         run.modalities, title=f"{sid} — {run.summary.get('experiment', '')}")  # fmt: skip
-            if traverse:  # kept small: μ and a seg-based centre per scan
-                kept.extend({"subject_id": it["subject_id"], "mu": it["mu"],
-                             "centre": tumour_centre(it[SEG_KEY]) if SEG_KEY in it else None} for it in batch)  # fmt: skip
-        table = run._table(valid, rows, rejected)
-        if traverse:
-            logvar = table[mu_columns(table, "logvar_")].to_numpy(dtype=float)
-            mu = table[mu_columns(table)].to_numpy(dtype=float)
-            kl = kl_per_dimension(mu, logvar)
-            top = [int(j) for j in np.argsort(-kl, kind="stable")[:traverse]]
-            channels = [run.modalities.index(m) for m in TRAVERSAL_MODALITIES]
-            size = tuple(run.cfg.data.roi_size)
-            for it in kept:
-                centre = it["centre"] or tuple(s // 2 for s in size)
-                with run.autocast():
-                    slices = walk(run.model, it["mu"], top, centre, channels)
-                plot_traversal_overview(
-                    slices[:, :, 0], top, kl[top], TRAVERSAL_VALUES, TRAVERSAL_MODALITIES,
-                    tmp / "traversals" / f"{it['subject_id']}.png",
-                    title=f"{it['subject_id']}: the {len(top)} dimensions of largest mean KL over these scans",
-                )  # fmt: skip
-        write_csv(table, tmp / "latents.csv")
-        write_csv(rejected, tmp / "rejected.csv")
-        write_json({
-            "run_dir": str(run.run_dir.resolve()),
-            "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-            "experiment": run.summary.get("experiment"),
-            "run_identity": run.identity(),
-            "preprocessing_contract": preprocessing_contract(run.cfg.data),
-            "source": str(source) if isinstance(source, (str, os.PathLike)) else "a DataFrame or a list of folders",
-            "n_encoded": len(table), "n_rejected": len(rejected),
-            "reconstructions": reconstruct, "traversed_dims": traverse,
-            "device": str(run.device), "seconds": round(time.perf_counter() - start, 1),
-        }, tmp / "encoding.json")  # fmt: skip
-    return table
 
 
 # ---- loading ---------------------------------------------------------------------------------------------

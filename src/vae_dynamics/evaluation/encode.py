@@ -34,20 +34,11 @@ def split_datasets(run: TrainedRun) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def encode_images(
-    model: VAE3d, images: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ, log σ²) [n, d] float32 on the CPU of images [n, 4, 128³] (cached float16 or float32)."""
-    mu, logvar = model.encoder(torch.as_tensor(images).to(device, non_blocking=True).float())
-    return mu.float().cpu(), logvar.float().cpu()
-
-
-@torch.inference_mode()
 def encode_dataset(
     model: VAE3d, dataset: Dataset, device: torch.device, batch_size: int, workers: int
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(subject ids, μ [n, d], log σ² [n, d]) of every item of a cached split, in batches on `device`
-    (new scans: vae_dynamics.inference, through the same `encode_images`)."""
+    (new scans: vae_dynamics.inference, through the same `VAE3d.posterior`)."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
@@ -55,7 +46,7 @@ def encode_dataset(
     ids: list[str] = []
     mus, logvars = [], []
     for batch in loader:
-        mu, logvar = encode_images(model, batch["image"], device)
+        mu, logvar = model.posterior(batch["image"])
         ids.extend(batch["subject_id"])
         mus.append(mu)
         logvars.append(logvar)

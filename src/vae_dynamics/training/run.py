@@ -57,8 +57,10 @@ def train(
     damage_note = None
     if ckpt_path is not None:  # last.ckpt, or the newest intact one when it is damaged
         ckpt_path, damage_note = intact_resume_checkpoint(ckpt_path.parent)
-    if rank > 0:
-        return _train_other_rank(cfg, run, ckpt_path)
+    if rank > 0:  # a DDP rank: train on what rank 0 prepared (splits, config); write nothing
+        wait_for_rank0([run.splits / "val.csv", run.config])
+        fit(*assemble(cfg, run.path, run.splits), ckpt_path)
+        return {"run_dir": str(run.path.resolve())}
     with run.lock():
         if not resume:  # again under the lock: a start that raced this one may have written checkpoints
             run.check_fresh_start()
@@ -132,10 +134,3 @@ def _summary(name: str, run: RunDir, trainer: L.Trainer, n_train: int, n_val: in
         "n_train": n_train,
         "n_val": n_val,
     }
-
-
-def _train_other_rank(cfg: ExperimentConfig, run: RunDir, ckpt_path: Path | None) -> dict[str, Any]:
-    """A rank > 0 of a DDP run: train on what rank 0 prepared (splits, config); write nothing."""
-    wait_for_rank0([run.splits / "val.csv", run.config])
-    fit(*assemble(cfg, run.path, run.splits), ckpt_path)
-    return {"run_dir": str(run.path.resolve())}

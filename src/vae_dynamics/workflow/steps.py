@@ -50,7 +50,8 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
 def encode_step(summary_path: str, source: str, latents_csv: str, reconstruct: bool, traverse: int,
                 workers: int = 0) -> int:  # fmt: skip
     """Encode the scans of a sheet or folder with a finished run into the folder of `latents_csv`."""
-    from vae_dynamics.inference import load_run, write_encoding
+    from vae_dynamics.evaluation.new_scans import write_encoding
+    from vae_dynamics.inference import load_run
 
     run = load_run(summary_path)
     table = write_encoding(run, source, Path(latents_csv).parent, reconstruct=reconstruct,

@@ -42,6 +42,14 @@ class VAE3d(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, z_dim] -> x_hat [B, C, 128³]."""
 
+    @torch.inference_mode()
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²) [n, d], float32 on the CPU, of images [n, 4, 128³] (cached float16 or float32) on
+        any device: the encoding of evaluation/encode.py and of new scans (inference.py)."""
+        device = next(self.parameters()).device
+        mu, logvar = self.encoder(torch.as_tensor(images).to(device, non_blocking=True).float())
+        return mu.float().cpu(), logvar.float().cpu()
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x)
         z = reparameterize(mu, logvar)
