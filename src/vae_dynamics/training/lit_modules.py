@@ -88,6 +88,7 @@ class ExperimentLitModule(L.LightningModule):
     """
 
     EXPERIMENT: str | None = None  # fixed by the request's named modules below
+    LOSS_DEFAULTS: dict[str, Any] = {}  # loss.* keys a caller of the constructor may leave out
     model: VAE3d
 
     def __init__(
@@ -109,6 +110,7 @@ class ExperimentLitModule(L.LightningModule):
         if key is None or (self.EXPERIMENT and key != self.EXPERIMENT):
             raise ValueError(f"{type(self).__name__} trains {self.EXPERIMENT}, not experiment={experiment!r}")
         self.experiment = experiments.get(key)
+        loss = {**self.LOSS_DEFAULTS, **loss}  # before save_hyperparameters: the checkpoint holds them all
         self.save_hyperparameters()
         self.model = self.experiment.model_cls()(**model_kwargs)
         if channels_last:
@@ -252,3 +254,4 @@ class TCVAELitModule(ExperimentLitModule):
     """Exp2: TCVAESBD with the β-TCVAE (MWS) loss; logs {train,val}/{loss,recon,mi,tc,dwkl,beta_tc}."""
 
     EXPERIMENT = "exp2"
+    LOSS_DEFAULTS = {"alpha": 1.0, "gamma": 1.0, "compute_in_fp32": True}  # the β-TCVAE paper's weights
