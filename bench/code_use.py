@@ -67,8 +67,13 @@ OUT = REPO / "bench" / "results" / "code_use.json"
 
 # The keys that decide how Exp2 starts (docs/LEARNING.md); every Exp2 arm but the shipped one sets
 # all of them, so an arm's meaning does not change when the shipped defaults do.
-START_KEYS = ("model.sbd_z_gain", "model.logvar_init_bias", "train.encoder_head_lr_scale",
-              "train.encoder_head_lr_ramp_steps", "train.lr_warmup_steps")  # fmt: skip
+START_KEYS = (
+    "model.sbd_z_gain",
+    "model.logvar_init_bias",
+    "train.encoder_head_lr_scale",
+    "train.encoder_head_lr_ramp_steps",
+    "train.lr_warmup_steps",
+)
 PLAIN = dict(zip(START_KEYS, (1.0, 0.0, 1.0, 0, 0)))  # the request as written
 ISSUE26 = dict(zip(START_KEYS, (0.1, -4.0, 0.01, 0, 0)))  # the start shipped before the code-use study
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -80,7 +85,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "exp2_head_ramp": (
         "exp2",
         {**ISSUE26, "train.encoder_head_lr_ramp_steps": 150, "train.lr_warmup_steps": 30},
-    ),  # fmt: skip
+    ),
     "exp2_head_ramp_z_gain_1": (
         "exp2",
         {
@@ -89,13 +94,13 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
             "train.encoder_head_lr_ramp_steps": 150,
             "train.lr_warmup_steps": 30,
         },
-    ),  # fmt: skip
+    ),
     "exp2_head_ramp_no_warmup": ("exp2", {**ISSUE26, "train.encoder_head_lr_ramp_steps": 150}),
     "exp2_head_ramp_600": ("exp2", {**ISSUE26, "train.encoder_head_lr_ramp_steps": 600}),
     "exp2_head_ramp_600_z_gain_1": (
         "exp2",
         {**ISSUE26, "train.encoder_head_lr_ramp_steps": 600, "model.sbd_z_gain": 1.0},
-    ),  # fmt: skip
+    ),
     "exp2_small_sigma_no_ramp": ("exp2", {**ISSUE26, "model.logvar_init_bias": -10.0}),
     "exp2_sigma_0_03": ("exp2", {**ISSUE26, "model.logvar_init_bias": -7.0}),
     # The gradient split of exp2_sigma_0_03 says reconstruction pushes μ apart ~4x harder than TC pulls it
@@ -103,20 +108,31 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "exp2_sigma_0_03_head_0_03": (
         "exp2",
         {**ISSUE26, "model.logvar_init_bias": -7.0, "train.encoder_head_lr_scale": 0.03},
-    ),  # fmt: skip
+    ),
     "exp2_sigma_0_03_head_0_1": (
         "exp2",
         {**ISSUE26, "model.logvar_init_bias": -7.0, "train.encoder_head_lr_scale": 0.1},
-    ),  # fmt: skip
+    ),
     "exp2_small_sigma": (
         "exp2",
         {**ISSUE26, "model.logvar_init_bias": -10.0, "train.encoder_head_lr_ramp_steps": 150},
-    ),  # fmt: skip
+    ),
 }
 DEFAULT_ARMS = ["exp2_shipped", "exp1", "exp2_issue26_start"]
 # Known demo factors (data/demo.py): head scale and affine deformation, tumour centre and radius.
-FACTORS = ("scale", "rot_x_deg", "rot_y_deg", "rot_z_deg", "shift_x_mm", "shift_y_mm", "shift_z_mm",
-           "tumour_x_mm", "tumour_y_mm", "tumour_z_mm", "tumour_radius_mm")  # fmt: skip
+FACTORS = (
+    "scale",
+    "rot_x_deg",
+    "rot_y_deg",
+    "rot_z_deg",
+    "shift_x_mm",
+    "shift_y_mm",
+    "shift_z_mm",
+    "tumour_x_mm",
+    "tumour_y_mm",
+    "tumour_z_mm",
+    "tumour_radius_mm",
+)
 
 
 def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):
@@ -209,13 +225,16 @@ def evaluate(model, exp, cfg, data, beta: float, args) -> dict[str, Any]:
     grads = gradient_split(exp, model, train[:2], cfg, beta, len(train))  # no dropout or BatchNorm
     model.train()
     return {
-        "val_mse_over_mean_volume": val_mse, "train_mse_over_mean_volume": train_mse,
-        "z_dependence": val_dep, "train_z_dependence": train_dep, "spatial_share": share,
+        "val_mse_over_mean_volume": val_mse,
+        "train_mse_over_mean_volume": train_mse,
+        "z_dependence": val_dep,
+        "train_z_dependence": train_dep,
+        "spatial_share": share,
         **{k: stats[k] for k in ("mu_spread_rms", "mu_common_rms", "mean_sigma", "active_units", "kl_total")},
         "kl_per_dim": [round(float(v), 5) for v in kl_per_dimension(mu_all, logvar_all)],
         "factor_r2": factor_r2(mu_all.numpy(), factors),
         "grad": grads,
-    }  # fmt: skip
+    }
 
 
 def run_arm(arm: str, data, args, sink) -> None:
@@ -229,17 +248,27 @@ def run_arm(arm: str, data, args, sink) -> None:
     t0 = time.perf_counter()
 
     def log(step: int, beta: float) -> None:
-        row = {"arm": arm, "experiment": exp, "step": step, "beta": beta, "settings": start_settings(cfg),
-               **evaluate(model, exp, cfg, data, beta, args), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        row = {
+            "arm": arm,
+            "experiment": exp,
+            "step": step,
+            "beta": beta,
+            "settings": start_settings(cfg),
+            **evaluate(model, exp, cfg, data, beta, args),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         sink(row)
         g = row["grad"]
-        print(f"{arm:<26} step {step:>4}: val/mean {row['val_mse_over_mean_volume']:.3f} "
-              f"train/mean {row['train_mse_over_mean_volume']:.3f} zdep {row['z_dependence']:.3f}/"
-              f"{row['train_z_dependence']:.3f} spread {row['mu_spread_rms']:.3g} common "
-              f"{row['mu_common_rms']:.3g} σ {row['mean_sigma']:.3g} AU {row['active_units']:.0f} "
-              f"share {row['spatial_share']:.3g} R²(scale) {row['factor_r2']['scale']:.2f} force "
-              + " ".join(f"{k} {v['spread_force']:.3g}" for k, v in g.items())
-              + f" [{row['seconds']:.0f} s]", flush=True)  # fmt: skip
+        print(
+            f"{arm:<26} step {step:>4}: val/mean {row['val_mse_over_mean_volume']:.3f} "
+            f"train/mean {row['train_mse_over_mean_volume']:.3f} zdep {row['z_dependence']:.3f}/"
+            f"{row['train_z_dependence']:.3f} spread {row['mu_spread_rms']:.3g} common "
+            f"{row['mu_common_rms']:.3g} σ {row['mean_sigma']:.3g} AU {row['active_units']:.0f} "
+            f"share {row['spatial_share']:.3g} R²(scale) {row['factor_r2']['scale']:.2f} force "
+            + " ".join(f"{k} {v['spread_force']:.3g}" for k, v in g.items())
+            + f" [{row['seconds']:.0f} s]",
+            flush=True,
+        )
 
     log(0, 0.0)
     torch.manual_seed(1)  # the same posterior noise for every arm
@@ -258,12 +287,14 @@ def run_arm(arm: str, data, args, sink) -> None:
 
 # ---- report ---------------------------------------------------------------------------------------
 
-PANELS = [("val_mse_over_mean_volume", "val MSE / training-mean volume (< 1: the code helps)", "log"),
-          ("z_dependence", "val z-dependence (1 = z ignored)", None),
-          ("train_z_dependence", "train z-dependence", None),
-          ("mu_spread_rms", "μ between-subject spread (rms)", "log"),
-          ("mean_sigma", "mean posterior σ", "log"),
-          ("spatial_share", "spatial share of the decoder input", "log")]  # fmt: skip
+PANELS = [
+    ("val_mse_over_mean_volume", "val MSE / training-mean volume (< 1: the code helps)", "log"),
+    ("z_dependence", "val z-dependence (1 = z ignored)", None),
+    ("train_z_dependence", "train z-dependence", None),
+    ("mu_spread_rms", "μ between-subject spread (rms)", "log"),
+    ("mean_sigma", "mean posterior σ", "log"),
+    ("spatial_share", "spatial share of the decoder input", "log"),
+]
 
 
 def figure(rows: list[dict], path: Path) -> None:
@@ -295,13 +326,18 @@ def _shipped(result: dict[str, Any]) -> str | None:
 
 def markdown(result: dict[str, Any]) -> str:
     rows, shipped = result["rows"], _shipped(result)
-    lines = [f"Setup: {result['setup']}; {result['date']}; {result['versions']}.", "",
-             f"Shipped start (today's defaults) = arm **{shipped}**." if shipped else
-             "No arm of this run has today's default start settings.", "",
-             "| arm | start settings | step | val MSE / mean vol. | train MSE / mean vol. | z-dep. val | "
-             "z-dep. train | μ spread | μ common | mean σ | active units | spatial share | R² scale "
-             "| R² tumour x | spread force recon / KL terms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Setup: {result['setup']}; {result['date']}; {result['versions']}.",
+        "",
+        f"Shipped start (today's defaults) = arm **{shipped}**."
+        if shipped
+        else "No arm of this run has today's default start settings.",
+        "",
+        "| arm | start settings | step | val MSE / mean vol. | train MSE / mean vol. | z-dep. val | "
+        "z-dep. train | μ spread | μ common | mean σ | active units | spatial share | R² scale "
+        "| R² tumour x | spread force recon / KL terms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm]
@@ -315,11 +351,12 @@ def markdown(result: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {arm} | {settings} | {r['step']} | {r['val_mse_over_mean_volume']:.3f} | "
-                f"{r['train_mse_over_mean_volume']:.3f} | {r['z_dependence']:.3f} | {r['train_z_dependence']:.3f} | "
+                f"{r['train_mse_over_mean_volume']:.3f} | {r['z_dependence']:.3f} | "
+                f"{r['train_z_dependence']:.3f} | "
                 f"{r['mu_spread_rms']:.3g} | {r['mu_common_rms']:.3g} | {r['mean_sigma']:.3g} | "
                 f"{r['active_units']:.0f} | {r['spatial_share']:.3g} | {r['factor_r2']['scale']:.2f} | "
                 f"{r['factor_r2']['tumour_x_mm']:.2f} | {force} |"
-            )  # fmt: skip
+            )
             settings = ""
     lines += ["", "![code-use curves](code_use.png)"]
     return "\n".join(lines)
@@ -360,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.append and Path(args.out).exists():
         kept = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["arm"] not in args.arms]
     result = {
-        "setup": f"{len(train)} train / {len(val)} val demo subjects, 128³, base_filters {args.base_filters}, "
+        "setup": f"{len(train)} train / {len(val)} val demo subjects, 128³, base_filters "
+        "{args.base_filters}, "
         f"batch {args.batch}, bf16 autocast (CPU), AdamW lr {args.lr}, β warm-up {args.warmup_epochs} epochs "
         f"of {len(train) // args.batch} steps, {args.steps} steps, seed 0, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),

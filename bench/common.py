@@ -122,9 +122,13 @@ def study_optimizer(model: VAE3d, lr: float, cfg: ExperimentConfig):
     from vae_dynamics.training.lit_modules import build_optimizer
 
     t = cfg.train
-    return build_optimizer(model, lr, encoder_head_lr_scale=t.encoder_head_lr_scale,
-                           lr_warmup_steps=t.lr_warmup_steps,
-                           encoder_head_lr_ramp_steps=t.encoder_head_lr_ramp_steps)  # fmt: skip
+    return build_optimizer(
+        model,
+        lr,
+        encoder_head_lr_scale=t.encoder_head_lr_scale,
+        lr_warmup_steps=t.lr_warmup_steps,
+        encoder_head_lr_ramp_steps=t.encoder_head_lr_ramp_steps,
+    )
 
 
 def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_help: str) -> None:
@@ -140,15 +144,17 @@ def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_he
 
 
 def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
-    """The weighted loss terms (each as it enters the total, the registry's objective) and μ, for one batch."""
+    """The weighted loss terms (each as it enters the total, the registry's objective) and μ, for one
+    batch."""
     objective = experiments.get(exp).objective_cls()(cfg.loss, n_train)
     x_hat, mu, logvar, z = model(x)
-    out = objective(x_hat, x, mu, logvar, z, beta=beta)
+    out = objective(x, (x_hat, mu, logvar, z), beta=beta)
     return {"loss": out["loss"], **{k: w * out[k] for k, w in objective.weights(beta).items()}}, mu
 
 
 def training_step(exp: str, model, x, cfg, beta: float, n_train: int, opt, schedule, where: str) -> bool:
-    """One optimizer step under bf16 autocast, as the demo trains on CPU; False (said) if the loss is not finite."""
+    """One optimizer step under bf16 autocast, as the demo trains on CPU; False (said) if the loss is not
+    finite."""
     import math
 
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -42,8 +42,15 @@ def main(argv: list[str] | None = None) -> None:
         reference = copy.deepcopy(model).double().decode(z.double())
         for name, memory_format in FORMATS.items():
             deviation = (model.to(memory_format=memory_format).decode(z).double() - reference).abs().max()
-            records.append(record("decode_float32_max_abs_deviation_from_float64", float(deviation), "abs",
-                                  memory_format=name, output_max_abs=float(reference.abs().max())))  # fmt: skip
+            records.append(
+                record(
+                    "decode_float32_max_abs_deviation_from_float64",
+                    float(deviation),
+                    "abs",
+                    memory_format=name,
+                    output_max_abs=float(reference.abs().max()),
+                )
+            )
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for precision in ("32-true", "bf16-mixed"):
@@ -66,12 +73,22 @@ def main(argv: list[str] | None = None) -> None:
                         "decode_6_codes_seconds", seconds["decode", name], "s", memory_format=name, **config
                     )
                 )
-                records.append(record("encode_1_subject_seconds", seconds["encode", name], "s", memory_format=name,
-                                      **config))  # fmt: skip
+                records.append(
+                    record(
+                        "encode_1_subject_seconds", seconds["encode", name], "s", memory_format=name, **config
+                    )
+                )
             for step in ("decode", "encode"):
                 ratio = seconds[step, "channels_last_3d"] / seconds[step, "contiguous"]
-                records.append(record(f"{step}_channels_last_over_contiguous", ratio, "ratio", **config,
-                                      note="same run; < 1: channels_last_3d is faster"))  # fmt: skip
+                records.append(
+                    record(
+                        f"{step}_channels_last_over_contiguous",
+                        ratio,
+                        "ratio",
+                        **config,
+                        note="same run; < 1: channels_last_3d is faster",
+                    )
+                )
     save_records(records, args.out)
 
 

@@ -57,8 +57,13 @@ DOC, FIGURE = REPO / "docs" / "LEARNING.md", REPO / "docs" / "learning.png"
 # Variant -> (experiment, config overrides on top of the experiment's shipped config). "exp2" is Exp2
 # as shipped; "exp2_before" as it was before the SBD-start fix; the "exp2_without_*" rows take one
 # part of the fix away; "exp2_z_zero" multiplies z by 0 in the projection (the decoder without a code).
-BEFORE = {"model.sbd_z_gain": 1.0, "model.sbd_coord_gain": 1.0, "model.sbd_project_norm": True,
-          "model.logvar_init_bias": 0.0, "train.encoder_head_lr_scale": 1.0}  # fmt: skip
+BEFORE = {
+    "model.sbd_z_gain": 1.0,
+    "model.sbd_coord_gain": 1.0,
+    "model.sbd_project_norm": True,
+    "model.logvar_init_bias": 0.0,
+    "train.encoder_head_lr_scale": 1.0,
+}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "exp1": ("exp1", {}),
     "exp2": ("exp2", {}),
@@ -71,8 +76,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "exp2_coord_gain_4": ("exp2", {"model.sbd_coord_gain": 4.0}),
     "exp2_before_no_project_norm": ("exp2", {**BEFORE, "model.sbd_project_norm": False}),
 }
-DEFAULT_SET = ["exp1", "exp2_before", "exp2", "exp2_without_z_gain", "exp2_without_head_lr",
-               "exp2_without_logvar_bias", "exp2_z_zero"]  # fmt: skip
+DEFAULT_SET = [
+    "exp1",
+    "exp2_before",
+    "exp2",
+    "exp2_without_z_gain",
+    "exp2_without_head_lr",
+    "exp2_without_logvar_bias",
+    "exp2_z_zero",
+]
 
 
 def build(variant: str, base_filters: int) -> tuple[str, torch.nn.Module, dict[str, Any]]:
@@ -132,8 +144,11 @@ def run_variant(variant: str, train, val, args) -> list[dict[str, Any]]:
         row = {"variant": variant, "step": step, **evaluate(model, train, val, mean_volume)}
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"{variant:<32} step {step:>3}: " + ", ".join(
-            f"{k} {v:.3g}" for k, v in row.items() if k not in ("variant", "step")), flush=True)  # fmt: skip
+        print(
+            f"{variant:<32} step {step:>3}: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k not in ("variant", "step")),
+            flush=True,
+        )
 
     log(0)
     torch.manual_seed(1)  # the same posterior noise for every variant
@@ -180,12 +195,16 @@ def markdown(result: dict[str, Any]) -> str:
     last = {}
     for r in rows:
         last[r["variant"]] = r
-    lines = [f"Setup: {setup}; {result['date']}; {result['versions']}.", "",
-             f"z-independent references: one constant per channel **{refs['one_constant_per_channel']:.3f}**, "
-             f"training-mean volume **{refs['train_mean_volume']:.3f}** (validation MSE / all-zero predictor).", "",
-             "| variant | model overrides | step | val MSE / zero | / mean volume | spatial share | z-dependence "
-             "| active units | μ common rms | μ spread rms | mean σ | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Setup: {setup}; {result['date']}; {result['versions']}.",
+        "",
+        f"z-independent references: one constant per channel **{refs['one_constant_per_channel']:.3f}**, "
+        f"training-mean volume **{refs['train_mean_volume']:.3f}** (validation MSE / all-zero predictor).",
+        "",
+        "| variant | model overrides | step | val MSE / zero | / mean volume | spatial share | z-dependence "
+        "| active units | μ common rms | μ spread rms | mean σ | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for variant, r in last.items():
         overrides = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant][1].items()) or "shipped"
         lines.append(
@@ -219,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     for variant in args.variants:
         rows += run_variant(variant, train, val, args)
         result = {
-            "setup": f"{len(train)} train / {len(val)} val demo subjects, 128³, base_filters {args.base_filters}, "
+            "setup": f"{len(train)} train / {len(val)} val demo subjects, 128³, base_filters "
+            "{args.base_filters}, "
             f"batch {args.batch}, bf16 autocast (CPU), AdamW lr {args.lr}, β warm-up {args.warmup_epochs} "
             f"epochs of {len(train) // args.batch} steps, {args.steps} steps, seed 0",
             "date": time.strftime("%Y-%m-%d"),

@@ -116,8 +116,15 @@ def data_benchmarks(workdir: Path) -> list[dict]:
                 pass
 
         seconds = timed(epoch, repeats=2, warmup=1)
-        records.append(record("dataloader_samples_per_s", len(items) / seconds, "samples/s", num_workers=workers,
-                              batch_size=2))  # fmt: skip
+        records.append(
+            record(
+                "dataloader_samples_per_s",
+                len(items) / seconds,
+                "samples/s",
+                num_workers=workers,
+                batch_size=2,
+            )
+        )
     return records
 
 
@@ -131,20 +138,45 @@ def main(argv: list[str] | None = None) -> None:
             with torch.device("meta"):
                 params = sum(p.numel() for p in MODELS[exp](base_filters=bf).parameters())
             records.append(record("parameters", params, "count", model=exp, base_filters=bf))
-            records.append(record("train_flops_per_sample", train_flops_per_sample(exp, bf), "FLOP", model=exp,
-                                  base_filters=bf, input="4x128^3", note="forward+backward"))  # fmt: skip
+            records.append(
+                record(
+                    "train_flops_per_sample",
+                    train_flops_per_sample(exp, bf),
+                    "FLOP",
+                    model=exp,
+                    base_filters=bf,
+                    input="4x128^3",
+                    note="forward+backward",
+                )
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         records += data_benchmarks(Path(tmp))
 
     mem = {ck: measure_in_subprocess(ck, 2, 16) for ck in (False, True)}
     records += [
-        record("train_step_peak_memory_mb", mem[ck] / 1e6, "MB", model="exp2", batch=2, base_filters=16,
-               gradient_checkpointing=ck)
+        record(
+            "train_step_peak_memory_mb",
+            mem[ck] / 1e6,
+            "MB",
+            model="exp2",
+            batch=2,
+            base_filters=16,
+            gradient_checkpointing=ck,
+        )
         for ck in (False, True)
-    ]  # fmt: skip
-    records.append(record("checkpointing_peak_memory_ratio", mem[True] / mem[False], "ratio", model="exp2",
-                          batch=2, base_filters=16, precision="32-true"))  # fmt: skip
+    ]
+    records.append(
+        record(
+            "checkpointing_peak_memory_ratio",
+            mem[True] / mem[False],
+            "ratio",
+            model="exp2",
+            batch=2,
+            base_filters=16,
+            precision="32-true",
+        )
+    )
 
     for ck in (False, True):
         seconds, loss_seconds = train_step_seconds("exp2", 2, 16, ck)
@@ -155,8 +187,18 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record("tcvae_loss_share_of_step", loss_seconds / seconds, "fraction", **cfg))
     for exp, bf in (("exp1", 16), ("exp2", 32), ("exp1", 32)):
         seconds, _ = train_step_seconds(exp, 2, bf, False)
-        records.append(record("train_step_seconds", seconds, "s", model=exp, batch=2, base_filters=bf,
-                              precision="32-true", gradient_checkpointing=False))  # fmt: skip
+        records.append(
+            record(
+                "train_step_seconds",
+                seconds,
+                "s",
+                model=exp,
+                batch=2,
+                base_filters=bf,
+                precision="32-true",
+                gradient_checkpointing=False,
+            )
+        )
     # bfloat16 autocast on CPU (the demo's setting), against float32 in the same run
     from run_gpu import step_fn
 
@@ -164,10 +206,30 @@ def main(argv: list[str] | None = None) -> None:
     for precision in ("32-true", "bf16-mixed"):
         seconds = timed(step_fn("exp2", 2, 16, precision, False, False, False, device="cpu"), repeats=3)
         rates[precision] = 2 / seconds
-        records.append(record("train_step_samples_per_s", rates[precision], "samples/s", model="exp2", batch=2,
-                              base_filters=16, precision=precision, gradient_checkpointing=False, source="bare step"))  # fmt: skip
-    records.append(record("cpu_bf16_speedup", rates["bf16-mixed"] / rates["32-true"], "x", model="exp2", batch=2,
-                          base_filters=16, note="bf16-mixed / 32-true, same run"))  # fmt: skip
+        records.append(
+            record(
+                "train_step_samples_per_s",
+                rates[precision],
+                "samples/s",
+                model="exp2",
+                batch=2,
+                base_filters=16,
+                precision=precision,
+                gradient_checkpointing=False,
+                source="bare step",
+            )
+        )
+    records.append(
+        record(
+            "cpu_bf16_speedup",
+            rates["bf16-mixed"] / rates["32-true"],
+            "x",
+            model="exp2",
+            batch=2,
+            base_filters=16,
+            note="bf16-mixed / 32-true, same run",
+        )
+    )
     save_records(records, args.out)
 
 

@@ -9,7 +9,7 @@ One prepared script, about 6-8 minutes on one H100/H200:
    channels_last_3d and torch.compile.
 
     .venv/bin/python bench/run_gpu.py                    # on a CUDA machine
-    .venv/bin/python bench/run_gpu.py --smoke            # the same code path on CPU, tiny (a check of the script)
+    .venv/bin/python bench/run_gpu.py --smoke            # the same code path on CPU, tiny (checks the script)
 """
 
 from __future__ import annotations
@@ -54,8 +54,16 @@ MODEL_ONLY = [
 PROFILED = (8, "16-mixed", True, False, True)
 
 
-def step_fn(exp: str, batch: int, base_filters: int, precision: str, checkpointing: bool, channels_last: bool,
-            compile_model: bool, device: str = "cuda"):  # fmt: skip
+def step_fn(
+    exp: str,
+    batch: int,
+    base_filters: int,
+    precision: str,
+    checkpointing: bool,
+    channels_last: bool,
+    compile_model: bool,
+    device: str = "cuda",
+):
     """One optimizer step of the bare model (no Lightning, no data loading)."""
     torch.manual_seed(0)
     model = MODELS[exp](base_filters=base_filters, gradient_checkpointing=checkpointing).to(device)
@@ -106,7 +114,7 @@ def profile_step(step, config: dict, top: int = 12) -> list[dict]:
                 kernel=e.key[:120],
                 calls_per_step=e.count / 3,
                 **config,
-            )  # fmt: skip
+            )
         )
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=top), flush=True)
     return records
@@ -116,8 +124,15 @@ def model_only(base_filters: int, rows, device: str, sink=None, profile: bool = 
     flops = train_flops_per_sample("exp2", base_filters)
     records = []
     for batch, precision, ckpt, cl, comp in rows:
-        config = dict(model="exp2", batch=batch, base_filters=base_filters, precision=precision,
-                      gradient_checkpointing=ckpt, channels_last_3d=cl, compile=comp)  # fmt: skip
+        config = dict(
+            model="exp2",
+            batch=batch,
+            base_filters=base_filters,
+            precision=precision,
+            gradient_checkpointing=ckpt,
+            channels_last_3d=cl,
+            compile=comp,
+        )
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -183,8 +198,13 @@ def prepare_data(work: Path, n_subjects: int, epoch_subjects: int, workers: int)
     index_subjects(work / "data", work / "index", workers=workers, progress=False)
     make_splits(work / "index" / "subjects.csv", work / "splits", val_split=0.1, seed=0)
     cfg = load_config(config_path("exp2"), {"data.cache_dir": str(work / "cache")})
-    build_cache(cfg.data, [work / "splits" / "train.csv", work / "splits" / "val.csv"], work / "cache",
-                workers=workers, progress=False)  # fmt: skip
+    build_cache(
+        cfg.data,
+        [work / "splits" / "train.csv", work / "splits" / "val.csv"],
+        work / "cache",
+        workers=workers,
+        progress=False,
+    )
     train = pd.read_csv(work / "splits" / "train.csv")
     repeats = max(1, round(epoch_subjects / len(train)))
     pd.concat([train] * repeats, ignore_index=True).to_csv(work / "splits" / "train.csv", index=False)
@@ -217,10 +237,19 @@ def training_loop(
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    config = dict(label=label, batch=cfg.data.batch_size, base_filters=cfg.model.base_filters,
-                  precision=str(trainer.precision), gradient_checkpointing=cfg.train.gradient_checkpointing,
-                  compile=cfg.train.compile, gpu_cache=dm.train_batches is not None,
-                  num_workers=cfg.data.num_workers, n_train=dm.n_train, steps=steps, warmup=warmup)  # fmt: skip
+    config = dict(
+        label=label,
+        batch=cfg.data.batch_size,
+        base_filters=cfg.model.base_filters,
+        precision=str(trainer.precision),
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        compile=cfg.train.compile,
+        gpu_cache=dm.train_batches is not None,
+        num_workers=cfg.data.num_workers,
+        n_train=dm.n_train,
+        steps=steps,
+        warmup=warmup,
+    )
     rate = meter.rate
     records = [
         record("loop_samples_per_s", rate, "samples/s", **config),
@@ -240,29 +269,47 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         by.setdefault(r["name"], []).append(r)
     versions = ", ".join(f"{k} {v}" for k, v in records[0]["versions"].items())
-    lines = [f"Device: **{records[0]['device']}**; {versions}; `make bench-gpu`, {time.strftime('%Y-%m-%d')}.", "",
-             "Real training loop (shipped Exp2 config: B=8, base 32, 16-mixed, checkpointing; ~900-subject epoch):", "",
-             "| setting | samples/s | peak GB | 200 epochs × 900 |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Device: **{records[0]['device']}**; {versions}; `make bench-gpu`, {time.strftime('%Y-%m-%d')}.",
+        "",
+        "Real training loop (shipped Exp2 config: B=8, base 32, 16-mixed, checkpointing; ~900-subject "
+        "epoch):",
+        "",
+        "| setting | samples/s | peak GB | 200 epochs × 900 |",
+        "|---|---|---|---|",
+    ]
     peaks = {r["config"]["label"]: r["value"] for r in by.get("loop_peak_memory_gb", [])}
     minutes = {r["config"]["label"]: r["value"] for r in by.get("loop_projected_minutes_200x900", [])}
     for r in by.get("loop_samples_per_s", []):
         label = r["config"]["label"]
         lines.append(
-            f"| {label} | {r['value']:.1f} | {peaks.get(label, float('nan')):.1f} | {minutes[label]:.0f} min |"
+            f"| {label} | {r['value']:.1f} | {peaks.get(label, float('nan')):.1f} | {minutes[label]:.0f} min "
+            f"|"
         )
-    lines += ["", "Model-only step (forward, loss, backward, AdamW), Exp2:", "",
-              "| batch | precision | checkpointing | channels_last_3d | compile | samples/s | peak GB |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Model-only step (forward, loss, backward, AdamW), Exp2:",
+        "",
+        "| batch | precision | checkpointing | channels_last_3d | compile | samples/s | peak GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     mem = {str(r["config"]): r["value"] for r in by.get("model_step_peak_memory_gb", [])}
     for r in by.get("model_step_samples_per_s", []):
         c = r["config"]
-        lines.append(f"| {c['batch']} | {c['precision']} | {c['gradient_checkpointing']} | {c['channels_last_3d']} | "
-                     f"{c['compile']} | {r['value']:.1f} | {mem.get(str(c), float('nan')):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {c['batch']} | {c['precision']} | {c['gradient_checkpointing']} | {c['channels_last_3d']} | "
+            f"{c['compile']} | {r['value']:.1f} | {mem.get(str(c), float('nan')):.1f} |"
+        )
     if by.get("profile_kernel_share"):
         total = by["profile_cuda_ms_per_step"][0]["value"]
-        lines += ["", f"Profile of the compiled shipped step (torch.profiler, 3 steps; {total:.0f} ms of CUDA "
-                  "kernel time per step), top kernels by self CUDA time:", "",
-                  "| kernel | share | calls/step |", "|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Profile of the compiled shipped step (torch.profiler, 3 steps; {total:.0f} ms of CUDA "
+            "kernel time per step), top kernels by self CUDA time:",
+            "",
+            "| kernel | share | calls/step |",
+            "|---|---|---|",
+        ]
         for r in by["profile_kernel_share"]:
             kernel = r["config"]["kernel"].replace("|", "/")
             lines.append(f"| `{kernel}` | {100 * r['value']:.1f} % | {r['config']['calls_per_step']:.0f} |")
@@ -308,14 +355,20 @@ def main(argv: list[str] | None = None) -> None:
             16,
             [(2, "32-true", False, False, False), (2, "bf16-mixed", False, False, False)],
         )
-        loop_common = {"model.base_filters": 16, "data.batch_size": 2, "data.num_workers": 0,
-                       "train.accelerator": "cpu", "train.precision": "bf16-mixed"}  # fmt: skip
+        loop_common = {
+            "model.base_filters": 16,
+            "data.batch_size": 2,
+            "data.num_workers": 0,
+            "train.accelerator": "cpu",
+            "train.precision": "bf16-mixed",
+        }
         subjects, epoch_subjects, steps, warmup = 4, 12, 3, 1
         settings = {"eager, loader": {"train.compile": False}}
     else:
         if not torch.cuda.is_available():
             sys.exit(
-                "bench-gpu: no CUDA device (use --smoke to check the script on CPU; `make bench` for CPU figures)"
+                "bench-gpu: no CUDA device (use --smoke to check the script on CPU; `make bench` for CPU "
+                "figures)"
             )
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
@@ -329,9 +382,11 @@ def main(argv: list[str] | None = None) -> None:
             "compiled, loader (4 workers, RAM cache)": {"train.compile": True, "data.gpu_cache": False},
             "eager, GPU-resident": {"train.compile": False, "data.gpu_cache": True},
             "compiled, GPU-resident, channels_last_3d": {
-                "train.compile": True, "data.gpu_cache": True, "train.channels_last": True,
+                "train.compile": True,
+                "data.gpu_cache": True,
+                "train.channels_last": True,
             },
-        }  # fmt: skip
+        }
         if args.only:
             settings = {k: v for k, v in settings.items() if any(o in k for o in args.only)}
     records = []

@@ -50,11 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     data = load_config(config_path("exp2")).data
     mods = list(data.modalities)
     # The preprocessing up to the foreground mask (data/transforms.build_transforms), on image and seg.
-    load = Compose([
-        LoadImaged(keys=[*mods, SEG_KEY], image_only=True), EnsureChannelFirstd(keys=[*mods, SEG_KEY]),
-        ConcatItemsd(keys=mods, name="image"), Orientationd(keys=["image", SEG_KEY], axcodes="RAS", labels=RAS_LABELS),
-        Spacingd(keys="image", pixdim=data.spacing), Spacingd(keys=SEG_KEY, pixdim=data.spacing, mode="nearest"),
-    ])  # fmt: skip
+    load = Compose(
+        [
+            LoadImaged(keys=[*mods, SEG_KEY], image_only=True),
+            EnsureChannelFirstd(keys=[*mods, SEG_KEY]),
+            ConcatItemsd(keys=mods, name="image"),
+            Orientationd(keys=["image", SEG_KEY], axcodes="RAS", labels=RAS_LABELS),
+            Spacingd(keys="image", pixdim=data.spacing),
+            Spacingd(keys=SEG_KEY, pixdim=data.spacing, mode="nearest"),
+        ]
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp), args.subjects, seed=0, workers=args.workers)
@@ -63,9 +68,15 @@ def main(argv: list[str] | None = None) -> None:
             image = (d["image"] != 0).any(0, keepdim=True)
             with_seg, without = box(image | (d[SEG_KEY] > 0)), box(image)
             outside = int(((d[SEG_KEY] > 0) & ~image).sum())
-            rows.append({"subject_id": subject.name, "box_with_seg": with_seg, "box_without_seg": without,
-                         "max_face_difference_voxels": int(np.abs(np.subtract(with_seg, without)).max()),
-                         "tumour_voxels_outside_image": outside})  # fmt: skip
+            rows.append(
+                {
+                    "subject_id": subject.name,
+                    "box_with_seg": with_seg,
+                    "box_without_seg": without,
+                    "max_face_difference_voxels": int(np.abs(np.subtract(with_seg, without)).max()),
+                    "tumour_voxels_outside_image": outside,
+                }
+            )
     result = {
         "setup": f"{args.subjects} demo subjects (seed 0), boxes in voxels at {data['spacing']} mm, RAS",
         "max_face_difference_voxels": max(r["max_face_difference_voxels"] for r in rows),

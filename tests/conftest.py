@@ -116,11 +116,24 @@ def train_script_args(config: str, run_dir: Path, cache_dir: Path, *sets: str) -
     """`python scripts/train.py` for a shipped config made CPU-sized (as small_exp_config), one epoch."""
     repo = Path(__file__).resolve().parents[1]
     small = [
-        "model.base_filters=16", "data.batch_size=2", "data.num_workers=0", "train.max_epochs=1", "train.precision=bf16-mixed",
-        f"data.cache_dir={cache_dir}", "logging.recon_every_n_epochs=1", "logging.num_recon_samples=1", *sets,
-    ]  # fmt: skip
-    args = [sys.executable, str(repo / "scripts" / "train.py"), "--config", str(config_path(config)),
-            "--run-dir", str(run_dir)]  # fmt: skip
+        "model.base_filters=16",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "train.max_epochs=1",
+        "train.precision=bf16-mixed",
+        f"data.cache_dir={cache_dir}",
+        "logging.recon_every_n_epochs=1",
+        "logging.num_recon_samples=1",
+        *sets,
+    ]
+    args = [
+        sys.executable,
+        str(repo / "scripts" / "train.py"),
+        "--config",
+        str(config_path(config)),
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in small:
         args += ["--set", item]
     return args

@@ -25,8 +25,12 @@ from vae_dynamics.training.trainer import fit
 
 
 def _ckpt(step: int) -> dict:
-    return {"state_dict": {"w": torch.full((1000,), float(step))}, "epoch": 0, "global_step": step,
-            "optimizer_states": []}  # fmt: skip
+    return {
+        "state_dict": {"w": torch.full((1000,), float(step))},
+        "epoch": 0,
+        "global_step": step,
+        "optimizer_states": [],
+    }
 
 
 def test_save_never_touches_tmpdir_and_leaves_no_staging_file(tmp_path, monkeypatch):
@@ -109,10 +113,16 @@ class _Tiny(L.LightningModule):
 def test_a_stop_signal_saves_last_ckpt_at_the_step_boundary_and_exits_75(tmp_path, signum):
     last = tmp_path / "checkpoints" / "last.ckpt"
     trainer = L.Trainer(
-        default_root_dir=tmp_path, max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[PreemptionCheckpoint(last)],
-    )  # fmt: skip
+    )
     previous = signal.getsignal(signal.SIGUSR1)
     with pytest.raises(Preempted) as info:
         fit(trainer, _Tiny(signal_at=5, signum=signum), None, None)

@@ -61,7 +61,8 @@ def step_terms(module: TCVAELitModule, x: torch.Tensor, eps: torch.Tensor, gathe
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    """One DDP step of each estimator (gathered over the processes, then each process's own), fresh modules."""
+    """One DDP step of each estimator (gathered over the processes, then each process's own), fresh
+    modules."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -126,18 +127,40 @@ def test_without_gathering_the_equivalence_fails(single_process, two_processes):
 def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_path):
     run_dir = tmp_path / "ddp"
     common = [
-        sys.executable, str(REPO / "scripts" / "train.py"),
-        "--config", str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--run-dir", str(run_dir),
-        "--set", "train.devices=2", "--set", "train.accelerator=cpu", "--set", "model.base_filters=16",
-        "--set", "data.batch_size=1", "--set", "data.num_workers=0", "--set", "train.precision=bf16-mixed",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "logging.recon_every_n_epochs=1",
-        "--set", "logging.num_recon_samples=1",
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "train.devices=2",
+        "--set",
+        "train.accelerator=cpu",
+        "--set",
+        "model.base_filters=16",
+        "--set",
+        "data.batch_size=1",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "train.precision=bf16-mixed",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "logging.recon_every_n_epochs=1",
+        "--set",
+        "logging.num_recon_samples=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(
         [*common, "--splits", str(demo_splits), "--set", "train.max_epochs=1"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
     assert first.returncode == 0, first.stderr[-4000:]
     assert first.stdout.count("best checkpoint:") == 1  # only rank 0 reports
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # warm-up: no best
@@ -150,16 +173,28 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
     log = (run_dir / "train.log").read_text()
     assert log.count("starting run") == 1
 
-    again = subprocess.run([*common, "--resume", "--set", "train.max_epochs=2"], capture_output=True, text=True,
-                           cwd=tmp_path, env=env, timeout=900)  # fmt: skip
+    again = subprocess.run(
+        [*common, "--resume", "--set", "train.max_epochs=2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-4000:]
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 4 and state["epoch"] == 1
     metrics = pd.read_csv(run_dir / "logs" / "version_1" / "metrics.csv")
     assert metrics["val/tc"].notna().sum() == 1 and metrics["train/loss"].notna().sum() == 1
 
-    refused = subprocess.run([*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],
-                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    refused = subprocess.run(
+        [*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "train.devices: 2 -> 1" in refused.stderr
 
 
@@ -178,16 +213,28 @@ def test_a_stop_signal_to_one_ddp_rank_stops_both_together_with_one_last_checkpo
     ranks agreed, rank 1 stopped alone and waited in the save's barrier while rank 0 ran the next step."""
     run_dir = tmp_path / "ddp"
     # The shared CPU-sized script command (conftest), as 2 CPU ranks of 1 subject each, for long enough.
-    sets = ("train.devices=2", "train.accelerator=cpu", "data.batch_size=1", "logging.recon_every_n_epochs=100",
-            "train.max_epochs=20")  # fmt: skip
+    sets = (
+        "train.devices=2",
+        "train.accelerator=cpu",
+        "data.batch_size=1",
+        "logging.recon_every_n_epochs=100",
+        "train.max_epochs=20",
+    )
     cmd = [
         *train_script_args("exp2_tcvae_sbd", run_dir, tmp_path / "cache", *sets),
         "--splits",
         str(demo_splits),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while not (run_dir / "checkpoints" / "last.ckpt").exists():  # epoch 0 done: both ranks train

@@ -76,7 +76,8 @@ def test_demo_cli_writes_subjects(tmp_path):
 def test_worker_pool_after_multithreaded_torch_does_not_hang(tmp_path):
     """A pool forked after PyTorch ran OpenMP code (as in a test session or a notebook) must not deadlock."""
     code = (
-        "import torch; x = torch.rand(1500, 1500); (x @ x).sum(); torch.nn.functional.avg_pool3d(torch.rand(1, 4, 64, 64, 64), 2)\n"
+        "import torch; x = torch.rand(1500, 1500); (x @ x).sum(); "
+        "torch.nn.functional.avg_pool3d(torch.rand(1, 4, 64, 64, 64), 2)\n"
         "from vae_dynamics.data.demo import generate\n"
         f"generate({str(tmp_path / 'demo')!r}, 2, seed=0, workers=2)\n"
     )

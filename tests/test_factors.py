@@ -43,9 +43,12 @@ def test_ground_truth_is_prefixed_and_agrees_with_the_measurement(factors_table)
     for row in table.itertuples():
         if row.snfh_mm3 == 0:  # without edema the whole tumour is the generated ellipsoid
             gap = np.linalg.norm(
-                [row.wt_centroid_x_mm - row.gt_tumour_x_mm, row.wt_centroid_y_mm - row.gt_tumour_y_mm,
-                 row.wt_centroid_z_mm - row.gt_tumour_z_mm]
-            )  # fmt: skip
+                [
+                    row.wt_centroid_x_mm - row.gt_tumour_x_mm,
+                    row.wt_centroid_y_mm - row.gt_tumour_y_mm,
+                    row.wt_centroid_z_mm - row.gt_tumour_z_mm,
+                ]
+            )
             assert gap < 0.5 * row.gt_tumour_radius_mm
         assert np.sign(row.wt_centroid_x_mm) == (1 if row.gt_hemisphere == "right" else -1)
 

@@ -110,8 +110,15 @@ def test_training_from_the_device_resident_set_runs_in_the_real_loop(demo_splits
     cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **{"train.max_epochs": 1})
     dm = BraTSDataModule(cfg.data, demo_splits, seed=0, resident_device="cpu")
     module = build_module(cfg, dm.n_train)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0, precision="bf16-mixed")  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        precision="bf16-mixed",
+    )
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
 
@@ -200,9 +207,15 @@ class _Recorder(L.LightningModule):
 def _resident(trainer):
     n = 10
     images = torch.arange(n, dtype=torch.float16).view(n, 1, 1, 1, 1).expand(n, 4, 2, 2, 2).contiguous()
-    return DeviceResidentBatches(images, torch.zeros(n, 1, 2, 2, 2, dtype=torch.uint8),
-                                 [f"S{i}" for i in range(n)], 2, 7, lambda: trainer.current_epoch,
-                                 lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # fmt: skip
+    return DeviceResidentBatches(
+        images,
+        torch.zeros(n, 1, 2, 2, 2, dtype=torch.uint8),
+        [f"S{i}" for i in range(n)],
+        2,
+        7,
+        lambda: trainer.current_epoch,
+        lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+    )
 
 
 def _disk_like(trainer):
@@ -211,8 +224,14 @@ def _disk_like(trainer):
     items = [{"image": torch.full((4, 2, 2, 2), float(i)), "subject_id": f"S{i}"} for i in range(10)]
     epoch = lambda: trainer.current_epoch  # noqa: E731
     done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
-    return ResumableDataLoader(items, batch_size=2, sampler=EpochSeededSampler(10, 7, epoch), drop_last=True,
-                               epoch=epoch, batches_done=done)  # fmt: skip
+    return ResumableDataLoader(
+        items,
+        batch_size=2,
+        sampler=EpochSeededSampler(10, 7, epoch),
+        drop_last=True,
+        epoch=epoch,
+        batches_done=done,
+    )
 
 
 @pytest.mark.parametrize("factory", [_resident, _disk_like], ids=["gpu-resident", "dataloader"])
@@ -223,9 +242,16 @@ def test_a_mid_epoch_resume_trains_the_rest_of_the_epochs_order_each_subject_onc
     from vae_dynamics.training.trainer import fit
 
     def trainer(root, callbacks=()):
-        return L.Trainer(default_root_dir=root, max_epochs=2, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=list(callbacks))  # fmt: skip
+        return L.Trainer(
+            default_root_dir=root,
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=list(callbacks),
+        )
 
     whole = _Recorder(factory)
     trainer(tmp_path / "whole").fit(whole)

@@ -24,8 +24,13 @@ with claim_gpus(int(sys.argv[1]), wait_s=float(sys.argv[2])) as gpus:
 def _job(tmp_path, n: int, wait: float = 30, hold: float = 3.0) -> subprocess.Popen:
     env = {**__import__("os").environ, GPUS_ENV: "0,1", "TMPDIR": str(tmp_path)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.Popen([sys.executable, "-c", HOLD, str(n), str(wait), str(hold)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(n), str(wait), str(hold)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_jobs_on_a_two_gpu_machine_get_different_gpus_and_a_third_waits(tmp_path):

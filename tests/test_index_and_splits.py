@@ -51,8 +51,13 @@ def test_index_accepts_good_and_rejects_each_broken_subject(demo_copy, tmp_path)
     on_disk = pd.read_csv(tmp_path / "index" / "rejected.csv")
     assert list(on_disk.columns) == ["subject_id", "file", "reason"] and len(on_disk) == 4
     assert list(pd.read_csv(tmp_path / "index" / "subjects.csv").columns) == [
-        "subject_id", "t1c", "t1n", "t2f", "t2w", "seg",
-    ]  # fmt: skip
+        "subject_id",
+        "t1c",
+        "t1n",
+        "t2f",
+        "t2w",
+        "seg",
+    ]
 
 
 def test_index_rejects_shape_and_affine_mismatch(demo_copy, tmp_path):
@@ -72,9 +77,19 @@ def test_index_fails_clearly_without_valid_subjects(tmp_path):
     with pytest.raises(NoValidSubjectsError, match="BraTS-MEN-00009-000.*missing file"):
         index_subjects(tmp_path / "root", tmp_path / "out", progress=False)
     result = subprocess.run(
-        [sys.executable, "-m", "vae_dynamics.cli", "index", "--root", str(tmp_path / "nope"), "--out-dir", str(tmp_path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vae_dynamics.cli",
+            "index",
+            "--root",
+            str(tmp_path / "nope"),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "does not exist" in result.stderr
     assert result.stderr.startswith("index: ") and "Traceback" not in result.stderr
 
@@ -165,8 +180,13 @@ def test_a_sample_sheet_indexes_subjects_not_named_like_brats(demo_copy, tmp_pat
 
     rows = []
     for i, subject in enumerate(sorted(p for p in demo_copy.iterdir() if p.is_dir())):
-        rows.append({"subject_id": f"site_a.{i}", "scanner": "x",
-                     **{k: f"{demo_copy.name}/{subject.name}/{subject.name}-{k}.nii.gz" for k in FILE_KEYS}})  # fmt: skip
+        rows.append(
+            {
+                "subject_id": f"site_a.{i}",
+                "scanner": "x",
+                **{k: f"{demo_copy.name}/{subject.name}/{subject.name}-{k}.nii.gz" for k in FILE_KEYS},
+            }
+        )
     rows[1]["seg"] = ""  # training needs seg
     rows[2]["t2w"] = "nowhere/t2w.nii.gz"
     rows[3]["subject_id"] = "../escape"

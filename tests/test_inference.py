@@ -218,8 +218,23 @@ def test_the_encode_command_writes_the_output_folder(trained, new_scans, tmp_pat
     tmp, results = trained
     out = tmp_path / "out"
     sheet = _sheet(new_scans, tmp_path / "sheet")
-    cli = [sys.executable, "-m", "vae_dynamics.cli", "encode", "--run", str(tmp / "runs" / "exp2"), "--sheet",
-           str(sheet), "--out", str(out), "--reconstruct", "--device", "cpu", "--batch-size", "2"]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "vae_dynamics.cli",
+        "encode",
+        "--run",
+        str(tmp / "runs" / "exp2"),
+        "--sheet",
+        str(sheet),
+        "--out",
+        str(out),
+        "--reconstruct",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "2 scans encoded, 0 rejected" in done.stdout and "encoded 2/2 scans" in done.stdout

@@ -15,8 +15,9 @@ def test_an_atomic_file_is_fsynced_before_its_rename_and_the_rename_after(tmp_pa
     """After a node crash an artifact must not exist empty (Snakemake would take it as finished)."""
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-                        or real_fsync(fd))  # fmt: skip
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
     io.write_json({"a": 1}, tmp_path / "summary.json")
     kinds = [(kind, os.path.basename(p)) for kind, p in events]
@@ -77,8 +78,11 @@ def test_the_loser_of_two_concurrent_folder_writers_leaves_nothing_behind(tmp_pa
 def test_leftovers_of_killed_writers_are_found_by_name_and_nothing_else(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    leftovers = [run / "checkpoints" / ".last.ckpt.0123456789ab.partial", run / ".metrics.csv.abcdef012345.tmp",
-                 run / ".recon.00112233aabb.old"]  # fmt: skip
+    leftovers = [
+        run / "checkpoints" / ".last.ckpt.0123456789ab.partial",
+        run / ".metrics.csv.abcdef012345.tmp",
+        run / ".recon.00112233aabb.old",
+    ]
     leftovers[0].write_bytes(b"x" * 100)
     leftovers[1].write_text("half")
     (leftovers[2] / "epoch_0").mkdir(parents=True)

@@ -170,9 +170,12 @@ def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
 def test_cuda_16_mixed_steps_with_checkpointing_are_finite_and_fp32():
     torch.manual_seed(0)
     module = TCVAELitModule(
-        {"base_filters": 16, "gradient_checkpointing": True}, dataset_size=100, lr=1e-4,
-        beta_tc_target=6.0, beta_tc_annealing_epochs=0,
-    ).cuda()  # fmt: skip
+        {"base_filters": 16, "gradient_checkpointing": True},
+        dataset_size=100,
+        lr=1e-4,
+        beta_tc_target=6.0,
+        beta_tc_annealing_epochs=0,
+    ).cuda()
     opt = module.configure_optimizers()["optimizer"]
     scaler = torch.amp.GradScaler("cuda")
     x = torch.rand(2, 4, 128, 128, 128, device="cuda")
@@ -200,8 +203,14 @@ def test_z_is_drawn_in_float32_under_autocast(dtype):
 
 
 def test_encoder_head_lr_scale_gives_the_head_its_own_parameter_group():
-    module = TCVAELitModule({"base_filters": 16}, dataset_size=10, lr=1e-3, beta_tc_target=6.0,
-                            beta_tc_annealing_epochs=40, encoder_head_lr_scale=0.01)  # fmt: skip
+    module = TCVAELitModule(
+        {"base_filters": 16},
+        dataset_size=10,
+        lr=1e-3,
+        beta_tc_target=6.0,
+        beta_tc_annealing_epochs=40,
+        encoder_head_lr_scale=0.01,
+    )
     rest, head = module.configure_optimizers()["optimizer"].param_groups
     assert head["lr"] == pytest.approx(1e-5) and rest["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in head["params"]} == {id(p) for p in module.model.encoder.head.parameters()}
@@ -219,9 +228,16 @@ def test_lr_factors_warm_up_linearly_and_ramp_the_head_geometrically():
 
 
 def test_the_optimizer_follows_the_start_schedule_step_by_step():
-    module = TCVAELitModule({"base_filters": 16}, dataset_size=10, lr=1e-3, beta_tc_target=6.0,
-                            beta_tc_annealing_epochs=40, encoder_head_lr_scale=0.01, lr_warmup_steps=4,
-                            encoder_head_lr_ramp_steps=8)  # fmt: skip
+    module = TCVAELitModule(
+        {"base_filters": 16},
+        dataset_size=10,
+        lr=1e-3,
+        beta_tc_target=6.0,
+        beta_tc_annealing_epochs=40,
+        encoder_head_lr_scale=0.01,
+        lr_warmup_steps=4,
+        encoder_head_lr_ramp_steps=8,
+    )
     optimizers = module.configure_optimizers()
     opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     assert optimizers["lr_scheduler"]["interval"] == "step"  # Lightning steps it per optimizer step

@@ -148,14 +148,34 @@ def test_metrics_cli_writes_the_documented_keys(factors, tmp_path):
     factors.to_csv(tmp_path / "factors.csv", index=False)
     out = tmp_path / "m.json"
     result = subprocess.run(
-        [sys.executable, "-m", "vae_dynamics.cli", "metrics", "--latents", str(tmp_path / "latents.csv"),
-         "--factors", str(tmp_path / "factors.csv"), "--out", str(out), "--factors-columns", "size,pos_x"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "vae_dynamics.cli",
+            "metrics",
+            "--latents",
+            str(tmp_path / "latents.csv"),
+            "--factors",
+            str(tmp_path / "factors.csv"),
+            "--out",
+            str(out),
+            "--factors-columns",
+            "size,pos_x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads(out.read_text())
-    for key in ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
-                "mig_per_factor"):  # fmt: skip
+    for key in (
+        "mig",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "sap",
+        "active_units",
+        "mig_per_factor",
+    ):
         assert key in metrics, key
     assert set(metrics["mig_per_factor"]) == {"size", "pos_x"} and metrics["active_units"] == 10
 

@@ -44,9 +44,17 @@ def test_the_sdist_carries_the_workflow_and_the_type_marker(tmp_path, monkeypatc
     name = build_meta.build_sdist(str(tmp_path))
     with tarfile.open(tmp_path / name) as sdist:
         files = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    expected = {"Snakefile", "rules/training.smk", "profiles/slurm/config.yaml", "profiles/default/config.yaml",
-                "workflow/scripts/train.py", "workflow/envs/vae_dynamics.yaml", "config/demo.yaml",
-                "src/vae_dynamics/py.typed", "CITATION.cff"}  # fmt: skip
+    expected = {
+        "Snakefile",
+        "rules/training.smk",
+        "profiles/slurm/config.yaml",
+        "profiles/default/config.yaml",
+        "workflow/scripts/train.py",
+        "workflow/envs/vae_dynamics.yaml",
+        "config/demo.yaml",
+        "src/vae_dynamics/py.typed",
+        "CITATION.cff",
+    }
     assert expected <= files, expected - files
 
 
@@ -111,8 +119,13 @@ def test_the_conda_env_and_the_apptainer_image_install_exactly_the_lock():
 
 def _copy_of_the_working_tree(dest: Path) -> Path:
     """The tracked and untracked-but-not-ignored files, in a new git repository, with this .venv."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +141,22 @@ def test_pre_commit_runs_every_hook_offline_and_fails_on_a_type_error(tmp_path):
     """`pre-commit run --all-files` on a copy of this tree: every local hook runs from .venv (nothing is
     cloned, so no network is needed) and passes; a type error in the package then fails the mypy hook."""
     work = _copy_of_the_working_tree(tmp_path / "tree")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PRE_COMMIT_HOME": str(tmp_path / "cache"),
-           "MYPY_CACHE_DIR": str(tmp_path / "mypy_cache")}  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PRE_COMMIT_HOME": str(tmp_path / "cache"),
+        "MYPY_CACHE_DIR": str(tmp_path / "mypy_cache"),
+    }
 
     def pre_commit() -> subprocess.CompletedProcess:
-        return subprocess.run([str(work / ".venv/bin/pre-commit"), "run", "--all-files"], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        return subprocess.run(
+            [str(work / ".venv/bin/pre-commit"), "run", "--all-files"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     clean = pre_commit()
     assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr[-2000:]
@@ -152,10 +175,16 @@ def test_every_bench_results_file_the_docs_cite_is_in_git():
     The one exception is the GPU record, lost before it was committed: the docs must say so, and the next
     `make bench-gpu` on an H100/H200 writes it again."""
     lost = {"bench/results/gpu.json", "bench/results/cpu.json"}
-    cited = {m for doc in [*REPO.glob("docs/*.md"), REPO / "README.md"]
-             for m in re.findall(r"bench/results/[\w.-]+\.json", doc.read_text())}  # fmt: skip
-    tracked = set(subprocess.run(["git", "ls-files", "bench/results"], cwd=REPO, check=True,
-                                 capture_output=True, text=True).stdout.split())  # fmt: skip
+    cited = {
+        m
+        for doc in [*REPO.glob("docs/*.md"), REPO / "README.md"]
+        for m in re.findall(r"bench/results/[\w.-]+\.json", doc.read_text())
+    }
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files", "bench/results"], cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
     assert cited - tracked - lost == set()
     ignored = subprocess.run(["git", "check-ignore", "bench/results/x.json"], cwd=REPO, capture_output=True)
     assert ignored.returncode == 1  # not ignored

@@ -48,7 +48,8 @@ class Exp3Config(ExperimentConfig):
 
 
 class BroadcastVAE(VAE3d):
-    def __init__(self, z_dim, input_channels, base_filters, norm, code_gain=1.0, gradient_checkpointing=False):
+    def __init__(self, z_dim, input_channels, base_filters, norm, code_gain=1.0,
+                 gradient_checkpointing=False):
         super().__init__(z_dim, input_channels, base_filters, norm, gradient_checkpointing)
         self.c0, self.code_gain = decoder_widths(base_filters)[0], code_gain
         self.project = nn.Linear(z_dim, self.c0)
@@ -109,9 +110,19 @@ def test_a_registered_third_experiment_validates_and_trains_through_the_real_cli
     )
     # a key of its own model is checked like any other
     bad = subprocess.run(
-        [str(BIN / "vae-dynamics"), "config", "validate", "--config", str(yaml_path), "--set", "model.code_gain=0"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(BIN / "vae-dynamics"),
+            "config",
+            "validate",
+            "--config",
+            str(yaml_path),
+            "--set",
+            "model.code_gain=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode != 0 and "model.code_gain" in bad.stderr, bad.stderr[-2000:]
 
     run_dir = tmp_path / "run"

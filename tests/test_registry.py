@@ -36,8 +36,13 @@ def test_no_other_place_decides_by_experiment_name():
         e.name for e in experiments.EXPERIMENTS.values()
     ]
     pattern = re.compile("|".join(re.escape(f'"{n}"') for n in names))
-    files = [*REPO.glob("src/**/*.py"), *REPO.glob("rules/*.smk"), REPO / "Snakefile", *REPO.glob("workflow/**/*.py"),
-             *REPO.glob("bench/*.py")]  # fmt: skip
+    files = [
+        *REPO.glob("src/**/*.py"),
+        *REPO.glob("rules/*.smk"),
+        REPO / "Snakefile",
+        *REPO.glob("workflow/**/*.py"),
+        *REPO.glob("bench/*.py"),
+    ]
     offenders = [
         f"{f.relative_to(REPO)}:{i}: {line.strip()}"
         for f in files
@@ -62,8 +67,10 @@ def test_the_cli_and_the_config_commands_do_not_import_torch():
 
 
 def test_vae_train_and_scripts_train_are_the_train_subcommand():
-    for cmd in ([str(Path(sys.executable).with_name("vae-train")), "--help"],
-                [sys.executable, str(REPO / "scripts" / "train.py"), "--help"]):  # fmt: skip
+    for cmd in (
+        [str(Path(sys.executable).with_name("vae-train")), "--help"],
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--help"],
+    ):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "--resume" in out.stdout and "usage: vae-dynamics train" in out.stdout
 
@@ -72,8 +79,18 @@ def test_the_run_directory_layout_is_spelled_only_in_run_dir():
     """grep: the names inside a run directory appear as path literals only in training/run_dir.py (RunDir),
     and where a library fixes them: the Lightning loggers' folder names (tracking.py, which RunDir.logs
     mirrors) and Lightning's last.ckpt inside any checkpoint folder (checkpointing.py)."""
-    names = ("checkpoints", "splits", "config_resolved.yaml", "train.log", "logs", "recon", "provenance.json",
-             "preprocessing.json", "last.ckpt", "train.lock")  # fmt: skip
+    names = (
+        "checkpoints",
+        "splits",
+        "config_resolved.yaml",
+        "train.log",
+        "logs",
+        "recon",
+        "provenance.json",
+        "preprocessing.json",
+        "last.ckpt",
+        "train.lock",
+    )
     pattern = re.compile(r"""/ ["'](""" + "|".join(re.escape(n) for n in names) + r""")["']""")
     allowed = {
         "training/run_dir.py": None,

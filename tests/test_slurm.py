@@ -67,8 +67,9 @@ def ensure_packages() -> None:
         pytest.skip("slurm-wlm/munge missing and cannot be installed (needs root and apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env, capture_output=True
+    )
 
 
 def munge_works() -> bool:
@@ -148,7 +149,7 @@ def slurm_cluster(tmp_path_factory):
         for daemon in ("slurmctld", "slurmd"):
             proc = subprocess.Popen(
                 [daemon, "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )  # fmt: skip  (logs: <tmp>/<daemon>.log)
+            )  # logs: <tmp>/<daemon>.log
             started.append((daemon, proc.pid))
 
         def node_idle() -> bool:
@@ -187,24 +188,53 @@ def slurm_runs(slurm_cluster, demo_root, tmp_path_factory):
     (work / "config" / "sweep.yaml").write_text(
         yaml.safe_dump(
             {"sweep": {"seeds": [5, 6], "overrides": {"train.max_epochs": 1, "train.devices": 1}, "exp2": {}}}
-        )  # fmt: skip
+        )
     )
     cores = str(THREADS)  # all the node's CPUs, or this test process's share of them under xdist
     gpu_steps = ("train_exp2", "train_sweep_run", "encode_latents", "evaluate_latents")
     args = [
-        str(BIN / "snakemake"), "--profile", "profiles/slurm", "--configfile", "config/demo.yaml", "config/sweep.yaml",
-        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-        "--seconds-between-status-checks", "1",
-        "--slurm-keep-successful-logs", "--jobs", "2", "--latency-wait", "5",
-        "--default-resources", "slurm_partition=cpu", "runtime=60", "mem_mb=1500", "cpus_per_task=1",
-        "--set-resources", "train_exp2:mem_mb=6000", "train_sweep_run:mem_mb=6000", "encode_latents:mem_mb=3000",
+        str(BIN / "snakemake"),
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "config/demo.yaml",
+        "config/sweep.yaml",
+        "--slurm-no-account",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--seconds-between-status-checks",
+        "1",
+        "--slurm-keep-successful-logs",
+        "--jobs",
+        "2",
+        "--latency-wait",
+        "5",
+        "--default-resources",
+        "slurm_partition=cpu",
+        "runtime=60",
+        "mem_mb=1500",
+        "cpus_per_task=1",
+        "--set-resources",
+        "train_exp2:mem_mb=6000",
+        "train_sweep_run:mem_mb=6000",
+        "encode_latents:mem_mb=3000",
         "evaluate_latents:mem_mb=4000",
-        *(f"{rule}:slurm_partition=gpu" for rule in gpu_steps), *(f"{rule}:cpus_per_task={cores}" for rule in gpu_steps),
-        "--set-threads", "make_demo_dataset=1", "index_subjects=1", "build_persistent_cache=1", "subject_factors=1",
+        *(f"{rule}:slurm_partition=gpu" for rule in gpu_steps),
+        *(f"{rule}:cpus_per_task={cores}" for rule in gpu_steps),
+        "--set-threads",
+        "make_demo_dataset=1",
+        "index_subjects=1",
+        "build_persistent_cache=1",
+        "subject_factors=1",
         *(f"{rule}={cores}" for rule in gpu_steps),
-        "--resources", "gpu=2",  # profiles/default (always loaded) caps at 1; the DDP training needs 2
-        "--", "results/exp2/done", "results/sweep/done",
-    ]  # fmt: skip
+        "--resources",
+        "gpu=2",  # profiles/default (always loaded) caps at 1; the DDP training needs 2
+        "--",
+        "results/exp2/done",
+        "results/sweep/done",
+    ]
     result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     jobs = scontrol_jobs(env).splitlines()
@@ -224,10 +254,22 @@ def scontrol_jobs(env: dict) -> str:
 def local_dry_run(work: Path, target: str) -> str:
     """What the local executor would (re)do in the SLURM work folder, with the sweep's config."""
     out = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "config/demo.yaml", "config/sweep.yaml",
-         "--", target],
-        cwd=work, capture_output=True, text=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
-    )  # fmt: skip
+        [
+            str(BIN / "snakemake"),
+            "-n",
+            "--cores",
+            "1",
+            "--configfile",
+            "config/demo.yaml",
+            "config/sweep.yaml",
+            "--",
+            target,
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 

@@ -27,8 +27,14 @@ WORKING = {
 
 def dry(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([SNAKEMAKE, "--configfile", "config/demo.yaml", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [SNAKEMAKE, "--configfile", "config/demo.yaml", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("form", WORKING)

@@ -27,14 +27,17 @@ def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names
             "overrides": {"train.max_epochs": 3},
             "exp2": {"loss.beta_tc_target": [1, 6.5]},
             "exp1": {},
-        }  # fmt: skip
+        }
     )
     runs = sweep_runs(config)
     assert list(runs) == [
-        "sweep/exp2/beta_tc_target=1,seed=42", "sweep/exp2/beta_tc_target=1,seed=43",
-        "sweep/exp2/beta_tc_target=6.5,seed=42", "sweep/exp2/beta_tc_target=6.5,seed=43",
-        "sweep/exp1/seed=42", "sweep/exp1/seed=43",
-    ]  # fmt: skip
+        "sweep/exp2/beta_tc_target=1,seed=42",
+        "sweep/exp2/beta_tc_target=1,seed=43",
+        "sweep/exp2/beta_tc_target=6.5,seed=42",
+        "sweep/exp2/beta_tc_target=6.5,seed=43",
+        "sweep/exp1/seed=42",
+        "sweep/exp1/seed=43",
+    ]
     cfg = run_config(config, "sweep/exp2/beta_tc_target=6.5,seed=43")
     assert cfg.loss.beta_tc_target == 6.5 and cfg.train.seed == 43
     assert cfg.train.max_epochs == 3  # sweep.overrides
@@ -49,16 +52,31 @@ def test_a_sweep_is_the_product_of_its_grid_and_seeds_with_readable_stable_names
 @pytest.mark.parametrize(
     "sweep,message",
     [
-        ({"exp2": {"loss.beta_tc_target": [1, -2]}}, r"sweep run sweep/exp2/beta_tc_target=-2: .*loss\.beta_tc_target: -2\.0 must be >= 0"),
-        ({"exp2": {"loss.beta_tc_targt": [1]}}, r"sweep run sweep/exp2/beta_tc_targt=1: .*loss\.beta_tc_targt: unknown key"),
+        (
+            {"exp2": {"loss.beta_tc_target": [1, -2]}},
+            r"sweep run sweep/exp2/beta_tc_target=-2: .*loss\.beta_tc_target: -2\.0 must be >= 0",
+        ),
+        (
+            {"exp2": {"loss.beta_tc_targt": [1]}},
+            r"sweep run sweep/exp2/beta_tc_targt=1: .*loss\.beta_tc_targt: unknown key",
+        ),
         ({"exp2": {"data.val_split": [0.2, 0.3]}}, r"sweep\.exp2\.data\.val_split: cannot be swept"),
         ({"exp2": {"train.seed": [1, 2]}}, r"sweep\.exp2\.train\.seed: cannot be swept .*sweep\.seeds"),
-        ({"exp2": {"data.num_workers": [0, 2]}}, r"sweep\.exp2\.data\.num_workers: does not change what a run learns"),
-        ({"exp1": {"loss.beta_tc_target": [1]}}, r"sweep run sweep/exp1/beta_tc_target=1: .*loss\.beta_tc_target: unknown key"),
+        (
+            {"exp2": {"data.num_workers": [0, 2]}},
+            r"sweep\.exp2\.data\.num_workers: does not change what a run learns",
+        ),
+        (
+            {"exp1": {"loss.beta_tc_target": [1]}},
+            r"sweep run sweep/exp1/beta_tc_target=1: .*loss\.beta_tc_target: unknown key",
+        ),
         ({"exp2": {"loss.alpha": []}}, r"sweep\.exp2\.loss\.alpha: expected a non-empty list"),
-        ({"exp2": {"loss.beta_tc_target": [0.1, 0.1000001]}}, r"sweep\.exp2: the grid points .* give the same run name 'beta_tc_target=0\.1'"),
+        (
+            {"exp2": {"loss.beta_tc_target": [0.1, 0.1000001]}},
+            r"sweep\.exp2: the grid points .* give the same run name 'beta_tc_target=0\.1'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_invalid_sweep_is_refused_before_any_work_naming_run_and_key(sweep, message):
     with pytest.raises(ConfigError, match=message):
         sweep_runs(workflow_config(sweep))
@@ -66,19 +84,38 @@ def test_an_invalid_sweep_is_refused_before_any_work_naming_run_and_key(sweep, m
 
 def fake_metrics(path: Path, mig: float, mse: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    recon = {"per_modality": {m: {"mse": mse / 5, "psnr": 20.0, "ssim": 0.5} for m in ("t1c", "t1n", "t2f", "t2w")},
-             "val_mse_over_zero_predictor": mse, "val_mse_over_mean_volume": 1.0, "z_dependence": 1.1}  # fmt: skip
-    metrics = {"mig": mig, "dci_disentanglement": mig / 2, "dci_completeness": 0.3, "dci_informativeness": 0.2,
-               "sap": 0.05, "active_units": 3, "kl_total": 40.0, "epochs": 2, "reconstruction": recon}  # fmt: skip
+    recon = {
+        "per_modality": {
+            m: {"mse": mse / 5, "psnr": 20.0, "ssim": 0.5} for m in ("t1c", "t1n", "t2f", "t2w")
+        },
+        "val_mse_over_zero_predictor": mse,
+        "val_mse_over_mean_volume": 1.0,
+        "z_dependence": 1.1,
+    }
+    metrics = {
+        "mig": mig,
+        "dci_disentanglement": mig / 2,
+        "dci_completeness": 0.3,
+        "dci_informativeness": 0.2,
+        "sap": 0.05,
+        "active_units": 3,
+        "kl_total": 40.0,
+        "epochs": 2,
+        "reconstruction": recon,
+    }
     path.write_text(json.dumps(metrics))
 
 
 def test_the_summary_gives_mean_and_sd_over_seeds_and_lists_missing_runs(tmp_path):
     config = workflow_config({"seeds": [0, 1], "exp2": {"loss.beta_tc_target": [1, 6]}, "exp1": {}})
     runs = sweep_runs(config)
-    values = {"sweep/exp2/beta_tc_target=1,seed=0": (0.10, 0.20), "sweep/exp2/beta_tc_target=1,seed=1": (0.20, 0.30),
-              "sweep/exp2/beta_tc_target=6,seed=0": (0.40, 0.50), "sweep/exp1/seed=0": (0.05, 0.15),
-              "sweep/exp1/seed=1": (0.07, 0.17)}  # fmt: skip
+    values = {
+        "sweep/exp2/beta_tc_target=1,seed=0": (0.10, 0.20),
+        "sweep/exp2/beta_tc_target=1,seed=1": (0.20, 0.30),
+        "sweep/exp2/beta_tc_target=6,seed=0": (0.40, 0.50),
+        "sweep/exp1/seed=0": (0.05, 0.15),
+        "sweep/exp1/seed=1": (0.07, 0.17),
+    }
     for run, (mig, mse) in values.items():
         fake_metrics(tmp_path / "results" / run / "evaluation" / "metrics.json", mig, mse)
     table = summarize_sweep(runs, tmp_path / "results", tmp_path / "results" / "sweep")

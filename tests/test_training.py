@@ -118,9 +118,10 @@ def test_resume_with_other_splits_is_refused_and_changes_nothing(exp2_run, tmp_p
     removed = train_csv["subject_id"].iloc[0]
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     cfg = small_exp_config(
-        "exp2_tcvae_sbd", run_dir.parent,
+        "exp2_tcvae_sbd",
+        run_dir.parent,
         **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
-    )  # fmt: skip
+    )
     with pytest.raises(ResumeError, match=rf"train\.csv: 1 subject\(s\) removed \({removed}\)"):
         train(cfg, run_dir, resume=True, splits_dir=other)
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
@@ -176,9 +177,10 @@ def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its
     (key,) = [k for k in before["callbacks"] if k.startswith("TargetBetaCheckpoint")]
     best_before = float(before["callbacks"][key]["best_model_score"])
     cfg = small_exp_config(
-        "exp2_tcvae_sbd", tmp_path,
+        "exp2_tcvae_sbd",
+        tmp_path,
         **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
-    )  # fmt: skip
+    )
     summary = train(cfg, moved, resume=True)
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
     assert "last.ckpt" in names and not [n for n in names if re.search(r"-v\d+\.ckpt$", n)], names
@@ -204,8 +206,10 @@ def test_a_second_training_in_a_held_run_directory_fails_at_once_naming_the_hold
     from vae_dynamics.training.run_dir import RunDirBusyError
 
     run_dir = tmp_path / "run"
-    code = ("import sys, time; from pathlib import Path; from vae_dynamics.training.run_dir import RunDir\n"
-            f"with RunDir(Path({str(run_dir)!r})).lock():\n    print('held', flush=True); time.sleep(120)")  # fmt: skip
+    code = (
+        "import sys, time; from pathlib import Path; from vae_dynamics.training.run_dir import RunDir\n"
+        f"with RunDir(Path({str(run_dir)!r})).lock():\n    print('held', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -229,7 +233,8 @@ def test_a_second_training_in_a_held_run_directory_fails_at_once_naming_the_hold
 
 def test_every_start_is_recorded_and_a_resume_across_a_code_change_warns(exp2_run, tmp_path, capsys):
     """provenance.json was rewritten at every restart (the first start's record was lost) and a resume
-    after a code change was silent. Now: one entry per start; every checkpoint names the code that wrote it."""
+    after a code change was silent. Now: one entry per start; every checkpoint names the code that
+    wrote it."""
     import shutil
 
     from vae_dynamics import __version__
@@ -246,9 +251,10 @@ def test_every_start_is_recorded_and_a_resume_across_a_code_change_warns(exp2_ru
     ckpt["vae_dynamics"] = {"version": "0.0.1", "git_commit": "0" * 40, "git_dirty": False}
     torch.save(ckpt, moved / "checkpoints" / "last.ckpt")
     cfg = small_exp_config(
-        "exp2_tcvae_sbd", tmp_path,
+        "exp2_tcvae_sbd",
+        tmp_path,
         **{"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4, "train.max_epochs": 4},
-    )  # fmt: skip
+    )
     train(cfg, moved, resume=True)
     warning = f"crosses a code change (vae_dynamics 0.0.1 at 000000000000 -> vae_dynamics {__version__} at"
     assert warning in capsys.readouterr().err and warning in (moved / "train.log").read_text()
@@ -333,11 +339,19 @@ def test_exp1_trains_through_the_script(demo_splits, tmp_path):
 
 def test_script_rejects_bad_config_before_any_work(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), "--config",
-         str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"), "--set", "model.variant=ode",
-         "--run-dir", str(tmp_path / "r")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            "--config",
+            str(REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml"),
+            "--set",
+            "model.variant=ode",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "model.variant" in result.stderr and "baseline_vae" in result.stderr
     assert not (tmp_path / "r").exists()

@@ -137,9 +137,13 @@ def test_changed_preprocessing_parameter_gives_a_new_cache_directory(tmp_path):
 
 def test_build_cache_writes_a_manifest(demo_splits, tmp_path):
     manifest = build_cache(
-        DATA_CFG, [demo_splits / "train.csv", demo_splits / "val.csv"], tmp_path, tmp_path / "manifest.json",
-        workers=2, progress=False,
-    )  # fmt: skip
+        DATA_CFG,
+        [demo_splits / "train.csv", demo_splits / "val.csv"],
+        tmp_path,
+        tmp_path / "manifest.json",
+        workers=2,
+        progress=False,
+    )
     assert manifest["n_subjects"] == 5
     for row in manifest["subjects"]:
         assert row["image_shape"] == [4, 128, 128, 128] and row["seg_shape"] == [1, 128, 128, 128]

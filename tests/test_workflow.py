@@ -26,9 +26,13 @@ def interrupted_then_finished(demo_root, tmp_path_factory):
     dry = snakemake(work, "-n", "--", "results/exp2/done")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(
-        [SNAKEMAKE, "--cores", str(THREADS), "--", "results/exp2/done"], cwd=work, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [SNAKEMAKE, "--cores", str(THREADS), "--", "results/exp2/done"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while not list(work.glob("results/exp2/runs/*/checkpoints/last.ckpt")):
         assert proc.poll() is None, "workflow ended before the first checkpoint"
@@ -98,8 +102,18 @@ def test_evaluation_artifacts(interrupted_then_finished):
     assert sorted(factors["subject_id"]) == sorted(subjects["subject_id"]) and (factors["wt_mm3"] > 0).all()
     evaluation = work / "results/exp2/evaluation"
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    for key in ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
-                "kl_per_dim", "reconstruction", "checkpoint_choice", "parameters"):  # fmt: skip
+    for key in (
+        "mig",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "sap",
+        "active_units",
+        "kl_per_dim",
+        "reconstruction",
+        "checkpoint_choice",
+        "parameters",
+    ):
         assert key in metrics, key
     assert len(metrics["kl_per_dim"]) == 128 and 0 <= metrics["active_units"] <= 128
     assert set(metrics["reconstruction"]["per_modality"]) == {"t1c", "t1n", "t2f", "t2w"}
@@ -136,18 +150,26 @@ def test_completed_run_rerun_is_a_noop(interrupted_then_finished):
 def test_changed_parameter_retrains_in_a_new_run_directory(interrupted_then_finished, demo_root):
     work = interrupted_then_finished["work"]
     old_summary = json.loads((work / "results/exp2/train_summary.json").read_text())
-    out = snakemake(work, "-n", "--config", 'overrides={"train.lr": 3e-4, "model.base_filters": 16, '
-                    '"data.batch_size": 2, "data.num_workers": 0, "train.precision": "bf16-mixed"}',
-                    "--", "results/exp2/done").stdout  # fmt: skip
+    out = snakemake(
+        work,
+        "-n",
+        "--config",
+        'overrides={"train.lr": 3e-4, "model.base_filters": 16, '
+        '"data.batch_size": 2, "data.num_workers": 0, "train.precision": "bf16-mixed"}',
+        "--",
+        "results/exp2/done",
+    ).stdout
     assert "train_exp2" in out and "index_subjects" not in out
     from vae_dynamics.config.identity import run_identity as config_hash
     from vae_dynamics.workflow.plan import resolve_experiment
 
     def resolved(**extra):
         return resolve_experiment(
-            REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml", data_root=str(demo_root),
-            overrides={**OVERRIDES, **extra}, cache_dir="results/cache/tensors",
-        )  # fmt: skip
+            REPO / "src/vae_dynamics/config/exp2_tcvae_sbd.yaml",
+            data_root=str(demo_root),
+            overrides={**OVERRIDES, **extra},
+            cache_dir="results/cache/tensors",
+        )
 
     old_cfg = resolved()
     assert old_summary["run_dir"].endswith(config_hash(old_cfg))  # the identity the workflow uses
@@ -221,8 +243,14 @@ def test_a_sweep_dispatches_one_job_per_run_with_its_resources(interrupted_then_
 
 def test_changing_only_data_num_workers_reruns_nothing(interrupted_then_finished):
     work = interrupted_then_finished["work"]
-    out = snakemake(work, "-n", "--config", f"overrides={json.dumps({**OVERRIDES, 'data.num_workers': 1})}",
-                    "--", "results/exp2/done")  # fmt: skip
+    out = snakemake(
+        work,
+        "-n",
+        "--config",
+        f"overrides={json.dumps({**OVERRIDES, 'data.num_workers': 1})}",
+        "--",
+        "results/exp2/done",
+    )
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
 
 
@@ -269,9 +297,11 @@ def test_snakemake_lint_is_clean():
 def test_a_dry_run_imports_neither_torch_nor_monai():
     """`snakemake -n` on a login node: the rules' imports stay light (no torch, MONAI or Lightning)."""
     code = (
-        "import sys, runpy; sys.argv = ['snakemake', '-n', '--cores', '1', '--configfile', 'config/demo.yaml', "
+        "import sys, runpy; sys.argv = ['snakemake', '-n', '--cores', '1', '--configfile', "
+        "'config/demo.yaml', "
         "'--snakefile', 'Snakefile', '--', 'results/exp2/done']\n"
-        "try:\n    runpy.run_module('snakemake', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "try:\n    runpy.run_module('snakemake', run_name='__main__')\nexcept SystemExit as e:\n    code = "
+        "e.code\n"
         "heavy = sorted(m for m in ('torch', 'monai', 'lightning') if m in sys.modules)\n"
         "print('HEAVY', heavy, 'EXIT', code)"
     )
@@ -289,8 +319,11 @@ def test_new_scans_of_a_sheet_are_encoded_by_a_snakemake_target(interrupted_then
     scans = tmp_path / "scans"
     generate(scans, 1, seed=11, workers=1)
     (subject,) = [p for p in scans.iterdir() if p.is_dir()]
-    row = {"subject_id": "followup_1", "timepoint": "6", **{k: f"scans/{subject.name}/{subject.name}-{k}.nii.gz"
-                                                         for k in MODALITIES}}  # fmt: skip
+    row = {
+        "subject_id": "followup_1",
+        "timepoint": "6",
+        **{k: f"scans/{subject.name}/{subject.name}-{k}.nii.gz" for k in MODALITIES},
+    }
     pd.DataFrame([row]).to_csv(tmp_path / "followup.csv", index=False)
     target = "results/exp2/encoded/followup/latents.csv"
     setting = f'encode={{"followup": {{"sheet": "{tmp_path / "followup.csv"}", "reconstruct": true}}}}'
@@ -308,16 +341,35 @@ def test_every_job_that_asks_for_a_gpu_goes_to_the_gpu_partition_on_slurm(tmp_pa
     rule with gpu > 0 placed on the CPU partition fails on a cluster whose CPU nodes have no GPU (the
     export step once did; the one-node test cluster cannot show it)."""
     encode = f'encode={{"new": {{"images": "{tmp_path}"}}}}'  # the encode_scans job of a new folder
-    dry = snakemake(REPO, "-n", "--configfile", "config/demo.yaml", "--config", encode, "--",
-                    "results/compare/done", "results/sweep/done", "results/exp2/encoded/new/latents.csv").stdout  # fmt: skip
+    dry = snakemake(
+        REPO,
+        "-n",
+        "--configfile",
+        "config/demo.yaml",
+        "--config",
+        encode,
+        "--",
+        "results/compare/done",
+        "results/sweep/done",
+        "results/exp2/encoded/new/latents.csv",
+    ).stdout
     jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry, flags=re.M)
     gpu_rules = {rule for rule, res in jobs if int(re.search(r"\bgpu=(\d+)", res + " gpu=0").group(1)) > 0}
-    assert {"train_exp2", "train_exp1", "train_sweep_run", "export_recon_panels", "encode_latents",
-            "evaluate_latents", "encode_scans"} <= gpu_rules, gpu_rules  # fmt: skip
+    assert {
+        "train_exp2",
+        "train_exp1",
+        "train_sweep_run",
+        "export_recon_panels",
+        "encode_latents",
+        "evaluate_latents",
+        "encode_scans",
+    } <= gpu_rules, gpu_rules
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     cpu_partition = profile["default-resources"]["slurm_partition"]
-    placed = {rule: profile["set-resources"].get(rule, {}).get("slurm_partition", cpu_partition)
-              for rule in gpu_rules}  # fmt: skip
+    placed = {
+        rule: profile["set-resources"].get(rule, {}).get("slurm_partition", cpu_partition)
+        for rule in gpu_rules
+    }
     gpu_partition = placed["train_exp2"]
     assert gpu_partition != cpu_partition
     assert {rule: p for rule, p in placed.items() if p != gpu_partition} == {}

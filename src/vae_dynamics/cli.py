@@ -42,9 +42,13 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         "--config", required=required, help="experiment YAML (model.variant selects the experiment)"
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.max_epochs=3 (value read as YAML; repeatable)",
-    )  # fmt: skip
+    )
 
 
 # ---- subcommands ------------------------------------------------------------------------------------
@@ -101,9 +105,12 @@ def cmd_cache(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     splits = Path(args.splits)
     manifest = build_cache(
-        cfg.data, [splits / "train.csv", splits / "val.csv"], args.cache_dir or cfg.data.cache_dir,
-        args.manifest, workers=args.workers,
-    )  # fmt: skip
+        cfg.data,
+        [splits / "train.csv", splits / "val.csv"],
+        args.cache_dir or cfg.data.cache_dir,
+        args.manifest,
+        workers=args.workers,
+    )
     print(f"cached {manifest['n_subjects']} subjects in {manifest['cache_dir']} ({manifest['seconds']} s)")
 
 
@@ -130,9 +137,16 @@ def cmd_encode(args: argparse.Namespace) -> None:
             f"run: {run.run_dir} ({run.summary['experiment']}), checkpoint {run.checkpoint}, on {run.device}"
         )
         table = write_encoding(
-            run, args.images or args.sheet, args.out, reconstruct=args.reconstruct, panels=True,
-            traverse=args.traverse, batch_size=args.batch_size, workers=args.workers, progress=True,
-        )  # fmt: skip
+            run,
+            args.images or args.sheet,
+            args.out,
+            reconstruct=args.reconstruct,
+            panels=True,
+            traverse=args.traverse,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=True,
+        )
     rejected = table.attrs["rejected"]
     for row in rejected.itertuples():
         print(f"  rejected {row.subject_id}: {row.file}: {row.reason}", file=sys.stderr)
@@ -203,8 +217,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     table = summarize_sweep(runs, args.results, Path(args.results) / "sweep")
     missing = len(runs) - len(table)
-    print(f"{len(table)} of {len(runs)} runs summarised -> {args.results}/sweep/summary.md"
-          + (f" ({missing} missing, listed there)" if missing else ""))  # fmt: skip
+    print(
+        f"{len(table)} of {len(runs)} runs summarised -> {args.results}/sweep/summary.md"
+        + (f" ({missing} missing, listed there)" if missing else "")
+    )
 
 
 def cmd_experiments(args: argparse.Namespace) -> None:
@@ -234,25 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae-dynamics", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+    for name, func, help, arguments in SUBCOMMANDS:
         p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
         p.set_defaults(func=func)
-        return p
+        arguments(p)
+    return parser
 
-    p = add("train", cmd_train, "train Exp1 or Exp2 (model.variant of --config); resumable")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--run-dir", help="run directory (default: <logging.save_dir>/<timestamp>_<experiment>)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.ckpt")
     p.add_argument("--splits", help="folder with train.csv/val.csv (default: index data.root_dir)")
 
-    p = add("demo", cmd_demo, "generate the BraTS-MEN-format demo dataset from the MNI152 anatomy")
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
 
-    p = add("index", cmd_index, "validate every subject folder -> subjects.csv, rejected.csv")
+
+def _index_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", help="BraTS-MEN training folder")
     source.add_argument("--sheet", help="sample sheet (.csv/.tsv): subject_id, t1c, t1n, t2f, t2w, seg")
@@ -260,73 +279,137 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
 
-    p = add("splits", cmd_splits, "seeded train/val split of the indexed subjects")
+
+def _splits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", required=True, help="subjects.csv from `vae-dynamics index`")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
 
-    p = add("cache", cmd_cache, "preprocess every split subject once into the persistent cache")
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--splits", required=True, help="folder with train.csv and val.csv")
     p.add_argument("--cache-dir", help="cache root (default: data.cache_dir of the config)")
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
     p.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
 
-    p = add("encode", cmd_encode, "posterior (μ, log σ²) of a run's own subjects, or of any new scans")
+
+def _encode_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--summary", help="train_summary.json: encode the run's train and val subjects")
-    which.add_argument("--run", help="a trained run (experiment folder, run dir, summary or .ckpt): "
-                       "encode the scans of --images or --sheet")  # fmt: skip
+    which.add_argument(
+        "--run",
+        help="a trained run (experiment folder, run dir, summary or .ckpt): "
+        "encode the scans of --images or --sheet",
+    )
     p.add_argument("--images", help="folder of BraTS-layout subject folders (seg optional)")
-    p.add_argument("--sheet", help="sample sheet .csv/.tsv: subject_id, t1c, t1n, t2f, t2w, optional seg, "
-                   "any other columns (carried into latents.csv); paths relative to the sheet")  # fmt: skip
+    p.add_argument(
+        "--sheet",
+        help="sample sheet .csv/.tsv: subject_id, t1c, t1n, t2f, t2w, optional seg, "
+        "any other columns (carried into latents.csv); paths relative to the sheet",
+    )
     p.add_argument("--out", required=True, help="--summary: latents CSV; --run: the output folder")
-    p.add_argument("--reconstruct", action="store_true",
-                   help="also write each scan's reconstruction (NIfTI in its own space) and panel")  # fmt: skip
-    p.add_argument("--traverse", type=int, default=0, metavar="K",
-                   help="also draw the K dimensions of largest KL around each scan's code")  # fmt: skip
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="also write each scan's reconstruction (NIfTI in its own space) and panel",
+    )
+    p.add_argument(
+        "--traverse",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also draw the K dimensions of largest KL around each scan's code",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
-    p = add("factors", cmd_factors, "tumour volumes and centroid per subject (+ the demo's ground truth)")
+
+def _factors_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", required=True, help="subjects.csv written by `vae-dynamics index`")
     p.add_argument("--out", required=True, help="factors CSV to write")
     p.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
     p.add_argument("--workers", type=int, default=1)
 
-    p = add(
-        "evaluate", cmd_evaluate, "metrics.json, reconstruction quality, correlations, traversals of a run"
-    )
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", required=True, help="train_summary.json of a finished run")
     p.add_argument("--latents", required=True, help="latents.csv of that run")
     p.add_argument("--factors", required=True, help="factors.csv (`vae-dynamics factors`)")
     p.add_argument("--out", required=True, help="evaluation folder to write")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--traversed-dims", type=int, metavar="N", default=N_TRAVERSED,
-                   help="dimensions drawn as traversals, largest KL first (6 decodes at 128³ each)")  # fmt: skip
+    p.add_argument(
+        "--traversed-dims",
+        type=int,
+        metavar="N",
+        default=N_TRAVERSED,
+        help="dimensions drawn as traversals, largest KL first (6 decodes at 128³ each)",
+    )
 
-    p = add("metrics", cmd_metrics, "MIG, DCI, SAP and active units of latents against factors")
+
+def _metrics_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latents", required=True, help="CSV with subject_id and mu_* columns")
     p.add_argument("--factors", required=True, help="CSV with subject_id and factor columns")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--factors-columns", help="comma-separated factor columns (default: all)")
 
-    p = add("config", cmd_config, "show or validate an experiment config, or print its JSON schema")
+
+def _config_command_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("show", "validate", "schema"))
     _config_args(p, required=False)
     p.add_argument("--out", help="schema: write to this file instead of stdout")
 
-    p = add("sweep", cmd_sweep, "list a workflow sweep's runs, or summarise the runs that finished")
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("list", "summarize"))
     p.add_argument(
         "--configfile", action="append", default=[], help="workflow config merged over config/config.yaml"
     )
     p.add_argument("--results", default="results", help="the workflow's results folder")
 
-    add("experiments", cmd_experiments, "list the registered experiments")
-    return parser
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+# (name, function, help, its arguments), in the order `vae-dynamics --help` lists them
+Subcommand = tuple[str, Callable[[argparse.Namespace], None], str, Callable[[argparse.ArgumentParser], None]]
+SUBCOMMANDS: list[Subcommand] = [
+    ("train", cmd_train, "train the experiment model.variant of --config selects; resumable", _train_args),
+    ("demo", cmd_demo, "generate the BraTS-MEN-format demo dataset from the MNI152 anatomy", _demo_args),
+    ("index", cmd_index, "validate every subject folder -> subjects.csv, rejected.csv", _index_args),
+    ("splits", cmd_splits, "seeded train/val split of the indexed subjects", _splits_args),
+    ("cache", cmd_cache, "preprocess every split subject once into the persistent cache", _cache_args),
+    (
+        "encode",
+        cmd_encode,
+        "posterior (μ, log σ²) of a run's own subjects, or of any new scans",
+        _encode_args,
+    ),
+    (
+        "factors",
+        cmd_factors,
+        "tumour volumes and centroid per subject (+ the demo's ground truth)",
+        _factors_args,
+    ),
+    (
+        "evaluate",
+        cmd_evaluate,
+        "metrics.json, reconstruction quality, correlations, traversals of a run",
+        _evaluate_args,
+    ),
+    ("metrics", cmd_metrics, "MIG, DCI, SAP and active units of latents against factors", _metrics_args),
+    (
+        "config",
+        cmd_config,
+        "show or validate an experiment config, or print its JSON schema",
+        _config_command_args,
+    ),
+    ("sweep", cmd_sweep, "list a workflow sweep's runs, or summarise the runs that finished", _sweep_args),
+    ("experiments", cmd_experiments, "list the registered experiments", _no_args),
+]
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

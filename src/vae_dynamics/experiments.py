@@ -166,7 +166,8 @@ def for_variant(variant: Any) -> Experiment:
     """The experiment a config's model.variant selects."""
     if variant not in BY_VARIANT:
         raise ConfigError(
-            f"model.variant: {variant!r} is not a known experiment variant; valid variants: {sorted(BY_VARIANT)}"
+            f"model.variant: {variant!r} is not a known experiment variant; valid variants: "
+            f"{sorted(BY_VARIANT)}"
         )
     return BY_VARIANT[variant]
 

@@ -103,8 +103,9 @@ class TrainedRun:
         if record.is_file():
             saved = json.loads(record.read_text())
         else:
-            log.warning("%s: no preprocessing.json (a run from before 0.5); its config's keys are used",
-                        self.run_dir)  # fmt: skip
+            log.warning(
+                "%s: no preprocessing.json (a run from before 0.5); its config's keys are used", self.run_dir
+            )
             saved = {k: v for k, v in current.items() if k in self.cfg.data}
         keys = sorted(set(saved) | set(current))
         return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
@@ -151,8 +152,13 @@ class TrainedRun:
             {"subject_id": r["subject_id"], **{k: r[k] for k in keys if isinstance(r.get(k), str) and r[k]}}
             for r in scans.to_dict("records")
         ]
-        loader = DataLoader(Dataset(records, self.preprocessing()), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=list)  # fmt: skip
+        loader = DataLoader(
+            Dataset(records, self.preprocessing()),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=list,
+        )
         yield from loader
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,9 +238,13 @@ def code_rows(batch: list[dict]) -> list[dict]:
     rows = []
     for item in batch:
         d = item["mu"].numel()
-        rows.append({"subject_id": item["subject_id"],
-                     **{f"mu_{k}": float(item["mu"][k]) for k in range(d)},
-                     **{f"logvar_{k}": float(item["logvar"][k]) for k in range(d)}})  # fmt: skip
+        rows.append(
+            {
+                "subject_id": item["subject_id"],
+                **{f"mu_{k}": float(item["mu"][k]) for k in range(d)},
+                **{f"logvar_{k}": float(item["logvar"][k]) for k in range(d)},
+            }
+        )
     return rows
 
 
@@ -246,8 +256,11 @@ def native_space(run: TrainedRun, item: dict[str, Any], volume: torch.Tensor | n
     from monai.data import MetaTensor
 
     image = item["image"]
-    mapped = MetaTensor(torch.as_tensor(volume).float().cpu(), meta=dict(image.meta),
-                        applied_operations=list(image.applied_operations))  # fmt: skip
+    mapped = MetaTensor(
+        torch.as_tensor(volume).float().cpu(),
+        meta=dict(image.meta),
+        applied_operations=list(image.applied_operations),
+    )
     out = run.preprocessing().inverse({"image": mapped})["image"]
     scale = torch.as_tensor(item["intensity_scale"]).float().reshape(-1, 1, 1, 1)
     return (out.as_tensor().float() * scale).numpy()
@@ -266,8 +279,10 @@ def save_native(
         source = load_image(files[modality])
         data = volume[c].astype(np.float32)
         if data.shape != tuple(source.shape):
-            raise RuntimeError(f"{item['subject_id']}: reconstruction {data.shape} is not the grid "
-                               f"{tuple(source.shape)} of {files[modality]}")  # fmt: skip
+            raise RuntimeError(
+                f"{item['subject_id']}: reconstruction {data.shape} is not the grid "
+                f"{tuple(source.shape)} of {files[modality]}"
+            )
         header = source.header.copy()
         header.set_data_dtype(np.float32)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
@@ -326,8 +341,11 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
         raise FileNotFoundError(f"{run_dir}: no config_resolved.yaml beside the checkpoint {checkpoint}")
     cfg = load_config(config)
     experiment = experiments.of(cfg)
-    summary = summary or {"experiment": experiment.name, "run_dir": str(run_dir),
-                          "best_checkpoint": os.path.relpath(checkpoint, run_dir)}  # fmt: skip
+    summary = summary or {
+        "experiment": experiment.name,
+        "run_dir": str(run_dir),
+        "best_checkpoint": os.path.relpath(checkpoint, run_dir),
+    }
     # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
     state_dict = torch.load(checkpoint, map_location=device, weights_only=True)["state_dict"]
     prefix = "model."

@@ -54,7 +54,7 @@ def provenance(started: float | None = None) -> dict[str, Any]:
         "packages": {
             name: _package_version(name)
             for name in ("vae_dynamics", "torch", "lightning", "monai", "numpy", "nibabel", "snakemake")
-        },  # fmt: skip
+        },
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
@@ -75,8 +75,7 @@ def code_version() -> dict[str, Any]:
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
     from vae_dynamics import __version__  # the source's version (an editable install's metadata can lag)
 
-    return {"version": __version__, "git_commit": commit,
-            "git_dirty": bool(status) if commit else None}  # fmt: skip
+    return {"version": __version__, "git_commit": commit, "git_dirty": bool(status) if commit else None}
 
 
 def version_change(saved: dict[str, Any] | None) -> str | None:

@@ -21,17 +21,26 @@ RESUME_LOCKED_SECTIONS = ("model", "loss", "data")
 # Keys outside those sections that must not change on resume: the global batch (M of the MWS
 # estimator) and the data shards depend on the device count; the optimizer's lr and its start
 # schedule are restored from the checkpoint (a changed value would be silently ignored).
-RESUME_LOCKED_KEYS = ("train.devices", "train.num_nodes", "train.lr", "train.lr_warmup_steps",
-                      "train.encoder_head_lr_scale", "train.encoder_head_lr_ramp_steps")  # fmt: skip
+RESUME_LOCKED_KEYS = (
+    "train.devices",
+    "train.num_nodes",
+    "train.lr",
+    "train.lr_warmup_steps",
+    "train.encoder_head_lr_scale",
+    "train.encoder_head_lr_ramp_steps",
+)
 # Keys that change where data is held or how fast it flows, not what is learnt.
 RESUME_FREE_KEYS = {"data.num_workers", "data.cache_rate", "data.cache_dir", "data.gpu_cache"}
 
 # Keys left out of a run's identity: how long it trains (raising max_epochs continues the same run),
 # how fast it runs and where things are kept, and what is logged. Everything else defines the run.
 IDENTITY_FREE_KEYS = RESUME_FREE_KEYS | {
-    "train.max_epochs", "train.compile", "train.channels_last", "train.gradient_checkpointing",
+    "train.max_epochs",
+    "train.compile",
+    "train.channels_last",
+    "train.gradient_checkpointing",
     "train.accelerator",
-}  # fmt: skip
+}
 IDENTITY_FREE_SECTIONS = ("logging",)
 
 

@@ -356,8 +356,10 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
         key = _dotted(loc)
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             variant = _variant(value)
-            lines.append(f"model.variant: {variant!r} is not a known experiment variant; "
-                         f"valid variants: {sorted(CONFIG_MODELS)}")  # fmt: skip
+            lines.append(
+                f"model.variant: {variant!r} is not a known experiment variant; "
+                f"valid variants: {sorted(CONFIG_MODELS)}"
+            )
         elif kind == "missing":
             lines.append(f"{key}: missing required key" if len(loc) > 1 else f"{key}: missing section")
         elif kind == "extra_forbidden":

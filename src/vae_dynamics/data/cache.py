@@ -185,8 +185,13 @@ def ram_share(n_items: int, cache_rate: float, item_bytes: int, budget_fraction:
         log.warning(
             "cache_rate=%.2f asks for %d subjects in RAM (%.1f GB) but only %.1f GB may be used: "
             "holding %d subjects (%.1f GB) in RAM, the rest is read from the disk cache",
-            cache_rate, wanted, wanted * item_bytes / 1e9, budget / 1e9, allowed, allowed * item_bytes / 1e9,
-        )  # fmt: skip
+            cache_rate,
+            wanted,
+            wanted * item_bytes / 1e9,
+            budget / 1e9,
+            allowed,
+            allowed * item_bytes / 1e9,
+        )
     return allowed
 
 
@@ -229,9 +234,14 @@ def build_cache(
     start = time.perf_counter()
     n = len(records)
     subjects = map_in_processes(
-        _cache_one, records, [cache_dir] * n, [data_cfg] * n,
-        workers=workers, progress=progress, desc="build_persistent_cache",
-    )  # fmt: skip
+        _cache_one,
+        records,
+        [cache_dir] * n,
+        [data_cfg] * n,
+        workers=workers,
+        progress=progress,
+        desc="build_persistent_cache",
+    )
     manifest = {
         "cache_dir": str(cache_dir),
         "contract": preprocessing_contract(data_cfg),

@@ -120,9 +120,16 @@ class DeviceResidentBatches(ResumableEpoch):
 
     @classmethod
     def from_dataset(
-        cls, dataset: SubjectDataset, device: torch.device, batch_size: int, seed: int, epoch: Callable[[], int],
-        rank: int = 0, world: int = 1, batches_done: Callable[[], int] = lambda: 0,
-    ) -> DeviceResidentBatches:  # fmt: skip
+        cls,
+        dataset: SubjectDataset,
+        device: torch.device,
+        batch_size: int,
+        seed: int,
+        epoch: Callable[[], int],
+        rank: int = 0,
+        world: int = 1,
+        batches_done: Callable[[], int] = lambda: 0,
+    ) -> DeviceResidentBatches:
         """Copy this rank's shard of a (cached) dataset into one tensor on `device`, item by item.
 
         Under DDP each rank holds the subjects rank, rank + W, ... of the list padded to a multiple of W
@@ -134,9 +141,14 @@ class DeviceResidentBatches(ResumableEpoch):
         padded = [i % len(dataset) for i in range(per_rank * world)]
         indices = padded[rank::world]
         if rank == 0 and len(padded) > len(dataset):
-            log.info("GPU-resident training set: %d subjects over %d processes; %d of them appear twice per "
-                     "epoch (padding to %d per process)", len(dataset), world, len(padded) - len(dataset),
-                     per_rank)  # fmt: skip
+            log.info(
+                "GPU-resident training set: %d subjects over %d processes; %d of them appear twice per "
+                "epoch (padding to %d per process)",
+                len(dataset),
+                world,
+                len(padded) - len(dataset),
+                per_rank,
+            )
         first = dataset[indices[0]]
         n = len(indices)
         images = torch.empty((n, *first["image"].shape), dtype=CACHE_IMAGE_DTYPE, device=device)
@@ -266,7 +278,8 @@ class BraTSDataModule(L.LightningDataModule):
         )
         if len(train) < world:
             raise ValueError(
-                f"the training split ({self.splits_dir / 'train.csv'}) has {len(train)} subject(s), fewer than "
+                f"the training split ({self.splits_dir / 'train.csv'}) has {len(train)} subject(s), fewer "
+                f"than "
                 f"the {world} processes of this run (train.devices × train.num_nodes): every process needs "
                 "at least one subject"
             )
@@ -281,9 +294,15 @@ class BraTSDataModule(L.LightningDataModule):
                 device = None
         if device is not None:
             self.train_batches = DeviceResidentBatches.from_dataset(
-                train, device, self.data_cfg.batch_size, self.seed, self._current_epoch, rank, world,
+                train,
+                device,
+                self.data_cfg.batch_size,
+                self.seed,
+                self._current_epoch,
+                rank,
+                world,
                 self._batches_done,
-            )  # fmt: skip
+            )
             return
         # Every process of this node holds its own RAM copy: share the memory budget between them.
         local = self.trainer.num_devices if self.trainer is not None else 1

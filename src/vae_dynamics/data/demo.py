@@ -132,9 +132,14 @@ def _warp(
         src[axis] += _smooth_field(rng, (6, 6, 5), 2.0)
     warped = _sample_trilinear(anat, src)
     factors = dict(
-        rot_x_deg=angles[0], rot_y_deg=angles[1], rot_z_deg=angles[2], scale=scale,
-        shift_x_mm=shift[0], shift_y_mm=shift[1], shift_z_mm=shift[2],
-    )  # fmt: skip
+        rot_x_deg=angles[0],
+        rot_y_deg=angles[1],
+        rot_z_deg=angles[2],
+        scale=scale,
+        shift_x_mm=shift[0],
+        shift_y_mm=shift[1],
+        shift_z_mm=shift[2],
+    )
     return warped, factors
 
 
@@ -186,11 +191,16 @@ def _tumour(
     seg[box] = local
     world_centre = affine[:3, :3] @ t_centre + affine[:3, 3]
     factors = dict(
-        tumour_x_mm=world_centre[0], tumour_y_mm=world_centre[1], tumour_z_mm=world_centre[2],
-        tumour_radius_mm=radius, hemisphere="left" if world_centre[0] < 0 else "right",
-        has_edema=has_edema, edema_radius_mm=edema_radius,
-        has_necrosis=has_necrosis, necrosis_radius_mm=necrosis_radius,
-    )  # fmt: skip
+        tumour_x_mm=world_centre[0],
+        tumour_y_mm=world_centre[1],
+        tumour_z_mm=world_centre[2],
+        tumour_radius_mm=radius,
+        hemisphere="left" if world_centre[0] < 0 else "right",
+        has_edema=has_edema,
+        edema_radius_mm=edema_radius,
+        has_necrosis=has_necrosis,
+        necrosis_radius_mm=necrosis_radius,
+    )
     return seg, factors
 
 

@@ -95,8 +95,11 @@ def validate_files(
         return None, {"subject_id": sid, "file": name, "reason": reason}
 
     if not re.fullmatch(SUBJECT_ID_PATTERN, sid):
-        return None, {"subject_id": sid, "file": "", "reason": (
-            "subject id must be letters, digits, '.', '_' or '-' (it names output files)")}  # fmt: skip
+        return None, {
+            "subject_id": sid,
+            "file": "",
+            "reason": ("subject id must be letters, digits, '.', '_' or '-' (it names output files)"),
+        }
     present: dict[str, Path] = {}
     for key, path in files.items():
         if path is None:
@@ -223,9 +226,12 @@ def _unique(results: list[Result]) -> tuple[list[dict], list[dict]]:
     for row in valid:  # the same subject id twice: keep the first, reject the copy
         if row["subject_id"] in seen:
             rejected.append(
-                {"subject_id": row["subject_id"], "file": Path(row[MODALITIES[0]]).name,
-                 "reason": "duplicate subject id"}
-            )  # fmt: skip
+                {
+                    "subject_id": row["subject_id"],
+                    "file": Path(row[MODALITIES[0]]).name,
+                    "reason": "duplicate subject id",
+                }
+            )
         else:
             seen.add(row["subject_id"])
             unique.append(row)
@@ -303,8 +309,9 @@ def index_subjects(
         source = Path(root)
     out_dir = Path(out_dir)
     try:
-        subjects, rejected = find_scans(source, MODALITIES, require_seg=True, workers=workers,
-                                        progress=progress)  # fmt: skip
+        subjects, rejected = find_scans(
+            source, MODALITIES, require_seg=True, workers=workers, progress=progress
+        )
     except NoValidSubjectsError as exc:
         write_csv(exc.rejected, out_dir / "rejected.csv")
         raise

@@ -61,8 +61,10 @@ class WarnIfLargerThanFovd(MapTransform):
         if any(s > f for s, f in zip(shape, self.fov)):
             log.warning(
                 "subject %s: foreground %s voxels exceeds the %s field of view; tissue will be cut",
-                data.get("subject_id", "?"), shape, self.fov,
-            )  # fmt: skip
+                data.get("subject_id", "?"),
+                shape,
+                self.fov,
+            )
         return data
 
 
@@ -137,7 +139,7 @@ def build_transforms(
                 allow_smaller=True,
                 start_coord_key=None,
                 end_coord_key=None,
-            ),  # fmt: skip
+            ),
             DeleteItemsd(keys="foreground"),
             WarnIfLargerThanFovd("image", fov_voxels),
             # A fixed physical field of view centred on the foreground: the same mm per voxel for all.
@@ -148,7 +150,7 @@ def build_transforms(
                 keys="image",
                 percentile=intensity_percentile,
                 scale_key="intensity_scale" if invertible else None,
-            ),  # fmt: skip
+            ),
             EnsureTyped(keys="image", dtype=torch.float32, track_meta=invertible),
             EnsureTyped(**seg, dtype=torch.uint8, track_meta=False),
         ]

@@ -10,16 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from vae_dynamics.evaluation import format_value
+from vae_dynamics.evaluation import LATENT_SCALARS, RECON_SCALARS, format_value
 from vae_dynamics.io import write_csv, write_text
 
-SCALARS = (
-    "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units",
-    "kl_total", "n_subjects", "parameters", "epochs",
-)  # fmt: skip
-# Reconstruction headline: over the all-zero and the training-mean-volume predictors, and whether the
-# decoder uses the code (z_dependence: 1 = another subject's code reconstructs as well).
-RECON_SCALARS = ("val_mse_over_zero_predictor", "val_mse_over_mean_volume", "z_dependence")
+SCALARS = (*LATENT_SCALARS, "n_subjects", "parameters", "epochs")
 
 
 def flatten_metrics(
@@ -60,7 +54,8 @@ def _provenance_line(prov: Mapping[str, Any]) -> str:
     )
     packages = ", ".join(f"{k} {v}" for k, v in run.get("packages", {}).items() if v and k != "vae_dynamics")
     gpus = ", ".join(run.get("gpus") or []) or "no GPU"
-    return f"commit {commit}; {packages}; CUDA {run.get('cuda')}; {gpus}; {run.get('host')}, {run.get('started')} – {run.get('finished')}"
+    when = f"{run.get('started')} – {run.get('finished')}"
+    return f"commit {commit}; {packages}; CUDA {run.get('cuda')}; {gpus}; {run.get('host')}, {when}"
 
 
 def _fmt(value: Any) -> str:
@@ -107,7 +102,8 @@ def compare_experiments(
         "Disentanglement is measured on the posterior means μ against the subject factors "
         f"({', '.join(sorted(factor_files))}); higher MIG, DCI and SAP are better. Reconstruction quality is "
         "measured on the validation subjects inside the brain mask. `val_mse_over_zero_predictor` and "
-        "`val_mse_over_mean_volume` < 1 mean better than an all-zero image and than the training-mean volume; "
+        "`val_mse_over_mean_volume` < 1 mean better than an all-zero image and than the training-mean "
+        "volume; "
         "`z_dependence` is the error with another subject's code over the error with its own "
         "(1 = the decoder ignores z).",
         "",

@@ -40,9 +40,13 @@ def encode_dataset(
     """(subject ids, μ [n, d], log σ² [n, d]) of every item of a cached split, in batches on `device`
     (new scans: vae_dynamics.inference, through the same `VAE3d.posterior`)."""
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )  # fmt: skip
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     ids: list[str] = []
     mus, logvars = [], []
     for batch in loader:

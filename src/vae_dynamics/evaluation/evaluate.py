@@ -31,7 +31,7 @@ from vae_dynamics.evaluation.traversals import (
     TRAVERSAL_MODALITIES,
     TRAVERSAL_VALUES,
     TRAVERSAL_VIEWS,
-    traverse,
+    traversal_overview,
     tumour_centre,
 )
 from vae_dynamics.inference import TrainedRun, load_run
@@ -44,7 +44,6 @@ from vae_dynamics.viz.latents import (
     plot_kl_per_dim,
     plot_latent_map,
     plot_traversal_dimension,
-    plot_traversal_overview,
 )
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,13 @@ def masked_quality(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> 
         if all(b.stop - b.start >= SSIM_WINDOW for b in box):
             x_hat, x, mask = x_hat[box], x[box], mask[box]
     ssim_map, _ = compute_ssim_and_cs(
-        x_hat[None, None], x[None, None], spatial_dims=3, kernel_size=[SSIM_WINDOW] * 3,
-        kernel_sigma=[1.5] * 3, data_range=1.0,
-    )  # fmt: skip
+        x_hat[None, None],
+        x[None, None],
+        spatial_dims=3,
+        kernel_size=[SSIM_WINDOW] * 3,
+        kernel_sigma=[1.5] * 3,
+        data_range=1.0,
+    )
     inner = mask[r:-r, r:-r, r:-r]
     ssim = float(ssim_map[0, 0][inner].mean()) if inner.any() else float("nan")
     return {"mse": mse, "psnr": psnr, "ssim": ssim}
@@ -246,6 +249,16 @@ def _evaluate_into(
     write_csv(recon_table, tmp / "recon_metrics.csv")
     metrics["reconstruction"] = recon_summary  # val_mse_over_{zero_predictor,mean_volume}, z_dependence
 
+    kl, order, ranked_by = _latent_figures(tmp, experiment, latents, factors, metrics)
+    metrics["traversals"] = _traversal_figures(tmp, run, val_items, kl, order, ranked_by, n_traversed)
+    return metrics
+
+
+def _latent_figures(
+    tmp: Path, experiment: str, latents: pd.DataFrame, factors: pd.DataFrame, metrics: dict[str, Any]
+) -> tuple[np.ndarray, list[int], str]:
+    """factor_correlations.png, kl_per_dim.png, latent_map.png (and metrics["factor_correlations"]);
+    the dimensions' KL, their order (largest first) and what ranked them."""
     if "kl_per_dim" in metrics:  # latents with logvar_* columns: rank dimensions by their KL
         kl, ranked_by = np.asarray(metrics["kl_per_dim"]), "kl"
     else:  # μ only (e.g. latents from another encoder): rank by the between-subject variance of μ
@@ -259,40 +272,65 @@ def _evaluate_into(
         "max_abs_spearman_per_factor": {n: float(rho[:, k].max()) for k, n in enumerate(names)},
     }
     plot_factor_correlations(
-        rho, [f"z{j} ({kl[j]:.2f})" for j in order], names, tmp / "factor_correlations.png",
+        rho,
+        [f"z{j} ({kl[j]:.2f})" for j in order],
+        names,
+        tmp / "factor_correlations.png",
         title=f"{experiment}: |Spearman ρ| of μ_j and subject factors ({len(latents)} subjects)",
-    )  # fmt: skip
+    )
 
     mu_all = latents[latent_columns(latents, "mu_")].to_numpy(dtype=float)
     plot_kl_per_dim(
-        kl, mu_all.var(axis=0), ACTIVE_UNIT_THRESHOLD, tmp / "kl_per_dim.png",
+        kl,
+        mu_all.var(axis=0),
+        ACTIVE_UNIT_THRESHOLD,
+        tmp / "kl_per_dim.png",
         title=f"{experiment}: {ranked_by} per latent dimension ({metrics['active_units']} active units)",
-    )  # fmt: skip
+    )
     table = latents[["subject_id"]].merge(factors, on="subject_id", how="left")
     main = [n for n in names if not is_categorical(table[n])][:MAP_FACTORS] if names else []
     plot_latent_map(
-        mu_all, {n: table[n].to_numpy(dtype=float) for n in main}, tmp / "latent_map.png",
+        mu_all,
+        {n: table[n].to_numpy(dtype=float) for n in main},
+        tmp / "latent_map.png",
         title=f"{experiment}: μ of {len(latents)} subjects on its two principal axes",
-    )  # fmt: skip
+    )
 
+    return kl, order, ranked_by
+
+
+def _traversal_figures(
+    tmp: Path,
+    run: TrainedRun,
+    val_items: list[dict[str, Any]],
+    kl: np.ndarray,
+    order: list[int],
+    ranked_by: str,
+    n_traversed: int,
+) -> dict[str, Any]:
+    """traversals.png and traversals/z<j>.png of the n_traversed first dimensions of `order`, around the
+    validation subject with the largest tumour; what metrics.json records of them."""
+    experiment = run.summary["experiment"]
     # Reference: the validation subject with the largest tumour; slices through its tumour centre.
     ref = max(val_items, key=lambda it: int((torch.as_tensor(it["seg"]) > 0).sum()))
     centre = tumour_centre(ref["seg"])
-    modalities = run.cfg.data.modalities
-    channels = [modalities.index(m) for m in TRAVERSAL_MODALITIES]
     top = order[:n_traversed]
-    with run.autocast():  # figures: decoded in the precision the model was trained in
-        slices = traverse(run.model, ref["mu"], top, centre, channels)
-    metrics["traversals"] = {"reference_subject": ref["subject_id"], "centre_voxel": list(centre), "dims": top,
-                             "values_prior_sigma": [float(v) for v in TRAVERSAL_VALUES]}  # fmt: skip
-    plot_traversal_overview(
-        slices[:, :, 0], top, kl[top], TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, tmp / "traversals.png",
-        title=f"{experiment}: the {len(top)} dimensions with the largest KL, around {ref['subject_id']}",
-    )  # fmt: skip
+    title = f"{experiment}: the {len(top)} dimensions with the largest KL, around {ref['subject_id']}"
+    slices = traversal_overview(run, ref["mu"], top, kl, centre, tmp / "traversals.png", title)
     for i, dim in enumerate(top):
         plot_traversal_dimension(
-            slices[i], dim, float(kl[dim]), TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, TRAVERSAL_VIEWS,
+            slices[i],
+            dim,
+            float(kl[dim]),
+            TRAVERSAL_VALUES,
+            TRAVERSAL_MODALITIES,
+            TRAVERSAL_VIEWS,
             tmp / "traversals" / f"z{dim:03d}.png",
             title=f"{experiment}: z{dim} ({ranked_by} {kl[dim]:.2f}) around {ref['subject_id']}",
-        )  # fmt: skip
-    return metrics
+        )
+    return {
+        "reference_subject": ref["subject_id"],
+        "centre_voxel": list(centre),
+        "dims": top,
+        "values_prior_sigma": [float(v) for v in TRAVERSAL_VALUES],
+    }

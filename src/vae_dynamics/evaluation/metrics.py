@@ -6,12 +6,13 @@
 L.csv: `subject_id`, `mu_0..mu_{d-1}` (optional `logvar_*`, `split` = train/val); F.csv: `subject_id`
 and one column per factor. Definitions:
 - MIG (Chen et al. 2018): μ_j and continuous factors discretised into 20 equal-width bins, boolean and
-  categorical factors as they are; I(z_j; v_k) from the joint histogram (nats, as sklearn's mutual_info_score);
-  MIG = mean over factors of (largest - second largest I over j) / H(v_k).
+  categorical factors as they are; I(z_j; v_k) from the joint histogram (nats, as sklearn's
+  mutual_info_score); MIG = mean over factors of (largest - second largest I over j) / H(v_k).
 - DCI (Eastwood & Williams 2018): importance matrix R[j, k] from gradient-boosted trees (regressors for
-  continuous factors, classifiers otherwise) fitted on the train split; disentanglement = Σ_j ρ_j (1 - H_K(R_j·)),
-  completeness = Σ_k ρ_k (1 - H_d(R_·k)), informativeness = mean over factors of the held-out score
-  (R² clipped at 0 for continuous factors, accuracy otherwise).
+  continuous factors, classifiers otherwise) fitted on the train split;
+  disentanglement = Σ_j ρ_j (1 - H_K(R_j·)), completeness = Σ_k ρ_k (1 - H_d(R_·k)),
+  informativeness = mean over factors of the held-out score (R² clipped at 0 for continuous factors,
+  accuracy otherwise).
 - SAP (Kumar et al. 2018): S[j, k] = R² of predicting v_k linearly from μ_j alone (squared correlation;
   η² for categorical factors with more than two values); SAP = mean over factors of the top-two gap.
 - Active units (Burda et al. 2016): number of dimensions with Var over subjects of μ_j > 0.01.
@@ -72,7 +73,8 @@ def active_units(mu: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> in
 
 
 def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """Mean over subjects of KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension (nats), for arrays (models/diagnostics.py)."""
+    """Mean over subjects of KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension (nats), for arrays
+    (models/diagnostics.py)."""
     return diagnostics.kl_per_dimension(torch.as_tensor(mu), torch.as_tensor(logvar)).numpy()
 
 

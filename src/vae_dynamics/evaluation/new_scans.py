@@ -15,11 +15,9 @@ import torch
 from vae_dynamics.data import SEG_KEY
 from vae_dynamics.data.cache import preprocessing_contract
 from vae_dynamics.evaluation.metrics import kl_per_dimension
-from vae_dynamics.evaluation.traversals import TRAVERSAL_MODALITIES, TRAVERSAL_VALUES, tumour_centre
-from vae_dynamics.evaluation.traversals import traverse as walk
+from vae_dynamics.evaluation.traversals import traversal_overview, tumour_centre
 from vae_dynamics.inference import Scans, TrainedRun, code_rows, mu_columns, native_space, save_native
 from vae_dynamics.io import atomic_dir, write_csv, write_json
-from vae_dynamics.viz.latents import plot_traversal_overview
 from vae_dynamics.viz.recon import save_recon_panel
 
 
@@ -57,24 +55,38 @@ def write_encoding(
             if reconstruct:
                 _reconstruct(run, batch, files_of, tmp, panels, batch_size)
             if traverse:  # kept small: μ and a seg-based centre per scan
-                kept.extend({"subject_id": it["subject_id"], "mu": it["mu"],
-                             "centre": tumour_centre(it[SEG_KEY]) if SEG_KEY in it else None} for it in batch)  # fmt: skip
+                kept.extend(
+                    {
+                        "subject_id": it["subject_id"],
+                        "mu": it["mu"],
+                        "centre": tumour_centre(it[SEG_KEY]) if SEG_KEY in it else None,
+                    }
+                    for it in batch
+                )
         table = run._table(valid, rows, rejected)
         if traverse:
             _traversals(run, table, kept, traverse, tmp / "traversals")
         write_csv(table, tmp / "latents.csv")
         write_csv(rejected, tmp / "rejected.csv")
-        write_json({
-            "run_dir": str(run.run_dir.resolve()),
-            "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-            "experiment": run.summary.get("experiment"),
-            "run_identity": run.identity(),
-            "preprocessing_contract": preprocessing_contract(run.cfg.data),
-            "source": str(source) if isinstance(source, (str, os.PathLike)) else "a DataFrame or a list of folders",
-            "n_encoded": len(table), "n_rejected": len(rejected),
-            "reconstructions": reconstruct, "traversed_dims": traverse,
-            "device": str(run.device), "seconds": round(time.perf_counter() - start, 1),
-        }, tmp / "encoding.json")  # fmt: skip
+        write_json(
+            {
+                "run_dir": str(run.run_dir.resolve()),
+                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+                "experiment": run.summary.get("experiment"),
+                "run_identity": run.identity(),
+                "preprocessing_contract": preprocessing_contract(run.cfg.data),
+                "source": str(source)
+                if isinstance(source, (str, os.PathLike))
+                else "a DataFrame or a list of folders",
+                "n_encoded": len(table),
+                "n_rejected": len(rejected),
+                "reconstructions": reconstruct,
+                "traversed_dims": traverse,
+                "device": str(run.device),
+                "seconds": round(time.perf_counter() - start, 1),
+            },
+            tmp / "encoding.json",
+        )
     return table
 
 
@@ -93,8 +105,9 @@ def _reconstruct(
         save_native(run, item, files_of[sid], native_space(run, item, recon), tmp / "reconstructions" / sid)
         if panels:
             title = f"{sid} — {run.summary.get('experiment', '')}"
-            save_recon_panel(item["image"].as_tensor(), recon, tmp / "panels" / f"{sid}.png", run.modalities,
-                             title=title)  # fmt: skip
+            save_recon_panel(
+                item["image"].as_tensor(), recon, tmp / "panels" / f"{sid}.png", run.modalities, title=title
+            )
 
 
 def _traversals(run: TrainedRun, table: pd.DataFrame, kept: list[dict[str, Any]], k: int, out: Path) -> None:
@@ -102,13 +115,8 @@ def _traversals(run: TrainedRun, table: pd.DataFrame, kept: list[dict[str, Any]]
     logvar = table[mu_columns(table, "logvar_")].to_numpy(dtype=float)
     kl = kl_per_dimension(table[mu_columns(table)].to_numpy(dtype=float), logvar)
     top = [int(j) for j in np.argsort(-kl, kind="stable")[:k]]
-    channels = [run.modalities.index(m) for m in TRAVERSAL_MODALITIES]
     size = tuple(run.cfg.data.roi_size)
     for it in kept:
         centre = it["centre"] or tuple(s // 2 for s in size)
-        with run.autocast():
-            slices = walk(run.model, it["mu"], top, centre, channels)
-        plot_traversal_overview(
-            slices[:, :, 0], top, kl[top], TRAVERSAL_VALUES, TRAVERSAL_MODALITIES, out / f"{it['subject_id']}.png",
-            title=f"{it['subject_id']}: the {len(top)} dimensions of largest mean KL over these scans",
-        )  # fmt: skip
+        title = f"{it['subject_id']}: the {len(top)} dimensions of largest mean KL over these scans"
+        traversal_overview(run, it["mu"], top, kl, centre, out / f"{it['subject_id']}.png", title)

@@ -22,14 +22,10 @@ import numpy as np
 import pandas as pd
 
 from vae_dynamics import experiments
-from vae_dynamics.evaluation import format_value
+from vae_dynamics.evaluation import LATENT_SCALARS, RECON_SCALARS, format_value
 from vae_dynamics.io import atomic_path, write_csv, write_text
 
-# Headline numbers per run, in table order: disentanglement, the latent space, reconstruction.
-HEADLINE = (
-    "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "active_units", "kl_total",
-    "val_mse_over_zero_predictor", "val_mse_over_mean_volume", "z_dependence",
-)  # fmt: skip
+HEADLINE = (*LATENT_SCALARS, *RECON_SCALARS)  # per run, in table order
 RECON = ("mse", "psnr", "ssim")
 
 
@@ -78,8 +74,13 @@ def aggregate(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _point_label(row: Mapping[str, Any] | pd.Series, keys: list[str]) -> str:
-    parts = [f"{k.rsplit('.', 1)[-1]}={row[k]:g}" if isinstance(row[k], float) else f"{k.rsplit('.', 1)[-1]}={row[k]}"
-             for k in keys if k in row and not pd.isna(row[k])]  # fmt: skip
+    parts = [
+        f"{k.rsplit('.', 1)[-1]}={row[k]:g}"
+        if isinstance(row[k], float)
+        else f"{k.rsplit('.', 1)[-1]}={row[k]}"
+        for k in keys
+        if k in row and not pd.isna(row[k])
+    ]
     return f"{row['experiment']} " + ", ".join(parts) if parts else str(row["experiment"])
 
 
@@ -103,12 +104,18 @@ def plot_tradeoff(table: pd.DataFrame, keys: list[str], out_png: str | os.PathLi
             style = dict(color="black", marker="s") if reference else dict(color=colour, marker="o")
             ax.scatter(frame[x], frame[y], s=22, alpha=0.45, **style)
             ax.errorbar(
-                frame[x].mean(), frame[y].mean(),
+                frame[x].mean(),
+                frame[y].mean(),
                 xerr=frame[x].std(ddof=1) if len(frame) > 1 else None,
                 yerr=frame[y].std(ddof=1) if len(frame) > 1 else None,
-                ms=9, mfc="white" if reference else style["color"], mec=style["color"], ecolor=style["color"],
-                fmt=style["marker"], capsize=3, label=f"{label} (n={len(frame)})",
-            )  # fmt: skip
+                ms=9,
+                mfc="white" if reference else style["color"],
+                mec=style["color"],
+                ecolor=style["color"],
+                fmt=style["marker"],
+                capsize=3,
+                label=f"{label} (n={len(frame)})",
+            )
         ax.set_xlabel("val MSE / MSE of the zero predictor (lower = better reconstruction)")
         ax.set_ylabel(f"{title} (higher = more disentangled)")
         ax.set_title(f"{title} against reconstruction")
@@ -128,8 +135,12 @@ def plot_seeds(table: pd.DataFrame, keys: list[str], out_png: str | os.PathLike[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quantities = (("mig", "MIG"), ("dci_disentanglement", "DCI disentanglement"), ("sap", "SAP"),
-                  ("val_mse_over_zero_predictor", "val MSE / zero predictor"))  # fmt: skip
+    quantities = (
+        ("mig", "MIG"),
+        ("dci_disentanglement", "DCI disentanglement"),
+        ("sap", "SAP"),
+        ("val_mse_over_zero_predictor", "val MSE / zero predictor"),
+    )
     groups = list(
         table.groupby(["experiment", *[k for k in keys if k in table.columns]], dropna=False, sort=True)
     )
@@ -174,7 +185,8 @@ def summarize_sweep(
             missing.append(run)
     if not rows:
         raise FileNotFoundError(
-            f"no run of the sweep has an evaluation yet (looked for {results_dir}/<run>/evaluation/metrics.json "
+            f"no run of the sweep has an evaluation yet (looked for "
+            f"{results_dir}/<run>/evaluation/metrics.json "
             f"for {len(runs)} runs)"
         )
     keys = grid_keys(runs)
@@ -200,8 +212,12 @@ def summarize_sweep(
     if missing:
         lines += ["## Missing runs (no evaluation/metrics.json)", *[f"- `{run}`" for run in missing], ""]
     group = ["experiment", *[k for k in keys if k in table.columns]]
-    lines += ["## Per grid point", "", "| " + " | ".join([*group, "n", *shown]) + " |",
-              "|---" * (len(group) + 1 + len(shown)) + "|"]  # fmt: skip
+    lines += [
+        "## Per grid point",
+        "",
+        "| " + " | ".join([*group, "n", *shown]) + " |",
+        "|---" * (len(group) + 1 + len(shown)) + "|",
+    ]
     for values, frame in table.groupby(group, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
         cells = [_fmt(v) for v in values] + [str(len(frame))] + [_mean_sd(frame[c]) for c in shown]
@@ -209,9 +225,15 @@ def summarize_sweep(
     lines += ["", "## Every run", "", "| run | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for row in table.to_dict("records"):
         lines.append(f"| `{row['run']}` | " + " | ".join(_fmt(row.get(c)) for c in shown) + " |")
-    lines += ["", "![trade-off](tradeoff.png)", "", "![seeds](seeds.png)", "",
-              "Per modality (MSE/PSNR/SSIM) and per run: `summary.csv`; mean/sd/n of every number: "
-              "`summary_by_point.csv`."]  # fmt: skip
+    lines += [
+        "",
+        "![trade-off](tradeoff.png)",
+        "",
+        "![seeds](seeds.png)",
+        "",
+        "Per modality (MSE/PSNR/SSIM) and per run: `summary.csv`; mean/sd/n of every number: "
+        "`summary_by_point.csv`.",
+    ]
     write_text("\n".join(lines) + "\n", out_dir / "summary.md")
     return table
 

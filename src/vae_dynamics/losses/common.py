@@ -10,12 +10,15 @@ import torch.nn.functional as F
 
 # Under DDP, (the gathered posteriors of the whole minibatch, this process's first index in it).
 BatchPosteriors = tuple[torch.Tensor, torch.Tensor, int]
+# What a models.VAE3d returns: (x_hat, mu, logvar, z).
+ModelOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Objective(Protocol):
     """An experiment's loss as the training step calls it (the registry record names its class).
 
-    Built as `cls(loss_section, dataset_size)`; called on a batch with the epoch's β it returns the
+    Built as `cls(loss_section, dataset_size)`; called on a batch x and the model's output with the
+    epoch's β it returns the
     terms ("loss" is backpropagated, every term is logged); `weights(β)` gives the weight each term
     enters "loss" with. `couples_batch`: each sample's terms depend on the other samples' posteriors
     (the MWS estimator), so under DDP the step gathers the global minibatch's posteriors first.
@@ -25,11 +28,8 @@ class Objective(Protocol):
 
     def __call__(
         self,
-        x_hat: torch.Tensor,
         x: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        z: torch.Tensor,
+        out: ModelOutput,
         *,
         beta: float,
         batch_posteriors: BatchPosteriors | None = None,

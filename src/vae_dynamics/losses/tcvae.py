@@ -11,7 +11,13 @@ import math
 import torch
 
 from vae_dynamics.config.schema import Exp2Loss
-from vae_dynamics.losses.common import BatchPosteriors, NonFiniteLossError, close_terms, reconstruction_sum
+from vae_dynamics.losses.common import (
+    BatchPosteriors,
+    ModelOutput,
+    NonFiniteLossError,
+    close_terms,
+    reconstruction_sum,
+)
 
 __all__ = ["NonFiniteLossError", "TCVAEObjective", "compute_tcvae_loss", "gaussian_log_density"]
 
@@ -89,16 +95,13 @@ class TCVAEObjective:
 
     def __call__(
         self,
-        x_hat: torch.Tensor,
         x: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        z: torch.Tensor,
+        out: ModelOutput,
         *,
         beta: float,
         batch_posteriors: BatchPosteriors | None = None,
     ) -> dict[str, torch.Tensor]:
-        loss = self.loss
+        loss, (x_hat, mu, logvar, z) = self.loss, out
         return compute_tcvae_loss(
             x_hat,
             x,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vae_dynamics.config.schema import Exp1Loss
-from vae_dynamics.losses.common import BatchPosteriors, close_terms, reconstruction_sum
+from vae_dynamics.losses.common import BatchPosteriors, ModelOutput, close_terms, reconstruction_sum
 
 
 def kl_sum(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -35,15 +35,13 @@ class VAEObjective:
 
     def __call__(
         self,
-        x_hat: torch.Tensor,
         x: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        z: torch.Tensor,
+        out: ModelOutput,
         *,
         beta: float,
         batch_posteriors: BatchPosteriors | None = None,
     ) -> dict[str, torch.Tensor]:
+        x_hat, mu, logvar, _ = out
         return compute_vae_loss(x_hat, x, mu, logvar, beta_kl=beta)
 
     def weights(self, beta: float) -> dict[str, float]:

@@ -48,8 +48,12 @@ class ReconSnapshotCallback(L.Callback):
                     x_hat = model.decode(mu)  # posterior mean: stable snapshots
                 png = out / f"{item['subject_id']}.png"
                 save_recon_panel(
-                    item["image"], x_hat[0], png, self.modalities, title=f"{item['subject_id']} — epoch {epoch}",
-                )  # fmt: skip
+                    item["image"],
+                    x_hat[0],
+                    png,
+                    self.modalities,
+                    title=f"{item['subject_id']} — epoch {epoch}",
+                )
                 log_image(trainer, f"recon/{item['subject_id']}", png, epoch)
         log.info("epoch %d: recon snapshots -> %s", epoch, out)
 
@@ -148,5 +152,7 @@ class CompileTimer(L.Callback):
     ) -> None:
         if not self.done and self.start is not None:
             self.done = True
-            log.info("torch.compile: the first training step took %.1f s (compilation included)",
-                     time.perf_counter() - self.start)  # fmt: skip
+            log.info(
+                "torch.compile: the first training step took %.1f s (compilation included)",
+                time.perf_counter() - self.start,
+            )

@@ -73,7 +73,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
             reason = "the disk is full (or the quota is reached)" if full else f"{type(exc).__name__}: {exc}"
             raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {reason}; {written / 1e6:.1f} MB were written before the "
+                f"could not write checkpoint {path}: {reason}; {written / 1e6:.1f} MB were written before "
+                f"the "
                 f"failure, {free / 1e6:.1f} MB are free in {path.parent}. Existing checkpoints are unchanged."
             ) from exc
         fsync_dir(path.parent)
@@ -84,7 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (None when it is intact): unreadable, truncated, bad CRC, no state."""
+    """Why `path` cannot be resumed from (None when it is intact): unreadable, truncated, bad CRC, no
+    state."""
     try:
         with zipfile.ZipFile(path) as archive:  # torch.save's format: a zip archive with CRCs
             bad = archive.testzip()
@@ -197,5 +199,7 @@ class PreemptionCheckpoint(L.Callback):
             "pre-empted (%s) at epoch %d, global step %d: saved %s; run the same command again (or let "
             "Snakemake's retry / a SLURM requeue do it) to resume from there",
             exception if isinstance(exception, Preempted) else "SIGTERM received",
-            trainer.current_epoch, trainer.global_step, self.last_path,
-        )  # fmt: skip
+            trainer.current_epoch,
+            trainer.global_step,
+            self.last_path,
+        )

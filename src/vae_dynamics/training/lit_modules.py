@@ -128,11 +128,17 @@ class ExperimentLitModule(L.LightningModule):
         lit_cls: type[ExperimentLitModule] = experiment.lit_cls()
         train = cfg.train
         return lit_cls(
-            experiment.model_kwargs(cfg), experiment=experiment.key, dataset_size=n_train, lr=train.lr,
-            channels_last=channels_last, encoder_head_lr_scale=train.encoder_head_lr_scale,
-            lr_warmup_steps=train.lr_warmup_steps, encoder_head_lr_ramp_steps=train.encoder_head_lr_ramp_steps,
-            diagnostics_every_n_epochs=cfg.logging.diagnostics_every_n_epochs, **cfg.loss.model_dump(),
-        )  # fmt: skip
+            experiment.model_kwargs(cfg),
+            experiment=experiment.key,
+            dataset_size=n_train,
+            lr=train.lr,
+            channels_last=channels_last,
+            encoder_head_lr_scale=train.encoder_head_lr_scale,
+            lr_warmup_steps=train.lr_warmup_steps,
+            encoder_head_lr_ramp_steps=train.encoder_head_lr_ramp_steps,
+            diagnostics_every_n_epochs=cfg.logging.diagnostics_every_n_epochs,
+            **cfg.loss.model_dump(),
+        )
 
     @property
     def beta(self) -> float:
@@ -153,7 +159,7 @@ class ExperimentLitModule(L.LightningModule):
         if world > 1 and self.objective.couples_batch:
             # Under DDP every sample's estimate uses the posteriors of the whole global batch (M = W·m).
             batch = (gather_batch(mu), gather_batch(logvar), rank * mu.shape[0])
-        return self.objective(x_hat, x, mu, logvar, z, beta=self.beta, batch_posteriors=batch)
+        return self.objective(x, (x_hat, mu, logvar, z), beta=self.beta, batch_posteriors=batch)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
@@ -185,16 +191,31 @@ class ExperimentLitModule(L.LightningModule):
         sync = world > 1
         self.log_dict(
             {f"{stage}/{k}": v for k, v in logged.items()},
-            on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=False, sync_dist=sync,
-        )  # fmt: skip
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            prog_bar=False,
+            sync_dist=sync,
+        )
         if stage == "train":  # per-step curves beside the per-epoch means (loss_curves.png, TensorBoard)
             # already global and equal on every rank: no collective per step (sync_dist=False)
             self.log_dict(
                 {f"train_step/{k}": v for k, v in logged.items() if not k.startswith("beta")},
-                on_step=True, on_epoch=False, batch_size=batch_size, prog_bar=False, sync_dist=False,
-            )  # fmt: skip
-        self.log(f"{stage}_loss", logged["loss"], on_epoch=True, batch_size=batch_size,
-                 prog_bar=True, logger=False, sync_dist=sync)  # fmt: skip
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+                prog_bar=False,
+                sync_dist=False,
+            )
+        self.log(
+            f"{stage}_loss",
+            logged["loss"],
+            on_epoch=True,
+            batch_size=batch_size,
+            prog_bar=True,
+            logger=False,
+            sync_dist=sync,
+        )
         return terms["loss"] * world
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -213,8 +234,10 @@ class ExperimentLitModule(L.LightningModule):
 
     def _probe_decoder(self, x: torch.Tensor, mu: torch.Tensor) -> None:
         """z-dependence and the spatial share of the decoder input, on the first validation batch."""
-        self._probe = {"z_dependence": z_dependence(self.model, x, mu),
-                       "spatial_share": spatial_share(self.model.decoder_input(mu))}  # fmt: skip
+        self._probe = {
+            "z_dependence": z_dependence(self.model, x, mu),
+            "spatial_share": spatial_share(self.model.decoder_input(mu)),
+        }
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._val_posteriors:
@@ -226,8 +249,11 @@ class ExperimentLitModule(L.LightningModule):
         if self.current_epoch + 1 >= self.warmup_epochs and stats:
             problems = code_use_problems(stats)
             if problems:
-                log.warning("epoch %d: %s (docs/LEARNING.md says what to look at)",
-                            self.current_epoch, "; ".join(problems))  # fmt: skip
+                log.warning(
+                    "epoch %d: %s (docs/LEARNING.md says what to look at)",
+                    self.current_epoch,
+                    "; ".join(problems),
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The code that wrote it: a resume across a version change is reported (training/run.py).
@@ -236,11 +262,12 @@ class ExperimentLitModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]
         hp = self.hparams  # keys absent in checkpoints saved before them take the old behaviour
         opt, schedule = build_optimizer(
-            self.model, hp["lr"],
+            self.model,
+            hp["lr"],
             encoder_head_lr_scale=hp.get("encoder_head_lr_scale", 1.0),
             lr_warmup_steps=hp.get("lr_warmup_steps", 0),
             encoder_head_lr_ramp_steps=hp.get("encoder_head_lr_ramp_steps", 0),
-        )  # fmt: skip
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

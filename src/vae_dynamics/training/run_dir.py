@@ -116,7 +116,8 @@ class RunDir:
             raise ResumeError(f"the run's saved config does not validate: {exc}") from None
 
     def splits_difference(self, given: Path) -> list[str]:
-        """How the split CSVs in `given` differ from the run's own (empty when they hold the same subjects)."""
+        """How the split CSVs in `given` differ from the run's own (empty when they hold the same
+        subjects)."""
         diffs = []
         for name in SPLIT_FILES:
             if not (given / name).is_file():
@@ -191,7 +192,8 @@ class RunDir:
             diffs = self.splits_difference(Path(splits_dir))
             if diffs:
                 raise ResumeError(
-                    f"refusing to resume {self.path}: --splits {splits_dir} differs from the run's own splits "
+                    f"refusing to resume {self.path}: --splits {splits_dir} differs from the run's own "
+                    f"splits "
                     f"({'; '.join(diffs)}); N and the data would change mid-run. Resume without --splits, "
                     "or start a new run directory."
                 )

@@ -52,8 +52,11 @@ def file_logging(path: Path) -> Iterator[None]:
 
 
 # The Python module each optional logger needs, and the extra that installs it.
-LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-                   "mlflow": ("mlflow", "mlflow")}  # fmt: skip
+LOGGER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
 
 
 class LoggerUnavailableError(RuntimeError):
@@ -84,8 +87,13 @@ def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logg
         elif name == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_dir.name,
-                                        tracking_uri=f"file:{run_dir / 'mlruns'}"))  # fmt: skip
+            loggers.append(
+                MLFlowLogger(
+                    experiment_name=experiment,
+                    run_name=run_dir.name,
+                    tracking_uri=f"file:{run_dir / 'mlruns'}",
+                )
+            )
     return loggers
 
 
@@ -138,8 +146,11 @@ class LogProgress(Callback):
         loss = (
             float(outputs["loss"] if isinstance(outputs, dict) else outputs) if outputs is not None else None
         )
-        parts = [f"epoch {trainer.current_epoch}", f"step {trainer.global_step}" + (f"/{total}" if total else ""),
-                 f"{self.samples / elapsed:.1f} samples/s"]  # fmt: skip
+        parts = [
+            f"epoch {trainer.current_epoch}",
+            f"step {trainer.global_step}" + (f"/{total}" if total else ""),
+            f"{self.samples / elapsed:.1f} samples/s",
+        ]
         if eta is not None:
             parts.append(f"ETA {dt.timedelta(seconds=round(eta))}")
         if loss is not None:

@@ -51,8 +51,15 @@ def plot_loss_curves(logs_dir: str | os.PathLike[str], out_png: str | os.PathLik
     with figure_file(out_png, nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
         for ax, term in zip(axes.flat, terms):
             if f"{STEP_PREFIX}{term}" in steps and "x" in steps:
-                ax.plot(steps["x"], steps[f"{STEP_PREFIX}{term}"], "-", lw=0.7, alpha=0.4, color="grey",
-                        label="train (per step)")  # fmt: skip
+                ax.plot(
+                    steps["x"],
+                    steps[f"{STEP_PREFIX}{term}"],
+                    "-",
+                    lw=0.7,
+                    alpha=0.4,
+                    color="grey",
+                    label="train (per step)",
+                )
             for stage, style in (("train", "-o"), ("val", "--s")):
                 col = f"{stage}/{term}"
                 if col in df:

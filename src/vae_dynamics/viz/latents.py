@@ -94,15 +94,20 @@ def plot_traversal_dimension(
     tiles.append([coloured(change[v], "magma", 0.0, cmax) for v in range(n_values)])
     labels.append(f"|change|\n{views[0]}")
     save_image_grid(
-        tiles, path, labels, [f"{v:+.1f}σ" for v in values], title=title or f"z{dim} (KL {kl:.2f} nats)",
+        tiles,
+        path,
+        labels,
+        [f"{v:+.1f}σ" for v in values],
+        title=title or f"z{dim} (KL {kl:.2f} nats)",
         tile_inches=1.5,
-    )  # fmt: skip
+    )
 
 
 def plot_kl_per_dim(
     kl: np.ndarray, mu_variance: np.ndarray, threshold: float, path: str | os.PathLike[str], title: str = ""
 ) -> None:
-    """Where the information is: KL per dimension, largest first; active units (Var μ > threshold) coloured."""
+    """Where the information is: KL per dimension, largest first; active units (Var μ > threshold)
+    coloured."""
     order = np.argsort(-kl, kind="stable")
     active = mu_variance[order] > threshold
     with figure_file(path, dpi=90, figsize=(10, 3.4)) as (fig, ax):
@@ -113,8 +118,14 @@ def plot_kl_per_dim(
         ax.bar(x[~active], kl[order][~active], width=0.9, color="lightgrey", label="inactive")
         n_active = int(active.sum())
         ax.axvline(n_active - 0.5 if n_active else -0.5, color="tab:red", ls="--", lw=1)
-        ax.text(max(n_active - 0.5, 0), ax.get_ylim()[1] * 0.95, f" {n_active} active", color="tab:red",
-                va="top", fontsize=8)  # fmt: skip
+        ax.text(
+            max(n_active - 0.5, 0),
+            ax.get_ylim()[1] * 0.95,
+            f" {n_active} active",
+            color="tab:red",
+            va="top",
+            fontsize=8,
+        )
         ax.set(
             xlabel="latent dimension, sorted by KL", ylabel="KL(q(z_j|x) ‖ N(0,1)) [nats]", xlim=(-1, len(kl))
         )

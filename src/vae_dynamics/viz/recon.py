@@ -19,7 +19,8 @@ def central_slices(volume: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def slices_through(volume: np.ndarray, centre: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """Axial/coronal/sagittal slices of a RAS volume [X, Y, Z] through voxel `centre`, oriented for display."""
+    """Axial/coronal/sagittal slices of a RAS volume [X, Y, Z] through voxel `centre`, oriented for
+    display."""
     x, y, z = centre
     return {
         "axial": np.rot90(volume[:, :, z]),

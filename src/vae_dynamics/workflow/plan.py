@@ -109,8 +109,10 @@ def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     sets = {}
     for name, spec in block.items():
         # `--config` passes nested scalars as text: read them as YAML ("true" -> True, "2" -> 2)
-        spec = {k: yaml.safe_load(v) if isinstance(v, str) and k not in ("sheet", "images") else v
-                for k, v in dict(spec or {}).items()}  # fmt: skip
+        spec = {
+            k: yaml.safe_load(v) if isinstance(v, str) and k not in ("sheet", "images") else v
+            for k, v in dict(spec or {}).items()
+        }
         if not re.fullmatch(SUBJECT_ID_PATTERN, str(name)):
             raise ConfigError(f"encode.{name}: a name of letters, digits, '.', '_', '-' (it names a folder)")
         if ("sheet" in spec) == ("images" in spec):
@@ -120,8 +122,11 @@ def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"encode.{name}.reconstruct: true or false, got {reconstruct!r}")
         if not isinstance(traverse, int) or isinstance(traverse, bool) or traverse < 0:
             raise ConfigError(f"encode.{name}.traverse: an integer >= 0, got {traverse!r}")
-        sets[str(name)] = {"source": spec.get("sheet") or spec.get("images"), "reconstruct": reconstruct,
-                           "traverse": traverse}  # fmt: skip
+        sets[str(name)] = {
+            "source": spec.get("sheet") or spec.get("images"),
+            "reconstruct": reconstruct,
+            "traverse": traverse,
+        }
     return sets
 
 
@@ -136,7 +141,8 @@ def load_workflow_config(*configfiles: str | os.PathLike[str], root: str | os.Pa
 
 
 def check_experiment_keys(config: Mapping[str, Any]) -> None:
-    """Every experiment the workflow config names (experiments:, overrides.<exp>, sweep.<exp>) is registered."""
+    """Every experiment the workflow config names (experiments:, overrides.<exp>, sweep.<exp>) is
+    registered."""
     keys = experiment_keys()
     overrides = config.get("overrides") or {}
     overrides = yaml.safe_load(overrides) or {} if isinstance(overrides, str) else overrides
@@ -164,9 +170,13 @@ def experiment_config(
 ) -> ExperimentConfig:
     """The validated config of one workflow run: `exp` (+ a sweep point)."""
     return resolve_experiment(
-        experiment_yaml(config, exp), data_root=data_root(config), overrides=config.get("overrides"),
-        cache_dir=CACHE_DIR, experiment=exp, point=point,
-    )  # fmt: skip
+        experiment_yaml(config, exp),
+        data_root=data_root(config),
+        overrides=config.get("overrides"),
+        cache_dir=CACHE_DIR,
+        experiment=exp,
+        point=point,
+    )
 
 
 def data_config(config: Mapping[str, Any]) -> DataConfig:
@@ -216,8 +226,13 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 cfg = experiment_config(config, exp, {**settings, **point})
             except ConfigError as exc:
                 raise ConfigError(f"sweep run {path}: {exc}") from None
-            runs[path] = {"exp": exp, "name": name, "point": point, "settings": settings,
-                          "identity": run_identity(cfg)}  # fmt: skip
+            runs[path] = {
+                "exp": exp,
+                "name": name,
+                "point": point,
+                "settings": settings,
+                "identity": run_identity(cfg),
+            }
     return runs
 
 

@@ -31,8 +31,10 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         rank = launched_rank()
-        fh.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {'start' if rank == 0 else f'rank {rank}'} "
-                 f"(pid {os.getpid()}) ====\n")  # fmt: skip
+        fh.write(
+            f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {'start' if rank == 0 else f'rank {rank}'} "
+            f"(pid {os.getpid()}) ====\n"
+        )
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root = logging.getLogger()
@@ -47,15 +49,23 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
             root.removeHandler(handler)
 
 
-def encode_step(summary_path: str, source: str, latents_csv: str, reconstruct: bool, traverse: int,
-                workers: int = 0) -> int:  # fmt: skip
+def encode_step(
+    summary_path: str, source: str, latents_csv: str, reconstruct: bool, traverse: int, workers: int = 0
+) -> int:
     """Encode the scans of a sheet or folder with a finished run into the folder of `latents_csv`."""
     from vae_dynamics.evaluation.new_scans import write_encoding
     from vae_dynamics.inference import load_run
 
     run = load_run(summary_path)
-    table = write_encoding(run, source, Path(latents_csv).parent, reconstruct=reconstruct,
-                           traverse=traverse, workers=workers, progress=True)  # fmt: skip
+    table = write_encoding(
+        run,
+        source,
+        Path(latents_csv).parent,
+        reconstruct=reconstruct,
+        traverse=traverse,
+        workers=workers,
+        progress=True,
+    )
     for row in table.attrs["rejected"].itertuples():
         print(f"rejected {row.subject_id}: {row.file}: {row.reason}")
     return len(table)
@@ -108,7 +118,12 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
             mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
             with run.autocast():
                 x_hat = run.model.decode(mu)[0].float()
-            save_recon_panel(item["image"], x_hat, tmp / f"{item['subject_id']}.png", run.cfg.data.modalities,
-                             title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})")  # fmt: skip
+            save_recon_panel(
+                item["image"],
+                x_hat,
+                tmp / f"{item['subject_id']}.png",
+                run.cfg.data.modalities,
+                title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})",
+            )
     plot_loss_curves(RunDir(run.run_dir).logs, curves_png)
     return sorted(Path(panels_dir).glob("*.png"))
