@@ -85,17 +85,34 @@ def compare_experiments(
     table.index.name = "quantity"
     write_csv(table.reset_index(), out_csv)
 
+    text = _comparison_markdown(
+        table, runs, notes, provenance_lines, factor_files, traversed, out_md, out_csv
+    )
+    write_text(text, out_md)
+    return table
+
+
+def _comparison_markdown(
+    table: pd.DataFrame,
+    runs: Mapping[str, Mapping[str, str | os.PathLike[str]]],
+    notes: list[str],
+    provenance_lines: list[str],
+    factor_files: set[str],
+    traversed: set[int],
+    out_md: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+) -> str:
+    """summary.md: checkpoints, provenance, the latent-space, reconstruction and loss tables, traversals."""
     headline = [k for k in (*SCALARS, *RECON_SCALARS) if k in table.index]
     recon_rows = [k for k in table.index if k.startswith(("mse[", "psnr[", "ssim["))]
     loss_rows = [k for k in table.index if k.startswith("final ")]
-    names = list(columns)
+    names = list(table.columns)
 
     def md_table(rows: list[str]) -> list[str]:
         lines = ["| quantity | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| {k} | " + " | ".join(_fmt(table.at[k, n]) for n in names) + " |" for k in rows]
         return lines
 
-    out_dir = Path(out_md).parent
     lines = [
         f"# {' vs '.join(names)}",
         "",
@@ -125,8 +142,7 @@ def compare_experiments(
         f"## Traversals (the {'/'.join(str(n) for n in sorted(traversed))} dimensions with the largest KL)",
     ]
     for name, files in runs.items():
-        rel = os.path.relpath(files["traversals"], out_dir)
+        rel = os.path.relpath(files["traversals"], Path(out_md).parent)
         lines += [f"### {name}", f"![{name} traversals]({rel})", ""]
     lines.append(f"Every number, per factor and per dimension: `{Path(out_csv).name}`.")
-    write_text("\n".join(lines) + "\n", out_md)
-    return table
+    return "\n".join(lines) + "\n"

@@ -68,26 +68,29 @@ def write_encoding(
             _traversals(run, table, kept, traverse, tmp / "traversals")
         write_csv(table, tmp / "latents.csv")
         write_csv(rejected, tmp / "rejected.csv")
-        write_json(
-            {
-                "run_dir": str(run.run_dir.resolve()),
-                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-                "experiment": run.summary.get("experiment"),
-                "run_identity": run.identity(),
-                "preprocessing_contract": preprocessing_contract(run.cfg.data),
-                "source": str(source)
-                if isinstance(source, (str, os.PathLike))
-                else "a DataFrame or a list of folders",
-                "n_encoded": len(table),
-                "n_rejected": len(rejected),
-                "reconstructions": reconstruct,
-                "traversed_dims": traverse,
-                "device": str(run.device),
-                "seconds": round(time.perf_counter() - start, 1),
-            },
-            tmp / "encoding.json",
-        )
+        counts = {"n_encoded": len(table), "n_rejected": len(rejected)}
+        settings = {"reconstructions": reconstruct, "traversed_dims": traverse}
+        write_json(_record(run, source, counts, settings, time.perf_counter() - start), tmp / "encoding.json")
     return table
+
+
+def _record(
+    run: TrainedRun, source: Scans, counts: dict[str, int], settings: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """encoding.json: which run, checkpoint and preprocessing encoded what, how, where and how fast."""
+    named = str(source) if isinstance(source, (str, os.PathLike)) else "a DataFrame or a list of folders"
+    return {
+        "run_dir": str(run.run_dir.resolve()),
+        "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+        "experiment": run.summary.get("experiment"),
+        "run_identity": run.identity(),
+        "preprocessing_contract": preprocessing_contract(run.cfg.data),
+        "source": named,
+        **counts,
+        **settings,
+        "device": str(run.device),
+        "seconds": round(seconds, 1),
+    }
 
 
 def _reconstruct(

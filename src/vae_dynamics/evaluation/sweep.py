@@ -185,9 +185,8 @@ def summarize_sweep(
             missing.append(run)
     if not rows:
         raise FileNotFoundError(
-            f"no run of the sweep has an evaluation yet (looked for "
-            f"{results_dir}/<run>/evaluation/metrics.json "
-            f"for {len(runs)} runs)"
+            f"no run of the sweep has an evaluation yet (looked for {results_dir}/<run>/evaluation/"
+            f"metrics.json for {len(runs)} runs)"
         )
     keys = grid_keys(runs)
     table = pd.DataFrame(rows)
@@ -198,11 +197,17 @@ def summarize_sweep(
     plot_tradeoff(table, keys, out_dir / "tradeoff.png")
     plot_seeds(table, keys, out_dir / "seeds.png")
 
+    write_text(_summary_markdown(table, keys, len(runs), missing), out_dir / "summary.md")
+    return table
+
+
+def _summary_markdown(table: pd.DataFrame, keys: list[str], n_runs: int, missing: list[str]) -> str:
+    """summary.md: per grid point mean ± sd over seeds, every run, the two figures."""
     shown = [c for c in (*HEADLINE,) if c in table.columns]
     lines = [
         "# Sweep summary",
         "",
-        f"{len(rows)} of {len(runs)} runs evaluated; swept: {', '.join(keys) or 'seeds only'}; "
+        f"{len(table)} of {n_runs} runs evaluated; swept: {', '.join(keys) or 'seeds only'}; "
         f"seeds: {sorted({int(s) for s in table['train.seed'].dropna()}) if 'train.seed' in table else '–'}.",
         "Per grid point: mean ± sd over seeds (n = runs). Higher MIG, DCI and SAP are more disentangled; "
         "`val_mse_over_zero_predictor` < 1 reconstructs better than an all-zero image; `z_dependence` near 1 "
@@ -234,8 +239,7 @@ def summarize_sweep(
         "Per modality (MSE/PSNR/SSIM) and per run: `summary.csv`; mean/sd/n of every number: "
         "`summary_by_point.csv`.",
     ]
-    write_text("\n".join(lines) + "\n", out_dir / "summary.md")
-    return table
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:
