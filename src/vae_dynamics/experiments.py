@@ -31,6 +31,7 @@ from vae_dynamics.config.schema import (
     ExperimentConfig,
     Section,
     register_config_model,
+    section_model,
     variant_of,
 )
 from vae_dynamics.plugins import load_plugins
@@ -82,8 +83,7 @@ class Experiment:
 
     def loss_config(self, values: Mapping[str, Any]) -> Section:
         """The loss section of this experiment from plain values (a checkpoint's hyperparameters)."""
-        model: type[Section] = self.config_model.model_fields["loss"].annotation  # type: ignore[assignment]
-        return model.model_validate(dict(values))
+        return section_model(self.config_model, "loss").model_validate(dict(values))
 
     def warmup_epochs(self, loss: Section) -> int:
         """Epochs of the warmed-up β's linear warm-up (loss.<β>_annealing_epochs)."""

@@ -269,10 +269,17 @@ class Exp2Config(ExperimentConfig):
         return self
 
 
+def section_model(model: type[ExperimentConfig], section: str) -> type[Section]:
+    """The model of one section of an experiment's config model (its `model`, `loss`, ...)."""
+    annotation = model.model_fields[section].annotation
+    if not (isinstance(annotation, type) and issubclass(annotation, Section)):
+        raise TypeError(f"{model.__name__}.{section} is not a config section")
+    return annotation
+
+
 def variant_of(model: type[ExperimentConfig]) -> str:
     """The model.variant that selects an experiment's config model (its `Literal`)."""
-    variant_field = model.model_fields["model"].annotation.model_fields["variant"]  # type: ignore[union-attr]
-    (variant,) = get_args(variant_field.annotation)
+    (variant,) = get_args(section_model(model, "model").model_fields["variant"].annotation)
     return str(variant)
 
 
