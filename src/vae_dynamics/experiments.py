@@ -149,11 +149,6 @@ register(
 load_plugins()  # after the shipped ones: exp2 stays the first (the workflow's data section comes from it)
 
 
-def baseline() -> Experiment:
-    """The experiment the others are compared with (Exp1)."""
-    return next(e for e in EXPERIMENTS.values() if e.baseline)
-
-
 def get(key: str) -> Experiment:
     """The experiment named `key` (exp1, exp2, or its full name such as exp2_tcvae_sbd)."""
     for e in EXPERIMENTS.values():

@@ -13,6 +13,7 @@ lowest layer, so that config/ can load plugins without importing anything above 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from importlib.metadata import entry_points
@@ -30,8 +31,13 @@ class PluginError(ImportError):
 def plugin_modules() -> list[str]:
     """The plugin modules named by VAE_DYNAMICS_EXPERIMENTS, then by installed entry points."""
     named = [n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()]
-    installed = [ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
-    return list(dict.fromkeys([*named, *installed]))
+    return list(dict.fromkeys([*named, *_installed()]))
+
+
+@functools.cache
+def _installed() -> tuple[str, ...]:
+    # Read once per process: every config validation asks (a sweep validates each of its runs).
+    return tuple(ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def load_plugins() -> None:

@@ -32,6 +32,19 @@ CACHE_DIR = "results/cache/tensors"
 DEMO_DATA = "results/demo/data"
 
 
+def config_block(config: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A mapping block of the workflow config (overrides, sweep, encode); `--config 'key={...}'` passes it
+    as text, read as YAML."""
+    value = config.get(key) if isinstance(config, Mapping) else None
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
 def experiment_keys() -> list[str]:
     """The registered experiments (exp1, exp2, ...): the per-experiment blocks of `overrides` and `sweep`."""
     return list(experiments.EXPERIMENTS)
@@ -103,11 +116,8 @@ def data_sheet(config: Mapping[str, Any]) -> str | None:
 def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The workflow config's `encode` block: name -> {sheet or images, reconstruct, traverse}, checked
     (each target is results/<run>/encoded/<name>/latents.csv)."""
-    block = config.get("encode") or {}
-    if isinstance(block, str):  # `--config 'encode={...}'` may arrive as text
-        block = yaml.safe_load(block) or {}
     sets = {}
-    for name, spec in block.items():
+    for name, spec in config_block(config, "encode").items():
         # `--config` passes nested scalars as text: read them as YAML ("true" -> True, "2" -> 2)
         spec = {
             k: yaml.safe_load(v) if isinstance(v, str) and k not in ("sheet", "images") else v
@@ -144,10 +154,7 @@ def check_experiment_keys(config: Mapping[str, Any]) -> None:
     """Every experiment the workflow config names (experiments:, overrides.<exp>, sweep.<exp>) is
     registered."""
     keys = experiment_keys()
-    overrides = config.get("overrides") or {}
-    overrides = yaml.safe_load(overrides) or {} if isinstance(overrides, str) else overrides
-    sweep = config.get("sweep") or {}
-    sweep = yaml.safe_load(sweep) or {} if isinstance(sweep, str) else sweep
+    overrides, sweep = config_block(config, "overrides"), config_block(config, "sweep")
     named = {
         "experiments": list(config.get("experiments") or {}),
         "overrides": [k for k in overrides if "." not in k],
@@ -206,9 +213,7 @@ def sweep_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     `sweep.overrides` (dotted keys) apply to every sweep run, e.g. a shorter train.max_epochs.
     Every run's config is validated here, before any work; errors name the run and the key.
     """
-    sweep = config.get("sweep") or {}
-    if isinstance(sweep, str):
-        sweep = yaml.safe_load(sweep) or {}
+    sweep = config_block(config, "sweep")
     settings = dict(sweep.get("overrides") or {})
     for key in settings:
         if key in SHARED_DATA_KEYS:
