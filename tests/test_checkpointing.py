@@ -140,3 +140,35 @@ def test_checkpoints_follow_the_umask_like_every_other_artifact(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o664
+
+
+class _Planted:
+    """What a stranger could leave in a shared checkpoints/ folder: unpickling it runs a command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_checkpoint_is_never_unpickled_by_the_resume_checks(tmp_path):
+    marker = tmp_path / "ran"
+    planted = tmp_path / "checkpoints" / "epoch000-step000001.ckpt"
+    planted.parent.mkdir()
+    torch.save({**_ckpt(1), "callbacks": _Planted(str(marker))}, planted)
+    problem = checkpoint_problem(planted)
+    assert problem is not None and "UnpicklingError" in problem
+    with pytest.raises(DamagedCheckpointError, match="no other intact checkpoint"):
+        intact_resume_checkpoint(planted.parent)  # no last.ckpt: the planted file is the only candidate
+    assert not marker.exists()
+
+
+def test_no_code_of_the_package_unpickles_with_weights_only_false():
+    from pathlib import Path
+
+    import vae_dynamics
+
+    root = Path(vae_dynamics.__file__).parent
+    found = [str(p.relative_to(root)) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert found == []

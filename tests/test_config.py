@@ -122,6 +122,9 @@ def test_bad_values_name_the_key(override, key):
         ("data.spacing=[1.0, .nan, 1.0]", r"data\.spacing\[1\]: nan is not a finite number"),
         ("data.fov_mm=.inf", r"data\.fov_mm: inf is not a finite number"),
         ("data.cache_rate=.nan", r"data\.cache_rate: nan is not a finite number"),
+        # finite but absurd: 1 µm voxels ask for ~10^18 voxels, 1e308 mm for an infinite crop
+        ("data.spacing=[1e-6, 1e-6, 1e-6]", r"data\.spacing\[0\]: 1e-06 must lie in \[0\.25, 8\] mm"),
+        ("data.fov_mm=1e308", r"data\.fov_mm: 1e\+308 must lie in \[64, 512\] mm"),
     ],
 )
 def test_non_finite_and_negative_numbers_are_rejected_naming_key_and_value(override, message):

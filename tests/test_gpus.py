@@ -37,10 +37,11 @@ def test_two_jobs_on_a_two_gpu_machine_get_different_gpus_and_a_third_waits(tmp_
     first, second = _job(tmp_path, 1), _job(tmp_path, 1)
     a, b = first.stdout.readline().strip(), second.stdout.readline().strip()
     assert {a, b} == {"0", "1"}
-    third = _job(tmp_path, 1, hold=0)  # both GPUs busy: it waits until one is released
+    third = _job(tmp_path, 1, hold=0)  # both GPUs busy: it waits until one is released, and says so
     first.wait(), second.wait()
     assert third.stdout.readline().strip() in {"0", "1"}
     assert third.wait() == 0
+    assert "waiting for 1 free GPU(s): all of 0, 1 are held by other jobs" in third.stderr.read()
 
 
 def test_a_job_that_cannot_get_its_gpus_in_time_fails_clearly(tmp_path):

@@ -200,8 +200,98 @@ def test_a_sample_sheet_indexes_subjects_not_named_like_brats(demo_copy, tmp_pat
     why = rejected.set_index("subject_id")["reason"]
     assert why["site_a.1"].startswith("missing file (expected a path in the seg column")
     assert "nowhere/t2w.nii.gz" in why["site_a.2"]
-    assert "subject id must be" in why["../escape"]
+    assert "must be letters, digits" in why["../escape"]
     assert (tmp_path / "out" / "rejected.csv").is_file()
     pd.DataFrame(rows).drop(columns="t1n").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(SheetError, match="no column t1n"):
         index_subjects(None, tmp_path / "out2", progress=False, sheet=tmp_path / "bad.csv")
+
+
+def test_a_gzip_stream_damaged_mid_file_is_rejected_by_its_crc(demo_copy, tmp_path):
+    """64 zeroed bytes inside the compressed stream: nibabel reads the voxels without reaching the gzip
+    trailer (704,657 wrong voxels were accepted); the CRC check at the end of the stream catches it."""
+    sid = "BraTS-MEN-00000-000"
+    path = _path(demo_copy, sid, "t1c")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    _, rejected = index_subjects(demo_copy, tmp_path, progress=False)
+    reasons = dict(zip(rejected["subject_id"], rejected["reason"]))
+    assert "corrupt gzip stream" in reasons[sid] and set(rejected["file"]) == {path.name}
+
+
+def _subject(root, sid, volume, zooms=(1.0, 1.0, 1.0), dtype=np.float32):
+    """A subject folder whose four modalities are `volume` (seg all background)."""
+    folder = root / sid
+    folder.mkdir(parents=True)
+    affine = np.diag([*zooms, 1.0])
+    for key in ("t1c", "t1n", "t2f", "t2w"):
+        nib.save(nib.Nifti1Image(np.asarray(volume, dtype=dtype), affine), _path(root, sid, key))
+    nib.save(nib.Nifti1Image(np.zeros(np.shape(volume), np.uint8), affine), _path(root, sid, "seg"))
+
+
+def test_scans_that_are_empty_tiny_huge_once_resampled_or_beyond_float32_are_rejected_by_name(
+    demo_copy, tmp_path, caplog
+):
+    shape = (64, 64, 64)
+    cases = {
+        "BraTS-MEN-00100-000": (np.zeros(shape), {}, "no positive voxel"),
+        "BraTS-MEN-00101-000": (-np.ones(shape), {}, "no positive voxel"),
+        "BraTS-MEN-00102-000": (np.ones((2, 2, 2)), {}, "smaller than 32 mm"),
+        "BraTS-MEN-00103-000": (np.ones((100, 100, 100)), {"zooms": (10.0, 10.0, 10.0)}, "resampled"),
+        "BraTS-MEN-00104-000": (np.full(shape, 1e300), {"dtype": np.float64}, "non-finite image values as"),
+    }
+    for sid, (volume, kwargs, _) in cases.items():
+        _subject(demo_copy, sid, volume, **kwargs)
+    _subject(demo_copy, "BraTS-MEN-00105-000", np.full(shape, 5.0))  # constant: kept, with a warning
+    with caplog.at_level("WARNING"):
+        subjects, rejected = index_subjects(demo_copy, tmp_path, progress=False)
+    reasons = dict(zip(rejected["subject_id"], rejected["reason"]))
+    for sid, (_, _, why) in cases.items():
+        assert why in reasons[sid], (sid, reasons.get(sid))
+    assert "BraTS-MEN-00105-000" in set(subjects["subject_id"])
+    assert "BraTS-MEN-00105-000-t1c.nii.gz is constant" in caplog.text
+
+
+def test_subject_ids_stay_as_written_through_index_and_splits(demo_copy, tmp_path):
+    """Hospital ids such as 007 or 000123, and 1e3 or NA, must not become 7.0, 1000.0 or empty."""
+    from vae_dynamics.data import FILE_KEYS
+
+    ids = ["007", "1e3", "NA", "000123"]
+    subjects = sorted(p for p in demo_copy.iterdir() if p.is_dir())[: len(ids)]
+    rows = [
+        {"subject_id": sid, **{k: str(_path(demo_copy, s.name, k)) for k in FILE_KEYS}}
+        for sid, s in zip(ids, subjects)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "sheet.csv", index=False)
+    index_subjects(None, tmp_path / "index", progress=False, sheet=tmp_path / "sheet.csv")
+    train, val = make_splits(tmp_path / "index" / "subjects.csv", tmp_path / "splits", 0.25, seed=0)
+    written = [
+        line.split(",")[0]
+        for name in ("train.csv", "val.csv")
+        for line in (tmp_path / "splits" / name).read_text().splitlines()[1:]
+    ]
+    assert sorted(written) == sorted(ids) and sorted([*train["subject_id"], *val["subject_id"]]) == sorted(
+        ids
+    )
+
+
+@pytest.mark.parametrize("bad", ["", "ok..", "../x"])
+def test_one_subject_id_rule_for_sheets_and_splits(bad):
+    from vae_dynamics.data import subject_id_problem
+    from vae_dynamics.data.splits import check_subject_ids
+
+    assert subject_id_problem(bad) is not None
+    with pytest.raises(ValueError, match="cannot be file names"):
+        check_subject_ids(pd.DataFrame({"subject_id": ["A1", bad]}), "train.csv")
+
+
+@pytest.mark.parametrize("column", ["mu_0", "logvar_12", "checkpoint", "run_identity"])
+def test_a_sheet_column_that_collides_with_the_encodings_columns_is_refused(tmp_path, column):
+    from vae_dynamics.data.index import SheetError, find_scans
+
+    pd.DataFrame(
+        {"subject_id": ["a"], "t1c": ["x"], "t1n": ["x"], "t2f": ["x"], "t2w": ["x"], column: [1]}
+    ).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(SheetError, match=f"column\\(s\\) {column} would collide"):
+        find_scans(tmp_path / "s.csv")

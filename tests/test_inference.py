@@ -260,3 +260,119 @@ def test_the_readme_python_example_runs_as_written(trained, new_scans, tmp_path,
     exec(compile(block.group(1), "README.md", "exec"), scope)  # noqa: S102 - the documented example
     assert len(scope["codes"]) == 2 and tuple(scope["images"].shape) == (2, 4, 128, 128, 128)
     assert torch.isfinite(scope["images"]).all()
+
+
+# ---- what an encoding may write over, and what it rejects while encoding ------------------------------
+
+
+def test_encode_never_replaces_its_inputs_the_run_or_a_users_folder(trained, new_scans, tmp_path):
+    from vae_dynamics.io import OutputError
+
+    tmp, results = trained
+    run = load_run(results, "cpu")
+    before = sorted(p.name for p in new_scans.rglob("*"))
+    for out, why in (
+        (new_scans, "is the input"),
+        (new_scans / "codes", "lies inside the input"),
+        (new_scans.parent, "contains the input"),
+        (run.run_dir, "is the run directory"),
+    ):
+        with pytest.raises(OutputError, match=why):
+            write_encoding(run, new_scans, out, force=True)
+    assert sorted(p.name for p in new_scans.rglob("*")) == before
+    assert (run.run_dir / "checkpoints").is_dir()
+    subject = sorted(p for p in new_scans.iterdir() if p.is_dir())[0]
+    sheet = tmp_path / "sheets" / "scans.csv"  # a sheet whose scans live elsewhere
+    sheet.parent.mkdir()
+    row = {"subject_id": "p0", **{k: str(subject / f"{subject.name}-{k}.nii.gz") for k in MODALITIES}}
+    pd.DataFrame([row]).to_csv(sheet, index=False)
+    with pytest.raises(OutputError, match="lies inside the folder of a scan"):
+        write_encoding(run, sheet, subject / "codes")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("years of work")
+    with pytest.raises(OutputError, match=r"thesis\.docx.*--force"):
+        write_encoding(run, new_scans, mine)
+    assert (mine / "thesis.docx").read_text() == "years of work"
+    write_encoding(run, new_scans, tmp_path / "codes")
+    write_encoding(run, new_scans, tmp_path / "codes")  # its own earlier output is replaced
+    assert (tmp_path / "codes" / "latents.csv").is_file()
+
+
+def test_a_scan_whose_preprocessing_fails_or_whose_code_is_not_finite_is_rejected_and_the_rest_written(
+    trained, new_scans, tmp_path, monkeypatch
+):
+    _, results = trained
+    run = load_run(results, "cpu")
+    real_preprocessing, real_encode = run.preprocessing, run.encode_images
+    first, second = sorted(p.name for p in new_scans.iterdir() if p.is_dir())
+
+    class Failing:  # a transform that fails for one subject, as Spacingd did on a 31 GB resampling
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, item):
+            if item["subject_id"] == first:
+                raise MemoryError("cannot allocate 31 GB")
+            return self.inner(item)
+
+    monkeypatch.setattr(run, "preprocessing", lambda: Failing(real_preprocessing()))
+    table = write_encoding(run, new_scans, tmp_path / "a", panels=False)
+    rejected = pd.read_csv(tmp_path / "a" / "rejected.csv").set_index("subject_id")
+    assert list(table["subject_id"]) == [second]
+    assert "preprocessing failed: MemoryError: cannot allocate 31 GB" in rejected.loc[first, "reason"]
+    assert json.loads((tmp_path / "a" / "encoding.json").read_text())["n_rejected"] == 1
+
+    def nan_for_second(images):
+        mu, logvar = real_encode(images)
+        mu = mu.clone()
+        mu[-1] = float("nan")
+        return mu, logvar
+
+    monkeypatch.setattr(run, "preprocessing", real_preprocessing)
+    monkeypatch.setattr(run, "encode_images", nan_for_second)
+    table = write_encoding(run, new_scans, tmp_path / "b", panels=False, batch_size=2)
+    rejected = pd.read_csv(tmp_path / "b" / "rejected.csv").set_index("subject_id")
+    assert list(table["subject_id"]) == [first]
+    assert "code (μ or log σ²) is not finite" in rejected.loc[second, "reason"]
+
+
+@pytest.mark.parametrize("args", [["--traverse", "-2"], ["--batch-size", "0"], ["--workers", "-1"]])
+def test_bad_numbers_on_the_command_line_are_one_line_usage_errors(trained, new_scans, tmp_path, args):
+    tmp, _ = trained
+    cli = [sys.executable, "-m", "vae_dynamics.cli", "encode", "--run", str(tmp / "runs" / "exp2")]
+    done = subprocess.run(
+        [*cli, "--images", str(new_scans), "--out", str(tmp_path / "o"), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert re.search(rf"argument {args[0]}: must be >= \d, got -?\d", done.stderr), done.stderr
+
+
+def test_a_truncated_checkpoint_at_inference_is_named_in_one_line(trained, tmp_path):
+    tmp, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(tmp / "runs" / "exp2", copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4000])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_dynamics.cli",
+            "encode",
+            "--run",
+            str(last),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{last}: cannot be read as a checkpoint" in done.stderr

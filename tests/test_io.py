@@ -91,3 +91,80 @@ def test_leftovers_of_killed_writers_are_found_by_name_and_nothing_else(tmp_path
         path.write_text("keep")
     assert sorted(io.remove_leftovers(run)) == sorted(leftovers)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in leftovers)
+
+
+# ---- output folders the user names (encode --out, evaluate --out, the panels) -------------------------
+
+
+def _write(path, command="encode", **kwargs):
+    with io.output_dir(path, command, **kwargs) as tmp:
+        (tmp / "latents.csv").write_text("subject_id\nA\n")
+
+
+def test_an_output_folder_holding_a_users_file_is_refused_naming_it_and_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(io.OutputError, match=r"notes\.txt.*--force"):
+        _write(out)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "latents.csv").exists()
+    _write(out, force=True)  # the user says so
+    assert sorted(p.name for p in out.iterdir()) == [io.OUTPUT_MARKER, "latents.csv"]
+
+
+def test_an_empty_folder_or_the_commands_own_output_is_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    _write(out)
+    marker = json.loads((out / io.OUTPUT_MARKER).read_text())
+    assert marker == {"command": "encode", "entries": ["latents.csv"]}
+    _write(out)  # a rerun of the same command
+    with pytest.raises(io.OutputError, match="latents.csv"):  # another command's output is not its own
+        _write(out, "evaluate")
+    (out / "extra.nii.gz").write_text("x")  # the user added a file to an earlier output
+    with pytest.raises(io.OutputError, match=r"extra\.nii\.gz"):
+        _write(out)
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "contains"])
+def test_an_output_folder_that_is_contains_or_lies_in_an_input_is_refused_even_with_force(tmp_path, where):
+    scans = tmp_path / "scans"
+    (scans / "s1").mkdir(parents=True)
+    (scans / "s1" / "t1c.nii.gz").write_text("scan")
+    out = {"equal": scans, "inside": scans / "codes", "contains": tmp_path}[where]
+    relation = {"equal": "is", "inside": "lies inside", "contains": "contains"}[where]
+    with pytest.raises(io.OutputError, match=f"{relation} the input"):
+        _write(out, protected={"the input": [scans]}, force=True)
+    assert (scans / "s1" / "t1c.nii.gz").read_text() == "scan"
+
+
+def test_a_second_writer_of_an_output_folder_fails_at_once(tmp_path):
+    out = tmp_path / "out"
+    with io.output_dir(out, "encode"), pytest.raises(io.BusyError, match="being written by another command"):
+        _write(out)
+
+
+def test_a_killed_writers_hidden_folder_beside_the_output_is_removed(tmp_path):
+    leftover = tmp_path / ".out.0123456789ab.tmp"
+    leftover.mkdir()
+    (leftover / "latents.csv").write_text("half")
+    unrelated = tmp_path / ".other.0123456789ab.tmp"
+    unrelated.mkdir()
+    _write(tmp_path / "out")
+    assert not leftover.exists() and unrelated.exists()
+
+
+def test_a_file_system_without_flock_gets_a_clear_message(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    message = r"does not support flock.*Lustre mounted with -o flock"
+    with (
+        pytest.raises(io.LockUnsupportedError, match=message),
+        io.exclusive_lock(tmp_path / "x.lock", "busy"),
+    ):
+        pass

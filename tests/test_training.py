@@ -431,3 +431,43 @@ def test_evaluation_and_encoding_import_no_lightning():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("key", [{"data.gpu_cache": True}, {"train.accelerator": "gpu"}])
+def test_a_start_asking_for_hardware_this_machine_lacks_writes_nothing(tmp_path, key):
+    from vae_dynamics.config import ConfigError
+
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp_path, **key)
+    with pytest.raises(ConfigError, match=f"{next(iter(key))}: .*needs"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fresh_start_after_a_failed_start_derives_splits_and_contract_anew(
+    demo_root, tmp_path, monkeypatch
+):
+    """A start that failed after writing splits/ and preprocessing.json must not hand them to the next
+    fresh start (another data root and spacing trained on the old subjects, and inference then refused
+    the run). The relative cache folder is written absolute, and the leftover removal reaches train.log."""
+    run_dir = tmp_path / "run"
+    (run_dir / "splits").mkdir(parents=True)
+    for name in ("train.csv", "val.csv"):
+        (run_dir / "splits" / name).write_text("subject_id,t1c,t1n,t2f,t2w,seg\nOLD-1,a,b,c,d,e\n")
+    (run_dir / "preprocessing.json").write_text(json.dumps({"fov_mm": 200.0}))
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / ".last.ckpt.0123456789ab.partial").write_bytes(b"x")
+    cfg = small_exp_config(
+        "exp2_tcvae_sbd",
+        tmp_path,
+        **{"train.max_epochs": 1, "data.root_dir": str(demo_root), "data.cache_dir": "cache"},
+    )
+    monkeypatch.chdir(tmp_path)  # the relative cache folder lies here
+    train(cfg, run_dir)
+    ids = {*pd.read_csv(run_dir / "splits" / "train.csv")["subject_id"]}
+    ids |= {*pd.read_csv(run_dir / "splits" / "val.csv")["subject_id"]}
+    assert "OLD-1" not in ids and ids == {p.name for p in demo_root.iterdir() if p.is_dir()}
+    assert json.loads((run_dir / "preprocessing.json").read_text())["fov_mm"] == 192.0
+    saved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    assert saved["data"]["cache_dir"] == str(tmp_path / "cache")
+    assert "removed the leftover of an interrupted write" in (run_dir / "train.log").read_text()

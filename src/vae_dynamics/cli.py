@@ -33,6 +33,22 @@ from vae_dynamics import __version__
 from vae_dynamics.evaluation import N_TRAVERSED
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum (a usage error, not a traceback, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -146,6 +162,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=True,
+            force=args.force,
         )
     rejected = table.attrs["rejected"]
     for row in rejected.itertuples():
@@ -164,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from vae_dynamics.evaluation.evaluate import evaluate_run
 
     metrics = evaluate_run(
-        args.summary, args.latents, args.factors, args.out, args.device, args.traversed_dims
+        args.summary, args.latents, args.factors, args.out, args.device, args.traversed_dims, args.force
     )
     print(json.dumps({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
 
@@ -266,9 +283,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
-    p.add_argument("--n-subjects", type=int, default=8)
+    p.add_argument("--n-subjects", type=_count(1), default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_count(1), default=1)
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -276,7 +293,7 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--root", help="BraTS-MEN training folder")
     source.add_argument("--sheet", help="sample sheet (.csv/.tsv): subject_id, t1c, t1n, t2f, t2w, seg")
     p.add_argument("--out-dir", required=True, help="where subjects.csv and rejected.csv are written")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_count(1), default=1)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -292,7 +309,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", required=True, help="folder with train.csv and val.csv")
     p.add_argument("--cache-dir", help="cache root (default: data.cache_dir of the config)")
     p.add_argument("--manifest", required=True, help="manifest JSON to write")
-    p.add_argument("--workers", type=int, default=1, help="subjects preprocessed in parallel")
+    p.add_argument("--workers", type=_count(1), default=1, help="subjects preprocessed in parallel")
 
 
 def _encode_args(p: argparse.ArgumentParser) -> None:
@@ -317,21 +334,26 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--traverse",
-        type=int,
+        type=_count(0),
         default=0,
         metavar="K",
         help="also draw the K dimensions of largest KL around each scan's code",
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--batch-size", type=_count(1), default=8)
+    p.add_argument("--workers", type=_count(0), default=0, help="data loader worker processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never an input folder)",
+    )
 
 
 def _factors_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", required=True, help="subjects.csv written by `vae-dynamics index`")
     p.add_argument("--out", required=True, help="factors CSV to write")
     p.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_count(1), default=1)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -341,8 +363,13 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="evaluation folder to write")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never an input folder)",
+    )
+    p.add_argument(
         "--traversed-dims",
-        type=int,
+        type=_count(1),
         metavar="N",
         default=N_TRAVERSED,
         help="dimensions drawn as traversals, largest KL first (6 decodes at 128³ each)",
@@ -415,8 +442,16 @@ SUBCOMMANDS: list[Subcommand] = [
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that carry a message for the user (a traceback would add nothing)."""
     from vae_dynamics.config import ConfigError
+    from vae_dynamics.io import BusyError, LockUnsupportedError, OutputError
 
-    errors: list[type[BaseException]] = [ConfigError, UsageError, FileNotFoundError]
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        UsageError,
+        FileNotFoundError,
+        OutputError,
+        BusyError,
+        LockUnsupportedError,
+    ]
     if "vae_dynamics.training.run" in sys.modules:
         from vae_dynamics.training.checkpointing import DamagedCheckpointError
         from vae_dynamics.training.run_dir import ResumeError
@@ -428,9 +463,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
         errors += [NoValidSubjectsError, SheetError]
     if "vae_dynamics.inference" in sys.modules:
-        from vae_dynamics.inference import ContractMismatchError
+        from vae_dynamics.inference import ContractMismatchError, DamagedCheckpointFileError
 
-        errors.append(ContractMismatchError)
+        errors += [ContractMismatchError, DamagedCheckpointFileError]
     return tuple(errors)
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -76,6 +78,9 @@ def _try_all(folder: Path, gpus: list[str], n: int) -> list[tuple[str, int]]:
     return held
 
 
+WAIT_NOTICE_S = 300.0  # how often a wait for a GPU is reported
+
+
 @contextlib.contextmanager
 def claim_gpus(n: int, wait_s: float = 24 * 3600, poll_s: float = 2.0) -> Iterator[list[str]]:
     """Hold n GPUs of this machine for the block (CUDA_VISIBLE_DEVICES); yield their indices."""
@@ -86,10 +91,20 @@ def claim_gpus(n: int, wait_s: float = 24 * 3600, poll_s: float = 2.0) -> Iterat
     if n > len(gpus):
         raise RuntimeError(f"{n} GPU(s) asked for, this machine has {len(gpus)} ({', '.join(gpus)})")
     folder = lock_dir()
-    deadline = time.monotonic() + wait_s
+    start = time.monotonic()
+    said = -math.inf
     while not (held := _try_all(folder, gpus, n)):
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if waited > wait_s:
             raise TimeoutError(f"waited {wait_s:.0f} s for {n} free GPU(s) of {gpus}; locks in {folder}")
+        if waited - said >= WAIT_NOTICE_S:  # at once, then every few minutes: a wait is never silent
+            said = waited
+            message = (
+                f"waiting for {n} free GPU(s): all of {', '.join(gpus)} are held by other jobs of this user "
+                f"(locks in {folder}); waited {waited:.0f} s of at most {wait_s:.0f} s"
+            )
+            log.warning(message)
+            print(message, file=sys.stderr, flush=True)
         time.sleep(poll_s)
     try:
         chosen = [g for g, _ in held]

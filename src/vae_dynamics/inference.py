@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
 Scans = str | os.PathLike | pd.DataFrame | Sequence[str | os.PathLike]  # a sheet, a folder, folders
+
+
+class DamagedCheckpointFileError(RuntimeError):
+    """The checkpoint chosen for inference cannot be read."""
 
 
 class ContractMismatchError(RuntimeError):
@@ -135,7 +140,9 @@ class TrainedRun:
         every subject is checked as indexing checks it; the rejected ones are named with their reason."""
         from vae_dynamics.data.index import find_scans
 
-        valid, rejected = find_scans(source, self.modalities, require_seg=False, workers=workers)
+        valid, rejected = find_scans(
+            source, self.modalities, require_seg=False, workers=workers, spacing=self.cfg.data.spacing
+        )
         for row in rejected.itertuples():
             log.warning("rejected %s: %s: %s", row.subject_id, row.file, row.reason)
         return valid, rejected
@@ -145,7 +152,7 @@ class TrainedRun:
     ) -> Iterator[list[dict]]:
         """Batches (lists) of preprocessed items: subject_id, image (an invertible MetaTensor [4, 128³]),
         intensity_scale, seg when the scan has one; loaded by `workers` processes."""
-        from monai.data import DataLoader, Dataset
+        from monai.data import DataLoader
 
         keys = [*self.modalities, SEG_KEY]
         records = [
@@ -153,7 +160,7 @@ class TrainedRun:
             for r in scans.to_dict("records")
         ]
         loader = DataLoader(
-            Dataset(records, self.preprocessing()),
+            _RejectingDataset(records, self.preprocessing()),  # type: ignore[arg-type]  # a map-style dataset
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
@@ -172,10 +179,11 @@ class TrainedRun:
         (rejected scans are logged and listed in `table.attrs["rejected"]`)."""
         self.check_contract()
         valid, rejected = self.scans(source, workers=max(1, workers))
-        rows = []
-        for batch in self._batches(valid, batch_size, workers, progress):
+        rows: list[dict[str, Any]] = []
+        late: list[dict[str, str]] = []
+        for batch in self._batches(valid, batch_size, workers, progress, late):
             rows.extend(code_rows(batch))
-        return self._table(valid, rows, rejected)
+        return self._table(valid, rows, with_rejections(rejected, late))
 
     def decode(self, codes: pd.DataFrame | torch.Tensor | np.ndarray, batch_size: int = 4) -> torch.Tensor:
         """Volumes [n, 4, 128³] (float32, CPU) decoded from codes: a latents table (its mu_* columns),
@@ -198,18 +206,49 @@ class TrainedRun:
     # ---- internals -----------------------------------------------------------------------------------
 
     def _batches(
-        self, valid: pd.DataFrame, batch_size: int, workers: int, progress: bool
+        self,
+        valid: pd.DataFrame,
+        batch_size: int,
+        workers: int,
+        progress: bool,
+        rejected: list[dict[str, str]],
     ) -> Iterator[list[dict[str, Any]]]:
-        """Preprocessed batches with μ, log σ² (and the images) of each item, with progress lines."""
+        """Preprocessed batches with μ, log σ² (and the images) of each item, with progress lines. A scan
+        whose preprocessing fails or whose code is not finite is left out and appended to `rejected`."""
         import torch
 
+        first_file = {
+            str(r["subject_id"]): Path(str(r[self.modalities[0]])).name for _, r in valid.iterrows()
+        }
+
+        def reject(item: dict[str, Any], reason: str) -> None:
+            sid = str(item["subject_id"])
+            log.warning("rejected %s: %s", sid, reason)
+            rejected.append({"subject_id": sid, "file": first_file.get(sid, ""), "reason": reason})
+
         done, start = 0, time.perf_counter()
-        for batch in self.preprocessed(valid, batch_size, workers):
+        for loaded in self.preprocessed(valid, batch_size, workers):
+            batch = []
+            for item in loaded:
+                if "error" in item:
+                    reject(item, item["error"])
+                elif not torch.isfinite(item["image"].as_tensor()).all():
+                    reject(item, "non-finite values after preprocessing (beyond float32's range?)")
+                else:
+                    batch.append(item)
+            done += len(loaded)
+            if not batch:
+                continue
             images = torch.stack([item["image"].as_tensor() for item in batch])
             mu, logvar = self.encode_images(images)
-            for item, m, lv in zip(batch, mu, logvar):
+            finite = torch.isfinite(mu).all(1) & torch.isfinite(logvar).all(1)
+            for item, m, lv, ok in zip(batch, mu, logvar, finite):
                 item["mu"], item["logvar"] = m, lv
-            done += len(batch)
+                if not ok:
+                    reject(item, "the model's code (μ or log σ²) is not finite for this scan")
+            batch = [item for item, ok in zip(batch, finite) if ok]
+            if not batch:
+                continue
             message = (
                 f"encoded {done}/{len(valid)} scans on {self.device} ({time.perf_counter() - start:.1f} s)"
             )
@@ -219,13 +258,42 @@ class TrainedRun:
             yield batch
 
     def _table(self, valid: pd.DataFrame, rows: list[dict], rejected: pd.DataFrame) -> pd.DataFrame:
-        codes = pd.DataFrame(rows)
+        codes = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["subject_id"])
         extra = [c for c in valid.columns if c not in ("subject_id", *self.modalities, SEG_KEY)]
         table = valid[["subject_id", *extra]].merge(codes, on="subject_id", how="inner", validate="1:1")
         table["checkpoint"] = str(self.checkpoint) if self.checkpoint else ""
         table["run_identity"] = self.identity()
         table.attrs["rejected"] = rejected
         return table
+
+
+class _RejectingDataset:
+    """MONAI's preprocessing of one scan per item; a scan whose preprocessing fails becomes
+    {subject_id, error} instead of stopping every other scan's encoding."""
+
+    def __init__(self, records: list[dict[str, Any]], transform: Compose) -> None:
+        self.records, self.transform = records, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        try:
+            return self.transform(dict(record))
+        except Exception as exc:  # noqa: BLE001 - any failure is this scan's rejection reason
+            cause = exc.__cause__ or exc  # MONAI wraps a transform's error in "applying transform ..."
+            return {
+                "subject_id": record["subject_id"],
+                "error": f"preprocessing failed: {type(cause).__name__}: {cause}",
+            }
+
+
+def with_rejections(rejected: pd.DataFrame, late: list[dict[str, str]]) -> pd.DataFrame:
+    """The checks' rejections followed by those found while encoding (preprocessing, non-finite codes)."""
+    if not late:
+        return rejected
+    return pd.concat([rejected, pd.DataFrame(late, columns=rejected.columns)], ignore_index=True)
 
 
 def mu_columns(table: pd.DataFrame, prefix: str = "mu_") -> list[str]:
@@ -347,7 +415,13 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
         "best_checkpoint": os.path.relpath(checkpoint, run_dir),
     }
     # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
-    state_dict = torch.load(checkpoint, map_location=device, weights_only=True)["state_dict"]
+    try:
+        state_dict = torch.load(checkpoint, map_location=device, weights_only=True)["state_dict"]
+    except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as exc:
+        raise DamagedCheckpointFileError(
+            f"{checkpoint}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); it may be "
+            "truncated or not a checkpoint of this package"
+        ) from None
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     model = experiment.model_cls()(**experiment.model_kwargs(cfg))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
 import re
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +91,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        fsync_tree(tmp)
         old = unique_sibling(path, "old")
         had_old = path.exists()
         if had_old:
             os.replace(path, old)
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                fsync_file(file)
         try:
             os.replace(tmp, path)
         except OSError as exc:
@@ -108,6 +108,149 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Persist every file and folder below `folder`, and the folder itself (before it is renamed)."""
+    for item in sorted(folder.rglob("*"), reverse=True):  # deepest first
+        if item.is_file():
+            fsync_file(item)
+        elif item.is_dir():
+            fsync_dir(item)
+    fsync_dir(folder)
+
+
+class LockUnsupportedError(OSError):
+    """The file system refuses flock (e.g. Lustre mounted without `flock`)."""
+
+
+# errno values of a file system that has no flock: Linux's ENOSYS/ENOLCK, and EOPNOTSUPP on some FUSEs.
+NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, busy: str) -> Iterator[int]:
+    """Hold an exclusive flock on `lock_file` (created if missing); yield its descriptor.
+
+    Raise BusyError(`busy` + who holds it) at once if another process holds it, and LockUnsupportedError
+    if the file system has no flock. The kernel releases the lock when the process dies.
+    """
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
+        os.close(fd)
+        raise BusyError(f"{busy} ({holder})") from None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in NO_FLOCK:
+            raise LockUnsupportedError(
+                exc.errno,
+                f"{lock_file.parent}: this file system does not support flock ({os.strerror(exc.errno)}); "
+                "put it on a file system that does (a local disk, NFSv4, or Lustre mounted with -o flock)",
+            ) from None
+        raise
+    try:
+        import socket
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started {stamp}\n".encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)  # releases the flock
+
+
+class BusyError(RuntimeError):
+    """Another process holds the lock."""
+
+
+class OutputError(ValueError):
+    """An output folder that may not be written: it is an input, or it holds files of the user's."""
+
+
+# Written into every output folder of a command (encode, evaluate, export): which command wrote it and
+# which entries are its own. Only such a folder, or an empty one, is replaced without --force.
+OUTPUT_MARKER = ".vae_dynamics-output.json"
+# What an output folder must stay clear of: a label ("the input", "the run directory") -> its paths.
+Protected = Mapping[str, Sequence[str | os.PathLike[str]]]
+
+
+def _relation(out: Path, other: Path) -> str | None:
+    if out == other:
+        return "is"
+    if out.is_relative_to(other):
+        return "lies inside"
+    if other.is_relative_to(out):
+        return "contains"
+    return None
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    command: str,
+    protected: Protected | None = None,
+    force: bool = False,
+) -> None:
+    """Refuse an output folder that equals, contains or lies inside a protected path (an input folder, a
+    scan's folder, the run directory; even with `force`), and, unless `force`, an existing folder that
+    holds entries a previous `command` did not write."""
+    out = Path(path).resolve()
+    for label, paths in (protected or {}).items():
+        for other in paths:
+            relation = _relation(out, Path(other).resolve())
+            if relation:
+                raise OutputError(
+                    f"output folder {path} {relation} {label} {other}: writing it would replace or mix with "
+                    "the inputs; choose another folder"
+                )
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise OutputError(f"output folder {path} exists and is not a folder; choose another path")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or force:
+        return
+    own: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        marker = json.loads((out / OUTPUT_MARKER).read_text())
+        if marker.get("command") == command:
+            own = {OUTPUT_MARKER, *marker.get("entries", [])}
+    foreign = [e for e in entries if e not in own]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"output folder {path} holds entries that `{command}` did not write ({shown}); it would replace "
+            "them. Choose an empty or new folder, or pass --force to replace the folder whole"
+        )
+
+
+@contextlib.contextmanager
+def output_dir(
+    path: str | os.PathLike[str],
+    command: str,
+    protected: Protected | None = None,
+    force: bool = False,
+) -> Iterator[Path]:
+    """atomic_dir for a folder the user names: checked first (check_output_dir), written under a lock
+    (a second writer of the same folder fails at once), leftovers of a killed writer removed, and marked
+    with OUTPUT_MARKER so that the next run of `command` may replace it."""
+    path = Path(path)
+    check_output_dir(path, command, protected, force)
+    lock = path.with_name(f".{path.name}.lock")
+    with exclusive_lock(lock, f"{path} is being written by another command"):
+        for item in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+            if LEFTOVER.fullmatch(item.name):
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        check_output_dir(path, command, protected, force)  # again, now that no other writer can start
+        with atomic_dir(path) as tmp:
+            yield tmp
+            entries = sorted(p.name for p in tmp.iterdir())
+            (tmp / OUTPUT_MARKER).write_text(json.dumps({"command": command, "entries": entries}) + "\n")
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:

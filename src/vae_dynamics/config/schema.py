@@ -92,9 +92,10 @@ class DataConfig(Section):
         list[StrictInt],
         check(lambda v: v == [128, 128, 128], "must be [128, 128, 128] (the model input size)"),
     ] = Field(description="model input size in voxels (fixed)")
-    spacing: Annotated[list[Positive], Field(min_length=3, max_length=3)] = Field(
-        description="voxel size, mm"
-    )
+    spacing: Annotated[
+        list[Annotated[Number, check(lambda v: 0.25 <= v <= 8, "must lie in [0.25, 8] mm")]],
+        Field(min_length=3, max_length=3),
+    ] = Field(description="voxel size, mm")
     orientation: Annotated[StrictStr, check(lambda v: v == "RAS", "must be 'RAS'")]
     batch_size: PositiveInt = Field(
         description="batch of ONE device (the global batch is devices·nodes·this)"
@@ -107,7 +108,9 @@ class DataConfig(Section):
         description="share of the subjects held out for validation"
     )
     cache_dir: StrictStr = Field("experiments/cache", description="persistent cache of preprocessed tensors")
-    fov_mm: Positive = Field(192.0, description="field of view cropped around the head before resizing, mm")
+    fov_mm: Annotated[Number, check(lambda v: 64 <= v <= 512, "must lie in [64, 512] mm")] = Field(
+        192.0, description="field of view cropped around the head before resizing, mm"
+    )
     gpu_cache: AutoOrBool = Field(
         "auto",
         description="hold the training split on the GPU (float16); auto = when CUDA is used and it fits",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import monai
-import pandas as pd
 import torch
 from monai.data import PersistentDataset
 from torch.utils.data import Dataset
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from vae_dynamics.config.identity import CONTRACT_KEYS
 from vae_dynamics.config.schema import DataConfig
-from vae_dynamics.data import FILE_KEYS
+from vae_dynamics.data import FILE_KEYS, read_subject_table
 from vae_dynamics.data.transforms import transforms_from_config
 from vae_dynamics.io import atomic_path, write_json
 from vae_dynamics.parallel import map_in_processes
@@ -117,7 +116,7 @@ class AtomicPersistentDataset(PersistentDataset):
 
 def subject_records(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """Rows of a subjects/split CSV as MONAI data dicts (subject_id + one path per file key)."""
-    df = pd.read_csv(csv_path, dtype=str)
+    df = read_subject_table(csv_path)
     missing = [c for c in ("subject_id", *FILE_KEYS) if c not in df.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing columns {missing}")

@@ -8,6 +8,7 @@ vae-dynamics index --sheet subjects.tsv --out-dir results/index
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,17 +19,23 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS, SUBJECT_ID_PATTERN
+from vae_dynamics.data import FILE_KEYS, MODALITIES, SEG_KEY, SEG_LABELS, subject_id_problem
 from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import map_in_processes
+
+log = logging.getLogger(__name__)
 
 SUBJECT_DIR = re.compile(r"BraTS-[A-Za-z]+-\d+-\d+")  # used with fullmatch ($ accepts a trailing newline)
 # A volume above this many voxels is rejected from its header, before it is read (BraTS: 240·240·155 =
 # 8.9 M); reading a huge file would exhaust a pool worker's memory and fail the whole index.
 MAX_VOXELS = 2**28
+# A scan smaller than this along any axis (mm) is no head: a 2×2×2 test volume, a single slice.
+MIN_EXTENT_MM = 32.0
 SUBJECT_COLUMNS = ["subject_id", *FILE_KEYS]
 REJECTED_COLUMNS = ["subject_id", "file", "reason"]
 SHEET_SUFFIXES = (".csv", ".tsv", ".tab")
+# Columns an encoding adds to latents.csv beside mu_<k>/logvar_<k>: a sheet may not bring its own.
+OUTPUT_COLUMNS = ("checkpoint", "run_identity")
 
 
 class NoValidSubjectsError(RuntimeError):
@@ -55,8 +62,11 @@ def subject_files(subject_dir: Path, keys: Sequence[str] = FILE_KEYS) -> dict[st
     return files
 
 
-def header_problem(shape: tuple[int, ...], affine: np.ndarray | None) -> str | None:
-    """Why a NIfTI header cannot be a subject's volume (None if it can), checked before reading data."""
+def header_problem(
+    shape: tuple[int, ...], affine: np.ndarray | None, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> str | None:
+    """Why a NIfTI header cannot be a subject's volume (None if it can), checked before reading data:
+    its shape, affine, physical extent, and the size of its resampling to `spacing` (mm)."""
     if len(shape) != 3:
         return f"expected a 3D volume, got shape {tuple(shape)}"
     if min(shape) < 1:
@@ -70,6 +80,51 @@ def header_problem(shape: tuple[int, ...], affine: np.ndarray | None) -> str | N
     det = float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))
     if abs(det) < 1e-6:
         return f"singular affine (voxel volume {abs(det):.3g} mm³): the voxels have no extent in space"
+    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    extent = np.asarray(shape, dtype=float) * zooms
+    if extent.min() < MIN_EXTENT_MM:
+        return (
+            f"field of view {' × '.join(f'{e:.0f}' for e in extent)} mm is smaller than "
+            f"{MIN_EXTENT_MM:.0f} mm along an axis: not a head scan"
+        )
+    resampled = np.ceil(extent / np.asarray(spacing, dtype=float))
+    if float(np.prod(resampled)) > MAX_VOXELS:
+        return (
+            f"resampled to {tuple(float(v) for v in spacing)} mm it would have "
+            f"{' × '.join(str(int(v)) for v in resampled)} voxels (more than {MAX_VOXELS}): voxel size "
+            f"{' × '.join(f'{z:.3g}' for z in zooms)} mm in the header"
+        )
+    return None
+
+
+def gzip_problem(path: Path) -> str | None:
+    """Why a .nii.gz file's gzip stream is damaged (None if it is intact or not gzipped): decompressed to
+    its end, so that the CRC and length in its trailer are checked (nibabel stops before the trailer)."""
+    import gzip
+    import zlib
+
+    if not path.name.endswith(".gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+        name = type(exc).__name__
+        return f"unreadable: corrupt gzip stream ({name}: {exc}): the file is damaged or truncated"
+    return None
+
+
+def image_problem(data: np.ndarray) -> str | None:
+    """Why image values cannot be preprocessed (None if they can): non-finite once cast to float32, as
+    preprocessing reads them, or no positive voxel (the foreground is the positive part)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows float32 is reported below
+        values = data.astype(np.float32, copy=False)
+    finite = np.isfinite(values)
+    if not finite.all():
+        return f"{int((~finite).sum())} non-finite image values as float32 (NaN/inf, or beyond its range)"
+    if not (values > 0).any():
+        return "no positive voxel (an empty or all-negative image)"
     return None
 
 
@@ -79,13 +134,19 @@ def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
 
 
 def validate_files(
-    sid: str, files: Mapping[str, Path | None], where: str, expected: Mapping[str, str] | None = None
+    sid: str,
+    files: Mapping[str, Path | None],
+    where: str,
+    expected: Mapping[str, str] | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[dict | None, dict | None]:
     """The checks of SPEC §3 on one subject's files: (row, None) if valid, else (None, rejection).
 
     `files`: key -> path (None: missing) for every modality and, when given, seg; every file must be
-    present, readable to its end, 3D with a usable affine, of the first file's shape and affine, with
-    finite image values and seg labels in SEG_LABELS. `where` and `expected` (key -> the name that was
+    present, readable to its end (its gzip stream intact), 3D with a usable affine, at least MIN_EXTENT_MM
+    across and not above MAX_VOXELS once resampled to `spacing`, of the first file's shape and affine, with
+    image values finite in float32 and some positive, and seg labels in SEG_LABELS. A constant image
+    channel is logged as a warning. `where` and `expected` (key -> the name that was
     expected) make the "missing file" reason say where the file was looked for.
     """
 
@@ -94,12 +155,9 @@ def validate_files(
         name = path.name if path else (expected or {}).get(key, f"{sid}-{key}.nii.gz")
         return None, {"subject_id": sid, "file": name, "reason": reason}
 
-    if not re.fullmatch(SUBJECT_ID_PATTERN, sid):
-        return None, {
-            "subject_id": sid,
-            "file": "",
-            "reason": ("subject id must be letters, digits, '.', '_' or '-' (it names output files)"),
-        }
+    id_problem = subject_id_problem(sid)
+    if id_problem:
+        return None, {"subject_id": sid, "file": "", "reason": id_problem}
     present: dict[str, Path] = {}
     for key, path in files.items():
         if path is None:
@@ -112,7 +170,7 @@ def validate_files(
             img = load_image(path)  # the header only
         except Exception as exc:  # noqa: BLE001 - any read failure is a rejection reason
             return reject(key, f"unreadable: {type(exc).__name__}: {exc}")
-        problem = header_problem(img.shape, img.affine)
+        problem = header_problem(img.shape, img.affine, spacing) or gzip_problem(path)
         if problem:
             return reject(key, problem)
         try:
@@ -130,18 +188,23 @@ def validate_files(
             bad = sorted(set(labels.tolist()) - set(SEG_LABELS))
             if bad:
                 return reject(key, f"unexpected seg labels {bad} (allowed {list(SEG_LABELS)})")
-        elif np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            n_bad = int((~np.isfinite(data)).sum())
-            return reject(key, f"{n_bad} non-finite image values (NaN/inf)")
+        else:
+            problem = image_problem(np.asarray(data))
+            if problem:
+                return reject(key, problem)
+            if float(np.min(data)) == float(np.max(data)):
+                log.warning("%s: %s is constant (%g everywhere)", sid, path.name, float(np.min(data)))
     return {"subject_id": sid, **{k: str(p.resolve()) for k, p in present.items()}}, None
 
 
-def validate_subject(subject_dir: Path, require_seg: bool = True) -> tuple[dict | None, dict | None]:
+def validate_subject(
+    subject_dir: Path, require_seg: bool = True, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> tuple[dict | None, dict | None]:
     """validate_files on a BraTS subject folder (seg may be absent when not `require_seg`)."""
     files = subject_files(subject_dir)
     if not require_seg and files[SEG_KEY] is None:
         del files[SEG_KEY]
-    return validate_files(subject_dir.name, files, str(subject_dir))
+    return validate_files(subject_dir.name, files, str(subject_dir), spacing=spacing)
 
 
 # ---- sample sheets ---------------------------------------------------------------------------------------
@@ -194,6 +257,12 @@ def sheet_records(
             f"{', seg' if require_seg else ' and optionally seg'}; columns: {list(table.columns)})"
         )
     extra = [c for c in table.columns if c != "subject_id" and c not in (*FILE_KEYS,)]
+    clashes = [c for c in extra if c in OUTPUT_COLUMNS or re.fullmatch(r"(mu|logvar)_\d+", c)]
+    if clashes:
+        raise SheetError(
+            f"{where}: column(s) {', '.join(clashes)} would collide with the encoding's own columns "
+            "(mu_<k>, logvar_<k>, checkpoint, run_identity); rename them"
+        )
     records: list[SheetRecord] = []
     for row in table.to_dict("records"):
         files: dict[str, Path | None] = {}
@@ -208,9 +277,11 @@ def sheet_records(
     return records, extra
 
 
-def _validate_record(record: SheetRecord) -> tuple[dict | None, dict | None]:
+def _validate_record(
+    record: SheetRecord, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> tuple[dict | None, dict | None]:
     sid, files, where, expected, extra = record
-    row, rejected = validate_files(sid, files, where, expected)
+    row, rejected = validate_files(sid, files, where, expected, spacing)
     return (None if row is None else {**row, **extra}), rejected
 
 
@@ -262,6 +333,7 @@ def find_scans(
     require_seg: bool = False,
     workers: int = 1,
     progress: bool = False,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validated scans of a sample sheet (CSV/TSV path or DataFrame), a folder of BraTS-layout subject
     folders, or a list of subject folders: (valid: subject_id, one column per file, the sheet's extra
@@ -271,14 +343,15 @@ def find_scans(
         isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in SHEET_SUFFIXES
     ):
         records, extra = sheet_records(source, modalities, require_seg)
+        check_record = functools.partial(_validate_record, spacing=tuple(spacing))
         results = map_in_processes(
-            _validate_record, records, workers=workers, progress=progress, desc="validate sheet"
+            check_record, records, workers=workers, progress=progress, desc="validate sheet"
         )
         what = "the sample sheet" if isinstance(source, pd.DataFrame) else f"sample sheet {source}"
     else:
         dirs, what = _subject_dirs(source)
         extra = []
-        check = functools.partial(validate_subject, require_seg=require_seg)
+        check = functools.partial(validate_subject, require_seg=require_seg, spacing=tuple(spacing))
         results = map_in_processes(check, dirs, workers=workers, progress=progress, desc="validate scans")
     unique, rejected = _unique(results)
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
@@ -296,9 +369,11 @@ def index_subjects(
     workers: int = 1,
     progress: bool = True,
     sheet: str | os.PathLike[str] | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate all subjects below `root` (BraTS folders) or of a sample `sheet` (CSV/TSV: subject_id,
-    t1c, t1n, t2f, t2w, seg, any other columns); write subjects.csv and rejected.csv; return both."""
+    t1c, t1n, t2f, t2w, seg, any other columns); write subjects.csv and rejected.csv; return both.
+    `spacing`: the voxel size (mm) the scans will be resampled to (their resampled size is bounded)."""
     if sheet is not None:
         source = Path(sheet)
         if source.suffix.lower() not in SHEET_SUFFIXES:
@@ -310,7 +385,7 @@ def index_subjects(
     out_dir = Path(out_dir)
     try:
         subjects, rejected = find_scans(
-            source, MODALITIES, require_seg=True, workers=workers, progress=progress
+            source, MODALITIES, require_seg=True, workers=workers, progress=progress, spacing=spacing
         )
     except NoValidSubjectsError as exc:
         write_csv(exc.rejected, out_dir / "rejected.csv")

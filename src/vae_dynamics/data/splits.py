@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vae_dynamics.data import SUBJECT_ID_PATTERN
+from vae_dynamics.data import read_subject_table, subject_id_problem
 from vae_dynamics.io import write_csv
 
 
@@ -21,12 +20,11 @@ def check_subject_ids(table: pd.DataFrame, source: str | Path) -> None:
     """Refuse a split table whose subject ids cannot be file names (ids become panel and snapshot names)."""
     if "subject_id" not in table.columns:
         raise ValueError(f"{source}: no subject_id column (columns: {list(table.columns)})")
-    ids = table["subject_id"].astype(str)
-    bad = [s for s in ids if not re.fullmatch(SUBJECT_ID_PATTERN, s) or ".." in s]
-    if bad:
-        raise ValueError(
-            f"{source}: subject id(s) {bad[:5]} cannot be file names (allowed: {SUBJECT_ID_PATTERN}, no '..')"
-        )
+    ids = table["subject_id"].fillna("").astype(str)
+    problems = [p for p in map(subject_id_problem, ids) if p]
+    if problems:
+        count = len(problems)
+        raise ValueError(f"{source}: {count} subject id(s) cannot be file names; first: {problems[0]}")
     duplicated = sorted(set(ids[ids.duplicated()]))
     if duplicated:
         raise ValueError(f"{source}: duplicate subject id(s) {duplicated[:5]}")
@@ -38,7 +36,7 @@ def check_split_dir(splits_dir: str | Path) -> None:
         path = Path(splits_dir) / name
         if not path.is_file():
             raise FileNotFoundError(f"--splits: {path} not found")
-        check_subject_ids(pd.read_csv(path, dtype=str), path)
+        check_subject_ids(read_subject_table(path), path)
 
 
 def split_subjects(subjects: pd.DataFrame, val_split: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -59,7 +57,9 @@ def make_splits(
     subjects_csv: str | Path, out_dir: str | Path, val_split: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write train.csv and val.csv next to each other; return (train, val)."""
-    train, val = split_subjects(pd.read_csv(subjects_csv), val_split, seed)
+    subjects = read_subject_table(subjects_csv)
+    check_subject_ids(subjects, subjects_csv)
+    train, val = split_subjects(subjects, val_split, seed)
     out_dir = Path(out_dir)
     write_csv(train, out_dir / "train.csv")
     write_csv(val, out_dir / "val.csv")

@@ -23,6 +23,7 @@ from monai.metrics import MSEMetric, PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 from scipy.stats import rankdata
 
+from vae_dynamics.data import read_subject_table
 from vae_dynamics.data.cache import SubjectDataset
 from vae_dynamics.evaluation import N_TRAVERSED
 from vae_dynamics.evaluation.encode import split_datasets
@@ -35,7 +36,7 @@ from vae_dynamics.evaluation.traversals import (
     tumour_centre,
 )
 from vae_dynamics.inference import TrainedRun, load_run
-from vae_dynamics.io import atomic_dir, write_csv, write_json
+from vae_dynamics.io import Protected, output_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 from vae_dynamics.provenance import finish_provenance, provenance
 from vae_dynamics.training.run_dir import RunDir
@@ -196,8 +197,12 @@ def evaluate_run(
     out_dir: str | os.PathLike[str],
     device: str | None = None,
     n_traversed: int = N_TRAVERSED,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the evaluation folder of one run (see the module docstring); return metrics.json's content.
+
+    `out_dir` may not hold the inputs or lie inside the run directory; an existing one is replaced only
+    when it is empty or a previous evaluation (io.output_dir), or with `force`.
 
     n_traversed: how many dimensions (largest KL first) are drawn as traversals.
     """
@@ -206,7 +211,13 @@ def evaluate_run(
             f"n_traversed (--traversed-dims, evaluation.traversed_dims) must be >= 1, got {n_traversed}"
         )
     start = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
+    from vae_dynamics.training.run_dir import summary_run_dir
+
+    inputs: Protected = {
+        "an input": [summary_path, latents_csv, factors_csv],
+        "the run directory": [summary_run_dir(summary_path).path],
+    }
+    with output_dir(out_dir, "evaluate", inputs, force) as tmp:
         metrics = _evaluate_into(tmp, summary_path, latents_csv, factors_csv, device, n_traversed)
         metrics["seconds"] = round(time.perf_counter() - start, 1)
         write_json(metrics, tmp / "metrics.json")
@@ -226,7 +237,7 @@ def _evaluate_into(
     (tmp / "traversals").mkdir()
     run = load_run(summary_path, device)
     experiment = run.summary["experiment"]
-    latents, factors = pd.read_csv(latents_csv), pd.read_csv(factors_csv)
+    latents, factors = read_subject_table(latents_csv), read_subject_table(factors_csv)
 
     metrics: dict[str, Any] = {
         "experiment": experiment,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vae_dynamics.data import TUMOUR_LABELS
+from vae_dynamics.data import TUMOUR_LABELS, read_subject_table
 from vae_dynamics.data.index import load_image
 from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import map_in_processes
@@ -60,7 +60,7 @@ def subject_factors(
     workers: int = 1,
 ) -> pd.DataFrame:
     """One row per indexed subject: measured factors, and the demo's `gt_*` factors when given."""
-    subjects = pd.read_csv(subjects_csv, dtype=str)
+    subjects = read_subject_table(subjects_csv)
     for column in ("subject_id", "seg"):
         if column not in subjects.columns:
             raise ValueError(f"{subjects_csv}: missing column {column!r}")
@@ -68,7 +68,7 @@ def subject_factors(
     rows = map_in_processes(_measure_row, ids, segs, workers=workers)
     table = pd.DataFrame(rows, columns=["subject_id", *MEASURED])
     if demo_factors_csv is not None:
-        gt = pd.read_csv(demo_factors_csv)
+        gt = read_subject_table(demo_factors_csv)
         if "subject_id" not in gt.columns:
             raise ValueError(f"{demo_factors_csv}: missing column 'subject_id'")
         gt = gt.rename(columns={c: f"{GT_PREFIX}{c}" for c in gt.columns if c != "subject_id"})

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
+from vae_dynamics.data import read_subject_table
 from vae_dynamics.io import write_json
 from vae_dynamics.models import diagnostics
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
@@ -263,7 +264,7 @@ def metrics_from_files(
     factor_columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """compute_metrics on two CSV files; write the result as JSON when `out_json` is given."""
-    result = compute_metrics(pd.read_csv(latents_csv), pd.read_csv(factors_csv), factor_columns)
+    result = compute_metrics(read_subject_table(latents_csv), read_subject_table(factors_csv), factor_columns)
     if out_json is not None:
         write_json(result, out_json)
     return result

@@ -16,8 +16,16 @@ from vae_dynamics.data import SEG_KEY
 from vae_dynamics.data.cache import preprocessing_contract
 from vae_dynamics.evaluation.metrics import kl_per_dimension
 from vae_dynamics.evaluation.traversals import traversal_overview, tumour_centre
-from vae_dynamics.inference import Scans, TrainedRun, code_rows, mu_columns, native_space, save_native
-from vae_dynamics.io import atomic_dir, write_csv, write_json
+from vae_dynamics.inference import (
+    Scans,
+    TrainedRun,
+    code_rows,
+    mu_columns,
+    native_space,
+    save_native,
+    with_rejections,
+)
+from vae_dynamics.io import Protected, output_dir, write_csv, write_json
 from vae_dynamics.viz.recon import save_recon_panel
 
 
@@ -31,6 +39,7 @@ def write_encoding(
     batch_size: int = 4,
     workers: int = 0,
     progress: bool = True,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Encode every valid scan of `source` into `out_dir` (written whole, atomically):
 
@@ -40,6 +49,10 @@ def write_encoding(
     reconstructions/<id>/<id>-<modality>.nii.gz   (reconstruct) x̂ in the scan's own grid and affine
     panels/<id>.png    (reconstruct, panels) input / recon / |diff| in the model's 128³ space
     traversals/<id>.png (traverse K) the K dimensions of largest mean KL over these scans, around μ
+
+    `out_dir` may not be, contain or lie inside the scans' folders, the sheet's or the run directory. An
+    existing `out_dir` is replaced only when it is empty or a previous encoding (io.output_dir), or with
+    `force`.
     """
     if traverse < 0:
         raise ValueError(f"traverse must be >= 0, got {traverse}")
@@ -49,8 +62,9 @@ def write_encoding(
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
-    with atomic_dir(out_dir) as tmp:
-        for batch in run._batches(valid, batch_size, workers, progress):
+    late: list[dict[str, str]] = []  # rejected while encoding
+    with output_dir(out_dir, "encode", _inputs(run, source, valid, rejected), force) as tmp:
+        for batch in run._batches(valid, batch_size, workers, progress, late):
             rows.extend(code_rows(batch))
             if reconstruct:
                 _reconstruct(run, batch, files_of, tmp, panels, batch_size)
@@ -63,6 +77,7 @@ def write_encoding(
                     }
                     for it in batch
                 )
+        rejected = with_rejections(rejected, late)
         table = run._table(valid, rows, rejected)
         if traverse:
             _traversals(run, table, kept, traverse, tmp / "traversals")
@@ -72,6 +87,24 @@ def write_encoding(
         settings = {"reconstructions": reconstruct, "traversed_dims": traverse}
         write_json(_record(run, source, counts, settings, time.perf_counter() - start), tmp / "encoding.json")
     return table
+
+
+def _inputs(run: TrainedRun, source: Scans, valid: pd.DataFrame, rejected: pd.DataFrame) -> Protected:
+    """What an encoding's output folder must stay clear of: the run, the sheet's or images folder, and the
+    folder of every scan file (valid or rejected)."""
+    given = [source] if isinstance(source, str | os.PathLike) else []
+    if not isinstance(source, pd.DataFrame) and not isinstance(source, str | os.PathLike):
+        given = list(source)
+    given = [Path(g).parent if Path(g).is_file() else Path(g) for g in given]
+    files = [v for t in (valid, rejected) for c in t.columns if c in (*run.modalities, SEG_KEY, "file")
+             for v in t[c] if isinstance(v, str) and v]  # fmt: skip
+    return {
+        "the run directory": [run.run_dir],
+        "the input": given,
+        "the folder of a scan": sorted(
+            {Path(f).parent for f in files if os.path.isabs(f) or Path(f).exists()}
+        ),
+    }
 
 
 def _record(

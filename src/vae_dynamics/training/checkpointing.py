@@ -92,7 +92,8 @@ def checkpoint_problem(path: Path) -> str | None:
             bad = archive.testzip()
             if bad is not None:
                 return f"member {bad} fails its CRC check"
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        # weights_only: tensors and plain containers only; a planted file cannot run code when it is read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     missing = [k for k in ("state_dict", "epoch", "global_step", "optimizer_states") if k not in ckpt]

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from vae_dynamics import experiments
-from vae_dynamics.config import save_config
+from vae_dynamics.config import ConfigError, save_config
 from vae_dynamics.config.schema import ExperimentConfig
 from vae_dynamics.data.cache import preprocessing_contract
 from vae_dynamics.data.splits import check_split_dir
@@ -29,7 +29,7 @@ from vae_dynamics.training.checkpointing import intact_resume_checkpoint
 from vae_dynamics.training.distributed import RUN_DIR_ENV, launched_rank, wait_for_rank0
 from vae_dynamics.training.run_dir import RunDir
 from vae_dynamics.training.tracking import file_logging
-from vae_dynamics.training.trainer import assemble, fit
+from vae_dynamics.training.trainer import Hardware, assemble, fit
 
 log = logging.getLogger("vae_dynamics.train")
 
@@ -46,6 +46,9 @@ def train(
     them all); only rank 0 writes the run directory's files, the other ranks read what it wrote.
     Rank 0 holds the run directory's lock (RunDir.lock) for the whole training.
     """
+    problems = Hardware.problems(cfg)
+    if problems:  # before anything is written: a refused start leaves no run folder
+        raise ConfigError("; ".join(problems))
     rank = launched_rank(cfg.train.devices)
     run = RunDir.for_launch(cfg, run_dir, rank)
     splits_dir = Path(splits_dir) if splits_dir else None
@@ -61,10 +64,10 @@ def train(
         wait_for_rank0([run.splits / "val.csv", run.config])
         fit(*assemble(cfg, run.path, run.splits), ckpt_path)
         return {"run_dir": str(run.path.resolve())}
-    with run.lock():
+    with run.lock() as removed:
         if not resume:  # again under the lock: a start that raced this one may have written checkpoints
             run.check_fresh_start()
-        return _train_rank0(cfg, run, resume, splits_dir, ckpt_path, damage_note)
+        return _train_rank0(cfg, run, resume, splits_dir, ckpt_path, [damage_note, *removed])
 
 
 def _train_rank0(
@@ -73,21 +76,27 @@ def _train_rank0(
     resume: bool,
     splits_dir: Path | None,
     ckpt_path: Path | None,
-    damage_note: str | None,
+    notes: list[str | None],
 ) -> dict[str, Any]:
-    """Rank 0's training, under the run directory's lock: it writes every file of the run."""
+    """Rank 0's training, under the run directory's lock: it writes every file of the run. `notes` are
+    warnings for train.log and the console (a damaged checkpoint skipped, leftovers removed)."""
     experiment = experiments.of(cfg)
     run.create()
     record = append_start(run.provenance, provenance())  # one entry per start, the latest on top
     write_json(record, run.provenance)
     with file_logging(run.train_log):
         log.info("%s run %s in %s", "resuming" if resume else "starting", experiment.name, run.path)
-        for note in (damage_note, _version_note(ckpt_path)):
+        for note in (*notes, _version_note(ckpt_path)):
             if note is not None:
                 log.warning(note)
                 print(f"train: WARNING: {note}", file=sys.stderr)
         log.info("config: %s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).replace("\n", " | "))
-        save_config(cfg, run.config)
+        # a relative cache folder is the one of this start's working directory, wherever it is read later
+        cache_dir = str(Path(cfg.data.cache_dir).resolve())
+        data = cfg.data.model_copy(update={"cache_dir": cache_dir})
+        save_config(cfg.model_copy(update={"data": data}), run.config)
+        if not resume:  # a failed earlier start's splits and contract are derived anew from this config
+            run.clear_start_files(keep=splits_dir)
         if not run.preprocessing.exists():  # what new scans must go through (inference.py checks it)
             write_json(preprocessing_contract(cfg.data), run.preprocessing)
         splits = run.prepare_splits(cfg, None if resume else splits_dir)
@@ -110,7 +119,7 @@ def _version_note(ckpt_path: Path | None) -> str | None:
     if ckpt_path is None:
         return None
     log.info("resuming from %s", ckpt_path)
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("vae_dynamics")
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("vae_dynamics")
     change = version_change(saved)
     return f"this resume crosses a code change ({change}): the run mixes two versions" if change else None
 

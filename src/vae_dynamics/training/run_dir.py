@@ -31,7 +31,7 @@ from vae_dynamics import experiments
 from vae_dynamics.config import ConfigError, diff_keys, load_config
 from vae_dynamics.config.identity import RESUME_FREE_KEYS, RESUME_LOCKED_KEYS, RESUME_LOCKED_SECTIONS
 from vae_dynamics.config.schema import ExperimentConfig
-from vae_dynamics.io import atomic_path, remove_leftovers
+from vae_dynamics.io import BusyError, atomic_path, exclusive_lock, remove_leftovers
 
 log = logging.getLogger("vae_dynamics.train")
 
@@ -42,7 +42,7 @@ class ResumeError(RuntimeError):
     """A resume was asked for but is impossible or would mix different experiments."""
 
 
-class RunDirBusyError(RuntimeError):
+class RunDirBusyError(BusyError):
     """Another training holds the run directory's lock."""
 
 
@@ -136,37 +136,34 @@ class RunDir:
         return diffs
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> Iterator[list[str]]:
         """Hold the run directory for one training (rank 0, for the whole run); a second start fails at once.
 
         An exclusive flock on train.lock, which records the holder (host, pid, start time). The kernel
         releases it when the process dies, so a killed run never leaves a stale lock. Under the lock,
-        the leftovers of killed writers (partial checkpoints, .tmp/.old folders) are removed.
+        the leftovers of killed writers (partial checkpoints, .tmp/.old folders) are removed; it yields a
+        note for each (for train.log, which is not open yet).
         """
-        import fcntl
-        import socket
+        busy = (
+            f"{self.path} is in use by another training; wait for it to end or stop it. Two trainings in one "
+            "run directory overwrite each other's last.ckpt and delete each other's best checkpoints"
+        )
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(self.lock_file, busy))
+            except BusyError as exc:
+                raise RunDirBusyError(str(exc)) from None
+            removed = remove_leftovers(self.path)
+            yield [f"removed the leftover of an interrupted write: {item}" for item in removed]
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown holder"
-            os.close(fd)
-            raise RunDirBusyError(
-                f"{self.path} is in use by another training ({holder}); wait for it to end or stop it. Two "
-                "trainings in one run directory overwrite each other's last.ckpt and delete each other's "
-                "best checkpoints."
-            ) from None
-        try:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, started {stamp}\n".encode(), 0)
-            for item in remove_leftovers(self.path):
-                log.info("removed the leftover of an interrupted write: %s", item)
-            yield
-        finally:
-            os.close(fd)  # releases the flock
+    def clear_start_files(self, keep: Path | None = None) -> None:
+        """Before a fresh start (no checkpoint, checked): remove the splits, index and preprocessing
+        contract a failed earlier start may have written, so that this start derives them anew (`keep`:
+        the splits folder the user gave, never removed)."""
+        for folder in (self.splits, self.index):
+            if keep is None or Path(keep).resolve() != folder.resolve():
+                shutil.rmtree(folder, ignore_errors=True)
+        self.preprocessing.unlink(missing_ok=True)
 
     def check_fresh_start(self) -> None:
         """Refuse to start a new run in a folder that holds another run's checkpoints."""
@@ -231,7 +228,9 @@ class RunDir:
             return out
         data = cfg.data
         log.info("indexing %s", data.root_dir)
-        subjects, rejected = index_subjects(data.root_dir, self.index, workers=max(1, data.num_workers))
+        subjects, rejected = index_subjects(
+            data.root_dir, self.index, workers=max(1, data.num_workers), spacing=data.spacing
+        )
         for row in rejected.itertuples():
             log.warning("rejected subject %s: %s: %s", row.subject_id, row.file, row.reason)
         make_splits(self.index / "subjects.csv", out, data.val_split, cfg.train.seed)

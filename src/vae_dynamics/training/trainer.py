@@ -48,6 +48,22 @@ class Hardware:
     channels_last: bool  # channels_last_3d pays off with cuDNN; on CPU it only slows 3D convolutions
     precision: str  # train.precision; without CUDA, 16-mixed becomes 32-true (with one warning)
 
+    @staticmethod
+    def problems(cfg: ExperimentConfig) -> list[str]:
+        """The keys that ask for hardware this machine lacks, each named with what is missing (checked
+        before a run writes anything)."""
+        cuda = torch.cuda.is_available()
+        found = []
+        if cfg.train.accelerator in ("gpu", "cuda") and not cuda:
+            found.append(f"train.accelerator: {cfg.train.accelerator} needs CUDA, and no GPU is available")
+        if cfg.data.gpu_cache is True and (cfg.train.accelerator == "cpu" or not cuda):
+            found.append("data.gpu_cache: true needs training on a CUDA device; use auto or false")
+        if cuda and cfg.train.accelerator != "cpu" and cfg.train.devices > torch.cuda.device_count():
+            found.append(
+                f"train.devices: {cfg.train.devices} GPUs asked for, {torch.cuda.device_count()} available"
+            )
+        return found
+
     @classmethod
     def of(cls, train: TrainConfig) -> Hardware:
         cuda = train.accelerator != "cpu" and torch.cuda.is_available()

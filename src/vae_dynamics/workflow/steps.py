@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_dynamics.config.schema import ExperimentConfig
-from vae_dynamics.io import LOG_FORMAT, atomic_dir, write_json, write_text
+from vae_dynamics.io import LOG_FORMAT, output_dir, write_json, write_text
 
 
 @contextlib.contextmanager
@@ -112,7 +112,8 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
 
     run = load_run(summary_path, device)
     val = split_datasets(run)["val"]
-    with atomic_dir(panels_dir) as tmp, torch.no_grad():
+    inputs = {"the run directory": [run.run_dir]}
+    with output_dir(panels_dir, "export-panels", inputs) as tmp, torch.no_grad():
         for i in range(len(val)):
             item = val[i]
             mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
