@@ -166,3 +166,18 @@ def test_the_workflow_plans_the_third_experiment_from_the_registry(plugin, demo_
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     unknown = snakemake(work, "-n", check=False)
     assert "overrides.exp4: not a registered experiment" in unknown.stderr + unknown.stdout
+
+
+def test_a_plugin_that_fails_with_any_error_is_tried_again_and_named(tmp_path, monkeypatch):
+    import sys
+
+    from vae_dynamics import plugins
+
+    (tmp_path / "broken_plugin.py").write_text("raise ValueError('bad registry entry')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(plugins.ENV, "broken_plugin")
+    for _ in range(2):  # the second load fails the same way: it was not marked as imported
+        with pytest.raises(plugins.PluginError, match="'broken_plugin'.*ValueError: bad registry entry"):
+            plugins.load_plugins()
+        sys.modules.pop("broken_plugin", None)
+    assert "broken_plugin" not in plugins._imported

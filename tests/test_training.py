@@ -471,3 +471,27 @@ def test_a_fresh_start_after_a_failed_start_derives_splits_and_contract_anew(
     saved = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert saved["data"]["cache_dir"] == str(tmp_path / "cache")
     assert "removed the leftover of an interrupted write" in (run_dir / "train.log").read_text()
+
+
+def test_lowering_max_epochs_on_resume_is_refused_and_equal_trains_nothing(exp2_run, capsys):
+    """The run holds 3 epochs (2, then a resume to 3). Lower: one line naming the run directory, what it
+    holds and what to do, before the Trainer starts, checkpoints untouched. Equal: nothing to train."""
+    run_dir, cfg = exp2_run["run_dir"], exp2_run["cfg"]
+    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
+    shorter = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 2})})
+    with pytest.raises(ResumeError, match=rf"{run_dir} already holds 3 epochs, and train.max_epochs is 2"):
+        train(shorter, run_dir, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()} == before
+    same = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 3})})
+    summary = train(same, run_dir, resume=True)
+    assert summary["epochs"] == 3 and summary["global_step"] == exp2_run["resumed"]["global_step"]
+    assert "already holds its 3 epochs (train.max_epochs 3): nothing to train" in capsys.readouterr().err
+
+
+def test_lowering_max_epochs_through_the_script_is_one_line(exp2_run, tmp_path):
+    run_dir = exp2_run["run_dir"]
+    loss = ["--set", "loss.beta_tc_annealing_epochs=2", "--set", "loss.beta_tc_target=1e4"]  # the run's own
+    args = [*train_script_args("exp2_tcvae_sbd", run_dir, tmp_path / "cache"), *loss, "--resume"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "already holds 3 epochs, and train.max_epochs is 1" in done.stderr

@@ -439,7 +439,7 @@ SUBCOMMANDS: list[Subcommand] = [
 ]
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
+def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that carry a message for the user (a traceback would add nothing)."""
     from vae_dynamics.config import ConfigError
     from vae_dynamics.io import BusyError, LockUnsupportedError, OutputError
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except Exception as exc:
-        if isinstance(exc, _expected_errors()):
+        if isinstance(exc, expected_errors()):
             sys.exit(f"{args.command}: {exc}")
         raise
 

@@ -48,9 +48,9 @@ def load_plugins() -> None:
         _imported.add(name)  # first: the plugin's own import of the registry calls this again
         try:
             importlib.import_module(name)
-        except ImportError as exc:
+        except Exception as exc:  # any failure: the next load tries again and says why again
             _imported.discard(name)
             raise PluginError(
                 f"experiment plugin {name!r} (named by {ENV} or the entry points {ENTRY_POINT_GROUP!r}) "
-                f"cannot be imported: {exc}"
+                f"cannot be imported: {type(exc).__name__}: {exc}"
             ) from exc

@@ -100,6 +100,14 @@ def checkpoint_problem(path: Path) -> str | None:
     return f"no {', '.join(missing)} in it" if missing else None
 
 
+def epochs_held(path: Path) -> int:
+    """The epochs a checkpoint's run has reached: Lightning's current_epoch after restoring it (the epochs
+    started; a checkpoint from an epoch's end counts that epoch)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("started", ckpt.get("epoch", -1) + 1))
+
+
 class DamagedCheckpointError(RuntimeError):
     """No intact checkpoint to resume from."""
 

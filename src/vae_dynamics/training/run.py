@@ -25,9 +25,9 @@ from vae_dynamics.data.splits import check_split_dir
 from vae_dynamics.io import write_json
 from vae_dynamics.provenance import append_start, finish_start, provenance, version_change
 from vae_dynamics.training.callbacks import TargetBetaCheckpoint
-from vae_dynamics.training.checkpointing import intact_resume_checkpoint
+from vae_dynamics.training.checkpointing import epochs_held, intact_resume_checkpoint
 from vae_dynamics.training.distributed import RUN_DIR_ENV, launched_rank, wait_for_rank0
-from vae_dynamics.training.run_dir import RunDir
+from vae_dynamics.training.run_dir import ResumeError, RunDir
 from vae_dynamics.training.tracking import file_logging
 from vae_dynamics.training.trainer import Hardware, assemble, fit
 
@@ -60,6 +60,7 @@ def train(
     damage_note = None
     if ckpt_path is not None:  # last.ckpt, or the newest intact one when it is damaged
         ckpt_path, damage_note = intact_resume_checkpoint(ckpt_path.parent)
+        _check_epochs(run, ckpt_path, cfg.train.max_epochs)
     if rank > 0:  # a DDP rank: train on what rank 0 prepared (splits, config); write nothing
         wait_for_rank0([run.splits / "val.csv", run.config])
         fit(*assemble(cfg, run.path, run.splits), ckpt_path)
@@ -112,6 +113,25 @@ def _train_rank0(
         write_json(finish_start(record), run.provenance)
         log.info("finished: %s", summary)
         return summary
+
+
+def _check_epochs(run: RunDir, ckpt_path: Path, max_epochs: int) -> None:
+    """Refuse a resume whose train.max_epochs is below the epochs the run holds (Lightning would fail
+    with a traceback); say so when they are equal (nothing to train: the outputs are written again)."""
+    held = epochs_held(ckpt_path)
+    if max_epochs < held:
+        raise ResumeError(
+            f"{run.path} already holds {held} epochs, and train.max_epochs is {max_epochs}: a run cannot be "
+            f"shortened. Keep train.max_epochs >= {held} to continue it, or start a new run (another seed "
+            "or run directory) for a shorter training"
+        )
+    if max_epochs == held:
+        message = (
+            f"{run.path} already holds its {held} epochs (train.max_epochs {max_epochs}): nothing to train; "
+            "the summary is written again from its checkpoints"
+        )
+        log.info(message)
+        print(f"train: {message}", file=sys.stderr)
 
 
 def _version_note(ckpt_path: Path | None) -> str | None:

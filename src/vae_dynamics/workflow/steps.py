@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -42,8 +43,12 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[None]:
         root.setLevel(logging.INFO)
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             traceback.print_exc()
+            from vae_dynamics.cli import expected_errors
+
+            if isinstance(exc, expected_errors()):  # the reason, on the console too, in one line
+                print(f"{Path(path).stem}: {exc}", file=sys.__stderr__, flush=True)
             raise
         finally:
             root.removeHandler(handler)
