@@ -5,7 +5,9 @@
 #   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
 #   make bench     CPU benchmarks -> bench/results/cpu.json
 #   make bench-learning  the Exp2 learning study -> bench/results/learning.json, docs/LEARNING.md (~25 min)
-#   make bench-code-use  does Exp2 use its code? 300 steps per arm, Exp1 beside it
+#   make bench-ladder    does Exp2 use its code? 32³/64³ proxies for thousands of steps, resumable
+#                        -> bench/results/ladder/, bench/results/ladder.json, docs/LEARNING.md (hours)
+#   make bench-code-use  the earlier 300-step study at 128³, Exp1 beside it
 #                        -> bench/results/code_use.json, docs/LEARNING.md (~80 min on 2 cores)
 
 PYTHON ?= python3
@@ -16,7 +18,7 @@ BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install lock test test-fast lint format demo bench bench-gpu bench-learning bench-code-use clean
+.PHONY: install lock test test-fast lint format demo bench bench-gpu bench-learning bench-code-use bench-ladder clean
 
 # LOCK=1 (default): the exact versions of requirements/lock.txt, then the package without dependencies;
 # LOCK=0: the open ranges of pyproject.toml. .venv/.lock records which (tests/test_packaging.py checks it).
@@ -91,6 +93,13 @@ bench-learning: install
 # process with two threads on 2 cores), then their rows are joined and the docs redrawn.
 # CODE_USE_ARGS adds options, e.g. CODE_USE_ARGS="--steps 60".
 CODE_USE_ARGS ?=
+# One single-threaded worker per core works through the study's job queue (bench/ladder.py), then the
+# report is redrawn. Interrupted, it continues where it stopped; LADDER_ARGS e.g. --only 'arm-*-32-s0'.
+LADDER_ARGS ?=
+bench-ladder: install
+	$(BIN)/python bench/ladder.py run $(LADDER_ARGS)
+	$(BIN)/python bench/ladder.py report
+
 bench-code-use: install
 	mkdir -p bench/results
 	OMP_NUM_THREADS=1 $(BIN)/python bench/code_use.py --arms exp2_shipped exp2_issue26_start \

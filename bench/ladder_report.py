@@ -102,9 +102,21 @@ def markdown(s: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def reference_rows() -> list[dict[str, Any]]:
+    """code_use.json's 128³ rows of Exp1 and of the Exp2 arm whose start is today's default, named as the
+    ladder names them (exp1, exp2_shipped)."""
+    if not CODE_USE.exists():
+        return []
+    from code_use import _shipped
+
+    result = json.loads(CODE_USE.read_text())
+    names = {"exp1": "exp1", _shipped(result): "exp2_shipped"}
+    return [{**r, "arm": names[r["arm"]]} for r in result["rows"] if r["arm"] in names]
+
+
 def transfer_markdown(runs: list[dict[str, Any]]) -> str:
     """The committed 128³ setting rerun at 32³/64³, beside code_use.json's 128³ rows at the same steps."""
-    ref = json.loads(CODE_USE.read_text())["rows"] if CODE_USE.exists() else []
+    ref = reference_rows()
     out = [
         "| arm | size | seed | step | val MSE / mean vol. | val z-dep. | μ spread | mean σ |",
         "|---|---|---|---|---|---|---|---|",
@@ -161,7 +173,7 @@ def figures(runs: list[dict[str, Any]]) -> None:
             ax.axhline(level, ls="--", lw=0.8, color="grey")
         axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
-    ref = json.loads(CODE_USE.read_text())["rows"] if CODE_USE.exists() else []
+    ref = reference_rows()
     with figure_file(TRANSFER_FIGURE, nrows=1, ncols=3, figsize=(15, 4)) as (fig, axes):
         for i, arm in enumerate(("exp2_shipped", "exp1")):
             rows = [r for r in ref if r["arm"] == arm]
