@@ -113,3 +113,30 @@ def test_checkpointing_wraps_blocks_only_when_grad_is_enabled(monkeypatch):
     assert len(calls) == 12
     assert calls[:2] == [(4, 128, 128, 128), (16, 64, 64, 64)]  # the stem runs inside block 1's checkpoint
     assert calls[8:] == [(128, 8, 8, 8), (64, 16, 16, 16), (32, 32, 32, 32), (16, 64, 64, 64)]
+
+
+def test_every_model_constructor_default_is_the_schemas_or_the_shipped_yamls():
+    """A model built directly (as the shape test builds TCVAESBD) starts as a config would start it: the
+    schema is the one home of a default, and keys without one take the shipped YAML's value."""
+    import inspect
+
+    from pydantic_core import PydanticUndefined
+
+    from vae_dynamics import experiments
+    from vae_dynamics.config import config_path, load_config
+
+    for key, experiment in experiments.EXPERIMENTS.items():
+        fields = experiment.config_model.model_fields["model"].annotation.model_fields
+        shipped = load_config(config_path(key)).model
+        for name, param in inspect.signature(experiment.model_cls()).parameters.items():
+            if name not in fields or param.default is inspect.Parameter.empty:
+                continue
+            schema = fields[name].default
+            expected = getattr(shipped, name) if schema is PydanticUndefined else schema
+            if isinstance(expected, list):
+                expected, found = tuple(expected), tuple(param.default)
+            else:
+                found = param.default
+            assert found == expected, (
+                f"{experiment.model_cls().__name__}({name}={param.default!r}): schema says {expected!r}"
+            )

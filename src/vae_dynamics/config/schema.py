@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 # 64-true is not offered: the data pipeline, caches and snapshots are float32/float16 throughout.
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
@@ -270,6 +271,15 @@ class Exp2Config(ExperimentConfig):
                 "(they are the same switch; set only loss.compute_in_fp32)"
             )
         return self
+
+
+def default(section: type[Section], key: str) -> Any:
+    """The schema's default of `key` in a section: the one home of a default that a class also needs
+    (a model constructed directly gets the start a config would give it)."""
+    value = section.model_fields[key].default
+    if value is PydanticUndefined:
+        raise KeyError(f"{section.__name__}.{key} has no default in the schema")
+    return value
 
 
 def section_model(model: type[ExperimentConfig], section: str) -> type[Section]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vae_dynamics.config.schema import Exp2Model, default
 from vae_dynamics.models.components.blocks import group_norm
 from vae_dynamics.models.components.decoder import decoder_widths
 from vae_dynamics.models.components.sbd import BroadcastProjection, SpatialBroadcast
@@ -24,10 +25,10 @@ class TCVAESBD(VAE3d):
         norm: str = "GROUP",
         sbd_grid_size: Sequence[int] = (8, 8, 8),
         gradient_checkpointing: bool = False,
-        sbd_z_gain: float = 1.0,
-        sbd_coord_gain: float = 1.0,
-        sbd_project_norm: bool = True,
-        logvar_init_bias: float = 0.0,
+        sbd_z_gain: float = default(Exp2Model, "sbd_z_gain"),
+        sbd_coord_gain: float = default(Exp2Model, "sbd_coord_gain"),
+        sbd_project_norm: bool = default(Exp2Model, "sbd_project_norm"),
+        logvar_init_bias: float = default(Exp2Model, "logvar_init_bias"),
     ) -> None:
         if tuple(sbd_grid_size) != (8, 8, 8):
             raise ValueError(f"sbd_grid_size is fixed to (8, 8, 8), got {tuple(sbd_grid_size)}")
@@ -41,7 +42,7 @@ class TCVAESBD(VAE3d):
             group_norm(c0) if sbd_project_norm else nn.Identity(),
             nn.SiLU(),
         )
-        # The posterior's initial log-variance (model.logvar_init_bias): 0 gives sigma = 1 at init.
+        # The posterior's initial log-variance (model.logvar_init_bias; 0 would give sigma = 1 at init).
         nn.init.constant_(self.encoder.head.bias[z_dim:], logvar_init_bias)
 
     def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
