@@ -51,3 +51,16 @@ def test_the_literal_command_fails_with_snakemakes_own_error():
     out = dry(["-n", "--cores", "8", "--resources", "gpu=1", "results/exp2/done"])
     assert out.returncode != 0
     assert "not enough values to unpack" in out.stderr or "dictionary update sequence element" in out.stderr
+
+
+def test_a_missing_data_folder_is_named_before_any_job_runs(tmp_path):
+    """The shipped config's data folder exists only on its author's disk: the dry run says so, with the
+    ways out, instead of a real run failing inside index_subjects' log."""
+    from conftest import make_workdir, snakemake
+
+    missing = tmp_path / "no_such_folder"
+    work = make_workdir(tmp_path, missing)
+    out = snakemake(work, "-n", "--", "results/exp2/done", check=False)
+    said = out.stdout + out.stderr  # Snakemake prints a planning error on stdout
+    assert out.returncode != 0
+    assert f"the data folder {missing} does not exist" in said and "--config data_root=" in said
