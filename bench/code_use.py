@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    FACTORS,
     add_study_arguments,
     demo_volumes,
     loss_terms,
@@ -119,20 +120,6 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 DEFAULT_ARMS = ["exp2_shipped", "exp1", "exp2_issue26_start"]
-# Known demo factors (data/demo.py): head scale and affine deformation, tumour centre and radius.
-FACTORS = (
-    "scale",
-    "rot_x_deg",
-    "rot_y_deg",
-    "rot_z_deg",
-    "shift_x_mm",
-    "shift_y_mm",
-    "shift_z_mm",
-    "tumour_x_mm",
-    "tumour_y_mm",
-    "tumour_z_mm",
-    "tumour_radius_mm",
-)
 
 
 def load_study_data(work: Path, n_subjects: int, n_val: int, workers: int):

@@ -95,7 +95,22 @@ def replace_between_markers(doc: Path, name: str, text: str) -> None:
     write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content), doc)
 
 
-# ---- the learning studies (learning.py, code_use.py) ------------------------------------------------
+# ---- the learning studies (learning.py, code_use.py, ladder.py) -------------------------------------
+
+# Known demo factors (data/demo.py): head scale and affine deformation, tumour centre and radius.
+FACTORS = (
+    "scale",
+    "rot_x_deg",
+    "rot_y_deg",
+    "rot_z_deg",
+    "shift_x_mm",
+    "shift_y_mm",
+    "shift_z_mm",
+    "tumour_x_mm",
+    "tumour_y_mm",
+    "tumour_z_mm",
+    "tumour_radius_mm",
+)
 
 
 def demo_volumes(work: Path, n_subjects: int, n_val: int, workers: int):

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import versions  # noqa: E402
+from common import FACTORS, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / ".ladder"  # data cache, checkpoints, locks (git-ignored)
@@ -58,19 +58,6 @@ SUMMARY = REPO / "bench" / "results" / "ladder.json"
 DOC, FIGURE = REPO / "docs" / "LEARNING.md", REPO / "docs" / "ladder.png"
 
 N_SUBJECTS, N_VAL = 224, 32  # demo subjects 0..31 validate, 32..223 train
-FACTORS = (
-    "scale",
-    "rot_x_deg",
-    "rot_y_deg",
-    "rot_z_deg",
-    "shift_x_mm",
-    "shift_y_mm",
-    "shift_z_mm",
-    "tumour_x_mm",
-    "tumour_y_mm",
-    "tumour_z_mm",
-    "tumour_radius_mm",
-)
 
 # ---- arms: how a run starts ----------------------------------------------------------------------
 

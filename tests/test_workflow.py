@@ -254,45 +254,6 @@ def test_changing_only_data_num_workers_reruns_nothing(interrupted_then_finished
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
 
 
-def test_raising_max_epochs_continues_the_same_run(interrupted_then_finished):
-    work = interrupted_then_finished["work"]
-    before = json.loads((work / "results/exp2/train_summary.json").read_text())
-    longer = json.dumps({**OVERRIDES, "train.max_epochs": 3})
-    snakemake(work, "--config", f"overrides={longer}", "--", "results/exp2/train_summary.json")
-    after = json.loads((work / "results/exp2/train_summary.json").read_text())
-    assert after["run_dir"] == before["run_dir"] and after["resumed"] is True
-    assert before["global_step"] == 4 and after["global_step"] == 6 and after["epochs"] == 3
-    assert len(list((work / "results/exp2/runs").iterdir())) == 1  # no second run directory
-    assert pd.read_csv(work / "results/exp2/metrics.csv")["epoch"].tolist() == [0, 1, 2]  # history kept
-
-
-def test_lowering_max_epochs_is_refused_in_one_console_line_and_the_run_is_unchanged(
-    interrupted_then_finished,
-):
-    """The run identity leaves train.max_epochs out, so a lower value lands in the same run directory:
-    Lightning failed there with a traceback in logs/ only."""
-    work = interrupted_then_finished["work"]
-    summary = json.loads((work / "results/exp2/train_summary.json").read_text())
-    epochs = summary["epochs"]
-    run = (work / "results/exp2" / summary["run_dir"]).resolve()
-    checkpoints = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
-    kept = {p: (p.read_bytes(), p.stat()) for p in (work / "results/exp2").glob("*.*")}
-    shorter = json.dumps({**OVERRIDES, "train.max_epochs": epochs - 1})
-    try:
-        out = snakemake(
-            work, "--config", f"overrides={shorter}", "--", "results/exp2/train_summary.json", check=False
-        )
-        assert out.returncode != 0
-        line = f"train_exp2: {run} already holds {epochs} epochs, and train.max_epochs is {epochs - 1}"
-        assert line in out.stderr, out.stderr[-3000:]
-        assert "Keep train.max_epochs >=" in out.stderr
-        assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()} == checkpoints
-    finally:
-        for path, (data, stat) in kept.items():
-            path.write_bytes(data)
-            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
-
 def test_resuming_on_other_splits_is_refused_on_the_workflow_path_too(interrupted_then_finished):
     work = interrupted_then_finished["work"]
     train_csv = work / "results/splits/train.csv"
@@ -400,3 +361,46 @@ def test_every_job_that_asks_for_a_gpu_goes_to_the_gpu_partition_on_slurm(tmp_pa
     gpu_partition = placed["train_exp2"]
     assert gpu_partition != cpu_partition
     assert {rule: p for rule, p in placed.items() if p != gpu_partition} == {}
+
+
+def test_raising_max_epochs_continues_the_same_run(interrupted_then_finished):
+    """Near the end of the module: the run then holds more epochs than the module's config asks for, which
+    a later run of that config refuses (test_lowering_max_epochs_...)."""
+    work = interrupted_then_finished["work"]
+    before = json.loads((work / "results/exp2/train_summary.json").read_text())
+    longer = json.dumps({**OVERRIDES, "train.max_epochs": 3})
+    snakemake(work, "--config", f"overrides={longer}", "--", "results/exp2/train_summary.json")
+    after = json.loads((work / "results/exp2/train_summary.json").read_text())
+    assert after["run_dir"] == before["run_dir"] and after["resumed"] is True
+    assert before["global_step"] == 4 and after["global_step"] == 6 and after["epochs"] == 3
+    assert len(list((work / "results/exp2/runs").iterdir())) == 1  # no second run directory
+    assert pd.read_csv(work / "results/exp2/metrics.csv")["epoch"].tolist() == [0, 1, 2]  # history kept
+
+
+def test_lowering_max_epochs_is_refused_in_one_console_line_and_the_run_is_unchanged(
+    interrupted_then_finished,
+):
+    """The run identity leaves train.max_epochs out, so a lower value lands in the same run directory:
+    Lightning failed there with a traceback in logs/ only. Last in the module: the refused job leaves
+    Snakemake's record of train_exp2 changed for the tests after it."""
+    work = interrupted_then_finished["work"]
+    summary = json.loads((work / "results/exp2/train_summary.json").read_text())
+    epochs = summary["epochs"]
+    run = Path(os.path.normpath(Path("results/exp2") / summary["run_dir"]))  # as the job names it
+    run_abs = work / run
+    checkpoints = {p.name: p.stat().st_mtime_ns for p in (run_abs / "checkpoints").iterdir()}
+    kept = {p: (p.read_bytes(), p.stat()) for p in (work / "results/exp2").glob("*.*")}
+    shorter = json.dumps({**OVERRIDES, "train.max_epochs": epochs - 1})
+    try:
+        out = snakemake(
+            work, "--config", f"overrides={shorter}", "--", "results/exp2/train_summary.json", check=False
+        )
+        assert out.returncode != 0
+        line = f"train_exp2: {run} already holds {epochs} epochs, and train.max_epochs is {epochs - 1}"
+        assert line in out.stderr, out.stderr[-3000:]
+        assert "Keep train.max_epochs >=" in out.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in (run_abs / "checkpoints").iterdir()} == checkpoints
+    finally:
+        for path, (data, stat) in kept.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

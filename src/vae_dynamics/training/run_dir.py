@@ -144,15 +144,16 @@ class RunDir:
         the leftovers of killed writers (partial checkpoints, .tmp/.old folders) are removed; it yields a
         note for each (for train.log, which is not open yet).
         """
-        busy = (
-            f"{self.path} is in use by another training; wait for it to end or stop it. Two trainings in one "
-            "run directory overwrite each other's last.ckpt and delete each other's best checkpoints"
-        )
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(exclusive_lock(self.lock_file, busy))
+                stack.enter_context(
+                    exclusive_lock(self.lock_file, f"{self.path} is in use by another training")
+                )
             except BusyError as exc:
-                raise RunDirBusyError(str(exc)) from None
+                raise RunDirBusyError(
+                    f"{exc}; wait for it to end or stop it. Two trainings in one run directory overwrite "
+                    "each other's last.ckpt and delete each other's best checkpoints"
+                ) from None
             removed = remove_leftovers(self.path)
             yield [f"removed the leftover of an interrupted write: {item}" for item in removed]
 
