@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train_main(argv: list[str] | None = None) -> None:
-    """`vae-train ...` = `vae-dynamics train ...` (kept for existing scripts)."""
+    """`python scripts/train.py ...` = `vae-dynamics train ...`."""
     main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
