@@ -84,3 +84,29 @@ def test_worker_pool_after_multithreaded_torch_does_not_hang(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "demo").glob("BraTS-MEN-*"))) == 2
+
+
+def test_the_demo_never_writes_into_a_folder_of_someone_elses_subjects(tmp_path):
+    import pytest
+
+    from vae_dynamics.data.demo import generate
+
+    real = tmp_path / "BraTS_Men_Train" / "BraTS-MEN-00000-000"
+    real.mkdir(parents=True)
+    (real / "BraTS-MEN-00000-000-t1c.nii.gz").write_text("a patient")
+    with pytest.raises(FileExistsError, match=r"BraTS_Men_Train holds files .*BraTS-MEN-00000-000"):
+        generate(tmp_path / "BraTS_Men_Train", 1)
+    assert (real / "BraTS-MEN-00000-000-t1c.nii.gz").read_text() == "a patient"
+
+
+def test_an_interrupted_demo_generation_is_written_again(tmp_path):
+    from vae_dynamics.data.demo import generate
+
+    out = tmp_path / "demo"
+    generate(out, 1)
+    (out / "factors.csv").unlink()  # as Snakemake leaves a failed or changed generation
+    generate(out, 2)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "BraTS-MEN-00000-000",
+        "BraTS-MEN-00001-000",
+    ]

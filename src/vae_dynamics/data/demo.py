@@ -27,6 +27,8 @@ from vae_dynamics.io import write_csv
 from vae_dynamics.parallel import map_in_processes
 
 BRATS_SHAPE = (240, 240, 155)
+# Marks a folder the demo generator wrote: only such a folder (or an empty one) is written into again.
+DEMO_MARKER = ".vae_dynamics-demo"
 # Tissue intensities per modality (relative units): csf, gm, wm, et, netc, snfh.
 CONTRASTS = {
     "t1n": dict(csf=0.25, gm=0.55, wm=0.80, et=0.55, netc=0.35, snfh=0.45),
@@ -279,7 +281,15 @@ def generate(
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
     out_dir = Path(out_dir)
+    marker = out_dir / DEMO_MARKER
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not marker.is_file():
+        shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:5])
+        raise FileExistsError(
+            f"demo output {out_dir} holds files that are not an earlier demo's ({shown}): subject folders of "
+            "the same name would be replaced; choose an empty or new folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
+    marker.touch()  # first: an interrupted or changed generation may rewrite this folder
     load_anatomy()  # load once before forking workers
     rows = map_in_processes(
         write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects, workers=workers

@@ -63,7 +63,7 @@ def write_encoding(
     rows: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
     late: list[dict[str, str]] = []  # rejected while encoding
-    with output_dir(out_dir, "encode", _inputs(run, source, valid, rejected), force) as tmp:
+    with output_dir(out_dir, "encode", _inputs(run, source, valid), force) as tmp:
         for batch in run._batches(valid, batch_size, workers, progress, late):
             rows.extend(code_rows(batch))
             if reconstruct:
@@ -89,22 +89,19 @@ def write_encoding(
     return table
 
 
-def _inputs(run: TrainedRun, source: Scans, valid: pd.DataFrame, rejected: pd.DataFrame) -> Protected:
+def _inputs(run: TrainedRun, source: Scans, valid: pd.DataFrame) -> Protected:
     """What an encoding's output folder must stay clear of: the run, the sheet's or images folder, and the
-    folder of every scan file (valid or rejected)."""
-    given = [source] if isinstance(source, str | os.PathLike) else []
-    if not isinstance(source, pd.DataFrame) and not isinstance(source, str | os.PathLike):
-        given = list(source)
-    given = [Path(g).parent if Path(g).is_file() else Path(g) for g in given]
-    files = [v for t in (valid, rejected) for c in t.columns if c in (*run.modalities, SEG_KEY, "file")
-             for v in t[c] if isinstance(v, str) and v]  # fmt: skip
-    return {
-        "the run directory": [run.run_dir],
-        "the input": given,
-        "the folder of a scan": sorted(
-            {Path(f).parent for f in files if os.path.isabs(f) or Path(f).exists()}
-        ),
-    }
+    folder of every valid scan's files (find_scans gives them resolved)."""
+    if isinstance(source, pd.DataFrame):
+        given: list[Path] = []
+    elif isinstance(source, str | os.PathLike):
+        given = [Path(source)]
+    else:
+        given = [Path(p) for p in source]
+    given = [p.parent if p.is_file() else p for p in given]  # a sheet: its folder
+    columns = [c for c in (*run.modalities, SEG_KEY) if c in valid.columns]
+    scans = {Path(f).parent for c in columns for f in valid[c] if isinstance(f, str) and f}  # absolute
+    return {"the run directory": [run.run_dir], "the input": given, "the folder of a scan": sorted(scans)}
 
 
 def _record(

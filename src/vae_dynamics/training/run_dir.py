@@ -158,13 +158,14 @@ class RunDir:
             yield [f"removed the leftover of an interrupted write: {item}" for item in removed]
 
     def clear_start_files(self, keep: Path | None = None) -> None:
-        """Before a fresh start (no checkpoint, checked): remove the splits, index and preprocessing
-        contract a failed earlier start may have written, so that this start derives them anew (`keep`:
-        the splits folder the user gave, never removed)."""
-        for folder in (self.splits, self.index):
-            if keep is None or Path(keep).resolve() != folder.resolve():
-                shutil.rmtree(folder, ignore_errors=True)
-        self.preprocessing.unlink(missing_ok=True)
+        """Before a fresh start (no checkpoint, checked): remove the split tables, index tables and
+        preprocessing contract a failed earlier start may have written, so that this start derives them
+        anew (`keep`: the splits folder the user gave, never touched)."""
+        own = [self.preprocessing, *(self.index / n for n in ("subjects.csv", "rejected.csv"))]
+        if keep is None or Path(keep).resolve() != self.splits.resolve():
+            own += [self.splits / n for n in SPLIT_FILES]
+        for path in own:  # only the files a start writes: a --run-dir may be a folder that holds others
+            path.unlink(missing_ok=True)
 
     def check_fresh_start(self) -> None:
         """Refuse to start a new run in a folder that holds another run's checkpoints."""
