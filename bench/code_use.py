@@ -51,7 +51,7 @@ from common import (  # noqa: E402
     versions,
 )
 
-from vae_dynamics import experiments  # noqa: E402
+from vae_dynamics import experiments, models  # noqa: E402
 from vae_dynamics.config import ExperimentConfig, config_path, load_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
 from vae_dynamics.models.diagnostics import (  # noqa: E402
@@ -135,8 +135,7 @@ def build(arm: str, base_filters: int, lr: float) -> tuple[str, torch.nn.Module,
     exp, overrides = ARMS[arm]
     cfg = load_config(config_path(exp), {"model.base_filters": base_filters, "train.lr": lr, **overrides})
     torch.manual_seed(0)
-    experiment = experiments.get(exp)
-    return exp, experiment.model_cls()(**experiment.model_kwargs(cfg)), cfg
+    return exp, models.build(cfg), cfg
 
 
 def start_settings(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import lightning
 import monai
 import torch
 
-from vae_dynamics import experiments
+from vae_dynamics import experiments, models
 from vae_dynamics.config import ExperimentConfig
 from vae_dynamics.io import write_text
 from vae_dynamics.models import VAE3d
 
 # experiment key -> its nn.Module class (from the registry)
-MODELS = {key: e.model_cls() for key, e in experiments.EXPERIMENTS.items()}
+MODELS = {key: models.MODELS[e.variant] for key, e in experiments.EXPERIMENTS.items()}
 
 
 def versions() -> dict[str, str]:
@@ -136,14 +136,7 @@ def study_optimizer(model: VAE3d, lr: float, cfg: ExperimentConfig):
     """AdamW and the start schedule of a config, as training builds them (lit_modules.build_optimizer)."""
     from vae_dynamics.training.lit_modules import build_optimizer
 
-    t = cfg.train
-    return build_optimizer(
-        model,
-        lr,
-        encoder_head_lr_scale=t.encoder_head_lr_scale,
-        lr_warmup_steps=t.lr_warmup_steps,
-        encoder_head_lr_ramp_steps=t.encoder_head_lr_ramp_steps,
-    )
+    return build_optimizer(model, cfg.train.model_copy(update={"lr": lr}))
 
 
 def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_help: str) -> None:
@@ -161,7 +154,9 @@ def add_study_arguments(parser, *, steps: int, eval_every: int, lr: float, lr_he
 def loss_terms(exp: str, model, x, cfg, beta: float, n_train: int) -> tuple[dict, torch.Tensor]:
     """The weighted loss terms (each as it enters the total, the registry's objective) and μ, for one
     batch."""
-    objective = experiments.get(exp).objective_cls()(cfg.loss, n_train)
+    from vae_dynamics.losses import OBJECTIVES
+
+    objective = OBJECTIVES[cfg.model.variant](cfg.loss, n_train)
     x_hat, mu, logvar, z = model(x)
     out = objective(x, (x_hat, mu, logvar, z), beta=beta)
     return {"loss": out["loss"], **{k: w * out[k] for k, w in objective.weights(beta).items()}}, mu

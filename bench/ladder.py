@@ -195,11 +195,11 @@ def load_data(size: int) -> dict[str, Any]:
 
 def ladder_model(experiment: str, cfg, size: int) -> nn.Module:
     """The package's model of `experiment` for s³ inputs (module docstring); 128 is the model itself."""
-    from vae_dynamics import experiments
+    from vae_dynamics import models
     from vae_dynamics.models.components.blocks import group_norm
     from vae_dynamics.models.components.decoder import decoder_widths
 
-    model = experiments.get(experiment).build_model(cfg)
+    model = models.build(cfg)
     if size == 128:
         return model
     drop = {64: 1, 32: 2}[size]  # stride-2 stages removed each way
@@ -241,21 +241,19 @@ def build(job: Job, arm: Start, train_images: torch.Tensor):
     if arm.decoder_mean_bias:
         with torch.no_grad():
             model.decoder.final.bias.copy_(train_images.mean(dim=(0, 2, 3, 4)))
-    t = cfg.train
-    head_scale = getattr(t, "encoder_head_lr_scale", 1.0)
-    groups = param_groups(model, job.lr, head_scale)
+    warm = max(cfg.train.lr_warmup_steps, round(arm.lr_warmup_frac * job.steps))
+    train = cfg.train.model_copy(update={"lr_warmup_steps": warm})
+    groups = param_groups(model, job.lr)
     if arm.head_bias_lr_scale is not None:
         bias = model.encoder.head.bias
         groups[1]["params"] = [p for p in groups[1]["params"] if p is not bias]
         groups.append({"params": [bias], "lr": job.lr * arm.head_bias_lr_scale})
     opt = torch.optim.AdamW(groups)
-    warm = max(getattr(t, "lr_warmup_steps", 0), round(arm.lr_warmup_frac * job.steps))
-    ramp = getattr(t, "encoder_head_lr_ramp_steps", 0)
 
     def factor(group: int):
         def f(step: int) -> float:
-            w, head = lr_factors(step, warm, head_scale, ramp)
-            return (w, head / head_scale, w)[group]  # groups' base lrs already hold the head scale
+            w, head = lr_factors(step, train)
+            return (w, head, w)[group]  # the head bias (a third group) has its own base lr
 
         return f
 
@@ -411,6 +409,7 @@ def resolve_best() -> str | None:
 
 def run_job(job: Job) -> None:
     from vae_dynamics.io import write_text
+    from vae_dynamics.losses import OBJECTIVES
     from vae_dynamics.training.schedules import linear_warmup
 
     arm_name = resolve_best() if job.arm == "best" else job.arm
@@ -421,7 +420,7 @@ def run_job(job: Job) -> None:
     images = data["images"]
     train = images[N_VAL : N_VAL + job.n_train]
     experiment, model, cfg, opt, schedule = build(job, arm, train)
-    objective = experiment.objective_cls()(cfg.loss, job.n_train)
+    objective = OBJECTIVES[cfg.model.variant](cfg.loss, job.n_train)
     target = experiment.beta_target(cfg.loss)
     weight = (128 / job.size) ** 3
     mean_volume = train.mean(0, keepdim=True)

@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     versions,
 )
 
-from vae_dynamics import experiments  # noqa: E402
+from vae_dynamics import experiments, models  # noqa: E402
 from vae_dynamics.config import config_path, load_config  # noqa: E402
 from vae_dynamics.io import write_text  # noqa: E402
 from vae_dynamics.models.diagnostics import latent_summary, spatial_share  # noqa: E402
@@ -92,8 +92,7 @@ def build(variant: str, base_filters: int) -> tuple[str, torch.nn.Module, dict[s
     exp, overrides = VARIANTS[variant]
     cfg = load_config(config_path(exp), {"model.base_filters": base_filters, **overrides})
     torch.manual_seed(0)
-    experiment = experiments.get(exp)
-    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
+    model = models.build(cfg)
     return exp, model, cfg
 
 

@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 try:
-    from vae_dynamics.workflow import plan as wf
+    from vae_dynamics.pipeline import plan as wf
 except ImportError as exc:  # a bare Snakemake: the package plans the runs, so it comes first
     raise WorkflowError(
         "this workflow needs the vae_dynamics package where Snakemake runs (it plans the runs and "
@@ -21,7 +21,7 @@ min_version("8.0")
 validate(config, "../workflow/schemas/config.schema.yaml")
 wf.check_experiment_keys(config)  # experiments:, overrides.<exp>, sweep.<exp> name registered ones
 
-EXPERIMENTS = wf.experiment_keys()  # the registry's experiments: exp2, exp1 (and any plugin's)
+EXPERIMENTS = wf.experiment_keys()  # the experiments: exp2, exp1
 DEMO = config.get("demo") or None
 # A sweep's runs (results/sweep/<exp>/<name>), every config validated before any work.
 SWEEP = wf.sweep_runs(config)

@@ -1,7 +1,7 @@
 # Evaluation: subject factors, latents of every subject, disentanglement metrics and figures,
 # and the side-by-side comparison of Exp1 and Exp2.
 
-COMPARED = sorted(EXPERIMENTS)  # baseline first: exp1, exp2
+COMPARED = wf.compared_experiments()  # the baseline first: exp1, exp2
 
 
 rule subject_factors:

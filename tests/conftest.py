@@ -112,6 +112,17 @@ def small_exp_config(name: str, tmp_path: Path, **extra: object) -> dict:
     return load_config(config_path(name), {k: v for k, v in overrides.items()})
 
 
+def exp2_module(dataset_size: int = 10, **sets: object):
+    """Exp2's LightningModule built as training builds it, from the shipped config at base_filters 16
+    (no gradient checkpointing) with the dotted `sets` applied."""
+    from vae_dynamics.training.lit_modules import TCVAELitModule
+
+    cfg = load_config(
+        config_path("exp2"), {"model.base_filters": 16, "train.gradient_checkpointing": False, **sets}
+    )
+    return TCVAELitModule(cfg, dataset_size)
+
+
 def train_script_args(config: str, run_dir: Path, cache_dir: Path, *sets: str) -> list[str]:
     """`python scripts/train.py` for a shipped config made CPU-sized (as small_exp_config), one epoch."""
     repo = Path(__file__).resolve().parents[1]

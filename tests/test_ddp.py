@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import train_script_args
+from conftest import exp2_module, train_script_args
 
 from vae_dynamics.losses import compute_tcvae_loss
 from vae_dynamics.training.lit_modules import TCVAELitModule
@@ -34,9 +34,7 @@ def free_port() -> int:
 
 def make_module() -> TCVAELitModule:
     torch.manual_seed(0)
-    return TCVAELitModule(
-        {"base_filters": 16}, dataset_size=N_TRAIN, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=0
-    )
+    return exp2_module(N_TRAIN, **{"loss.beta_tc_annealing_epochs": 0})
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:

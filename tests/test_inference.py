@@ -21,7 +21,7 @@ from conftest import REPO, small_exp_config
 from vae_dynamics.data import MODALITIES
 from vae_dynamics.data.demo import generate
 from vae_dynamics.evaluation.new_scans import write_encoding
-from vae_dynamics.inference import ContractMismatchError, load_run, mu_columns, native_space
+from vae_dynamics.inference import ContractMismatchError, latent_columns, load_run, native_space
 
 # The same scan stored RAS instead of LPS: the same voxels after Orientation, so μ agrees to 1e-4. Stored
 # at 1.25 mm as well, it is resampled 1 -> 1.25 -> 1 mm (trilinear twice: a smoother image), and μ moves:
@@ -76,7 +76,7 @@ def test_new_scans_are_encoded_from_a_folder_and_from_a_seg_free_sheet(trained, 
     assert run.checkpoint == run.run_dir / run.summary["best_checkpoint"] and not run.model.training
     from_folder = run.encode(new_scans)
     assert list(from_folder["subject_id"]) == sorted(p.name for p in new_scans.iterdir() if p.is_dir())
-    assert len(mu_columns(from_folder)) == 128 and "logvar_127" in from_folder
+    assert len(latent_columns(from_folder)) == 128 and "logvar_127" in from_folder
     assert from_folder["run_identity"].nunique() == 1 and from_folder["checkpoint"].iloc[0].endswith(".ckpt")
 
     sheet = _sheet(new_scans, tmp_path / "sheet")
@@ -84,7 +84,10 @@ def test_new_scans_are_encoded_from_a_folder_and_from_a_seg_free_sheet(trained, 
     assert list(from_sheet["subject_id"]) == ["patient_0", "patient_1"]
     assert list(from_sheet["visit"]) == ["baseline0", "baseline1"]  # extra columns carried through
     # The demo's tumour lies inside the head: the crop without seg is the same box, so the same μ.
-    a, b = from_folder[mu_columns(from_folder)].to_numpy(), from_sheet[mu_columns(from_sheet)].to_numpy()
+    a, b = (
+        from_folder[latent_columns(from_folder)].to_numpy(),
+        from_sheet[latent_columns(from_sheet)].to_numpy(),
+    )
     np.testing.assert_allclose(a, b, atol=1e-5)
     # ... and the two subjects have different codes (the table is not one row repeated).
     assert np.abs(a[0] - a[1]).max() > 1e-3
@@ -116,9 +119,10 @@ def test_the_same_scan_stored_ras_at_1_25_mm_gives_the_same_code(trained, new_sc
     codes = run.encode(pd.DataFrame(rows))
     reference = run.encode(new_scans)  # as stored (LPS, 1 mm): this subject and the other new one
     mu = {
-        sid: codes.loc[codes.subject_id == sid, mu_columns(codes)].to_numpy()[0] for sid in ("ras", "coarse")
+        sid: codes.loc[codes.subject_id == sid, latent_columns(codes)].to_numpy()[0]
+        for sid in ("ras", "coarse")
     }
-    mu_ref, mu_other = reference[mu_columns(reference)].to_numpy()
+    mu_ref, mu_other = reference[latent_columns(reference)].to_numpy()
     np.testing.assert_allclose(mu["ras"], mu_ref, atol=1e-4)
     rms = lambda v: float(np.sqrt(np.mean(np.square(v))))  # noqa: E731
     assert rms(mu["coarse"] - mu_ref) <= RESAMPLED_MU_RMS

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, train_script_args
+from conftest import REPO, exp2_module, train_script_args
 
+from vae_dynamics.config import config_path, load_config
 from vae_dynamics.models import TCVAESBD, BaselineVAE
 from vae_dynamics.models.components.blocks import reparameterize
 from vae_dynamics.training.callbacks import ReconSnapshotCallback
@@ -59,17 +60,15 @@ def test_forward_samples_z_from_the_posterior_and_decodes_it(cls):
 
 
 @pytest.mark.parametrize(
-    "module_cls,loss",
-    [
-        (TCVAELitModule, dict(beta_tc_target=6.0, beta_tc_annealing_epochs=40)),
-        (VAELitModule, dict(beta_kl_target=1.0, beta_kl_annealing_epochs=40)),
-    ],
+    "module_cls,exp,head_scale", [(TCVAELitModule, "exp2", 0.01), (VAELitModule, "exp1", 1.0)]
 )
-def test_optimizer_is_adamw_over_every_parameter_with_the_configured_lr(module_cls, loss):
-    module = module_cls({"base_filters": 16}, dataset_size=10, lr=3.7e-4, **loss)
+def test_optimizer_is_adamw_over_every_parameter_with_the_configured_lr(module_cls, exp, head_scale):
+    cfg = load_config(config_path(exp), {"model.base_filters": 16, "train.lr": 3.7e-4})
+    module = module_cls(cfg, dataset_size=10)
     opt = module.configure_optimizers()["optimizer"]
     assert type(opt) is torch.optim.AdamW
-    assert [g["lr"] for g in opt.param_groups] == [3.7e-4, 3.7e-4]  # the rest, the encoder head
+    # the rest, the encoder head (its start: the shipped train.encoder_head_lr_scale)
+    assert [g["lr"] for g in opt.param_groups] == [3.7e-4, pytest.approx(3.7e-4 * head_scale)]
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
 
 
@@ -83,9 +82,7 @@ def test_recon_snapshots_only_at_selected_epochs_with_4_modalities_x_input_recon
     import vae_dynamics.viz.recon as recon_module
 
     torch.manual_seed(0)
-    module = TCVAELitModule(
-        {"base_filters": 16}, dataset_size=10, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=40
-    ).eval()
+    module = exp2_module().eval()
     dataset = [{"image": torch.rand(4, 128, 128, 128), "subject_id": f"S{i}"} for i in range(3)]
     figures = []
     real_figure_file = recon_module.figure_file
@@ -139,8 +136,8 @@ def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
     for key in ("active_units", "mu_spread_rms", "mean_sigma", "kl_top5", "spatial_share", "z_dependence"):
         values = metrics[f"val/{key}"].dropna().to_numpy(dtype=float)  # the "is z used?" diagnostics
         assert len(values) == 1 and np.isfinite(values).all(), key
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert state["global_step"] == 1 and state["hyper_parameters"]["lr"] == 2e-4
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 1 and state["hyper_parameters"]["config"]["train"]["lr"] == 2e-4
     assert state["hyper_parameters"]["dataset_size"] == 3
     assert (run_dir / "config_resolved.yaml").is_file()
     assert len(list((run_dir / "recon" / "epoch_0").glob("*.png"))) == 1
@@ -169,12 +166,8 @@ def test_exp2_trains_end_to_end_through_the_script(demo_splits, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_16_mixed_steps_with_checkpointing_are_finite_and_fp32():
     torch.manual_seed(0)
-    module = TCVAELitModule(
-        {"base_filters": 16, "gradient_checkpointing": True},
-        dataset_size=100,
-        lr=1e-4,
-        beta_tc_target=6.0,
-        beta_tc_annealing_epochs=0,
+    module = exp2_module(
+        100, **{"train.gradient_checkpointing": True, "loss.beta_tc_annealing_epochs": 0}
     ).cuda()
     opt = module.configure_optimizers()["optimizer"]
     scaler = torch.amp.GradScaler("cuda")
@@ -203,40 +196,44 @@ def test_z_is_drawn_in_float32_under_autocast(dtype):
 
 
 def test_encoder_head_lr_scale_gives_the_head_its_own_parameter_group():
-    module = TCVAELitModule(
-        {"base_filters": 16},
-        dataset_size=10,
-        lr=1e-3,
-        beta_tc_target=6.0,
-        beta_tc_annealing_epochs=40,
-        encoder_head_lr_scale=0.01,
-    )
+    module = exp2_module(**{"train.lr": 1e-3, "train.encoder_head_lr_scale": 0.01})
     rest, head = module.configure_optimizers()["optimizer"].param_groups
     assert head["lr"] == pytest.approx(1e-5) and rest["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in head["params"]} == {id(p) for p in module.model.encoder.head.parameters()}
 
 
 def test_lr_factors_warm_up_linearly_and_ramp_the_head_geometrically():
+    from vae_dynamics.config.schema import TrainConfig
     from vae_dynamics.training.schedules import lr_factors
 
-    assert lr_factors(0) == (1.0, 1.0) and lr_factors(500, 0, 0.01, 0) == (1.0, 0.01)  # nothing / permanent
-    assert lr_factors(0, 4) == (0.25, 0.25) and lr_factors(3, 4) == (1.0, 1.0)  # (step + 1) / warm-up
-    assert lr_factors(0, 0, 0.01, 100) == (1.0, pytest.approx(0.01))
-    assert lr_factors(50, 0, 0.01, 100)[1] == pytest.approx(0.1)  # halfway in log: 0.01 -> 0.1 -> 1
-    assert lr_factors(100, 0, 0.01, 100)[1] == 1.0 and lr_factors(10**6, 0, 0.01, 100)[1] == 1.0
-    assert lr_factors(1, 4, 0.01, 100)[1] == pytest.approx(0.5 * 0.01**0.99)  # the warm-up applies too
+    base = TrainConfig.model_validate(
+        {"seed": 0, "max_epochs": 1, "lr": 1e-4, "precision": "32-true", "gradient_checkpointing": False}
+    )
+
+    def factors(step: int, warmup: int = 0, scale: float = 1.0, ramp: int = 0) -> tuple[float, float]:
+        update = {
+            "lr_warmup_steps": warmup,
+            "encoder_head_lr_scale": scale,
+            "encoder_head_lr_ramp_steps": ramp,
+        }
+        return lr_factors(step, base.model_copy(update=update))
+
+    assert factors(0) == (1.0, 1.0) and factors(500, 0, 0.01, 0) == (1.0, 0.01)  # nothing / permanent
+    assert factors(0, 4) == (0.25, 0.25) and factors(3, 4) == (1.0, 1.0)  # (step + 1) / warm-up
+    assert factors(0, 0, 0.01, 100) == (1.0, pytest.approx(0.01))
+    assert factors(50, 0, 0.01, 100)[1] == pytest.approx(0.1)  # halfway in log: 0.01 -> 0.1 -> 1
+    assert factors(100, 0, 0.01, 100)[1] == 1.0 and factors(10**6, 0, 0.01, 100)[1] == 1.0
+    assert factors(1, 4, 0.01, 100)[1] == pytest.approx(0.5 * 0.01**0.99)  # the warm-up applies too
 
 
 def test_the_optimizer_follows_the_start_schedule_step_by_step():
-    module = TCVAELitModule(
-        {"base_filters": 16},
-        dataset_size=10,
-        lr=1e-3,
-        beta_tc_target=6.0,
-        beta_tc_annealing_epochs=40,
-        encoder_head_lr_scale=0.01,
-        lr_warmup_steps=4,
-        encoder_head_lr_ramp_steps=8,
+    module = exp2_module(
+        **{
+            "train.lr": 1e-3,
+            "train.encoder_head_lr_scale": 0.01,
+            "train.lr_warmup_steps": 4,
+            "train.encoder_head_lr_ramp_steps": 8,
+        }
     )
     optimizers = module.configure_optimizers()
     opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]

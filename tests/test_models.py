@@ -115,28 +115,47 @@ def test_checkpointing_wraps_blocks_only_when_grad_is_enabled(monkeypatch):
     assert calls[8:] == [(128, 8, 8, 8), (64, 16, 16, 16), (32, 32, 32, 32), (16, 64, 64, 64)]
 
 
-def test_every_model_constructor_default_is_the_schemas_or_the_shipped_yamls():
-    """A model built directly (as the shape test builds TCVAESBD) starts as a config would start it: the
-    schema is the one home of a default, and keys without one take the shipped YAML's value."""
+def test_no_constructor_default_differs_from_the_schema():
+    """The schema is the one home of a default. A model built directly (as the shape test builds TCVAESBD)
+    starts as a config would start it: each default of a model argument that is a model.* key is the
+    schema's. Objectives and LightningModules take their config sections whole: none of their arguments
+    is a config key with a default of its own."""
     import inspect
 
-    from pydantic_core import PydanticUndefined
-
     from vae_dynamics import experiments
+    from vae_dynamics.config.schema import section_model
+    from vae_dynamics.losses import OBJECTIVES
+    from vae_dynamics.models import MODELS
+    from vae_dynamics.training.lit_modules import LIT_MODULES, ExperimentLitModule
+
+    checked = 0
+    for e in experiments.EXPERIMENTS.values():
+        sections = {s: section_model(e.config_model, s).model_fields for s in ("model", "loss", "train")}
+        for name, param in inspect.signature(MODELS[e.variant]).parameters.items():
+            if name in sections["model"] and param.default is not inspect.Parameter.empty:
+                field = sections["model"][name]
+                expected = field.get_default(call_default_factory=True)
+                found = list(param.default) if isinstance(expected, list) else param.default
+                assert found == expected, (
+                    f"{MODELS[e.variant].__name__}({name}={param.default!r}): schema {expected!r}"
+                )
+                checked += 1
+        keys = {k for fields in sections.values() for k in fields}
+        for cls in (OBJECTIVES[e.variant], LIT_MODULES.get(e.variant, ExperimentLitModule)):
+            own = [n for n, p in inspect.signature(cls).parameters.items() if n in keys]
+            assert not own, f"{cls.__name__} repeats config keys as arguments: {own}"
+    assert checked == 4 + 9  # Exp1: z_dim, input_channels, base_filters, norm; Exp2: those + 5 of its own
+
+
+def test_a_model_built_directly_starts_as_its_config_starts_it():
+    from vae_dynamics import models
     from vae_dynamics.config import config_path, load_config
 
-    for key, experiment in experiments.EXPERIMENTS.items():
-        fields = experiment.config_model.model_fields["model"].annotation.model_fields
-        shipped = load_config(config_path(key)).model
-        for name, param in inspect.signature(experiment.model_cls()).parameters.items():
-            if name not in fields or param.default is inspect.Parameter.empty:
-                continue
-            schema = fields[name].default
-            expected = getattr(shipped, name) if schema is PydanticUndefined else schema
-            if isinstance(expected, list):
-                expected, found = tuple(expected), tuple(param.default)
-            else:
-                found = param.default
-            assert found == expected, (
-                f"{experiment.model_cls().__name__}({name}={param.default!r}): schema says {expected!r}"
-            )
+    cfg = load_config(config_path("exp2"), {"model.base_filters": 16, "train.gradient_checkpointing": False})
+    torch.manual_seed(0)
+    direct = TCVAESBD(base_filters=16)
+    torch.manual_seed(0)
+    built = models.build(cfg)
+    assert direct.encoder.head.bias[128:].eq(-7.0).all()  # the schema's logvar_init_bias
+    for (name, a), (_, b) in zip(direct.state_dict().items(), built.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -9,7 +9,7 @@ import pytest
 from vae_dynamics.config import ConfigError
 from vae_dynamics.config.identity import run_identity
 from vae_dynamics.evaluation.sweep import summarize_sweep
-from vae_dynamics.workflow.plan import load_workflow_config, run_config, sweep_runs
+from vae_dynamics.pipeline.plan import load_workflow_config, run_config, sweep_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

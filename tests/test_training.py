@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import small_exp_config, train_script_args
+from conftest import exp2_module, small_exp_config, train_script_args
 
 from vae_dynamics.losses import NonFiniteLossError
 from vae_dynamics.training.lit_modules import TCVAELitModule
@@ -98,6 +98,9 @@ def test_best_checkpoint_is_chosen_among_epochs_at_the_target_beta(exp2_run):
     assert Path(resumed["best_checkpoint"]).name.startswith("epoch002-")
     assert "target beta" in resumed["checkpoint_choice"]
     assert resumed["best_val_loss"] == pytest.approx(per_epoch["val/loss"].iloc[2], rel=1e-5)
+    # warm-up epochs were never ranked: one ranked file beside last.ckpt
+    names = sorted(p.name for p in (exp2_run["run_dir"] / "checkpoints").iterdir())
+    assert names == [Path(resumed["best_checkpoint"]).name, "last.ckpt"], names
     # last.ckpt was written after every epoch, warm-up epochs included
     assert (
         torch.load(exp2_run["run_dir"] / resumed["last_checkpoint"], map_location="cpu", weights_only=False)[
@@ -189,7 +192,7 @@ def test_a_moved_run_directory_resumes_with_one_last_ckpt_its_best_score_and_its
     val3 = read_metrics(moved / "logs").set_index("epoch").loc[3, "val/loss"]
     assert float(state["best_model_score"]) == pytest.approx(min(best_before, val3), rel=1e-6)
     assert after["global_step"] == summary["global_step"] == 8  # 6 before, 2 more: not restarted
-    for path in [state["last_model_path"], state["best_model_path"], *state["best_k_models"]]:
+    for path in [state["best_model_path"], *state["best_k_models"]]:
         assert Path(path).parent == (moved / "checkpoints").resolve(), path
     assert summary["best_checkpoint"].startswith("checkpoints/")  # relative: valid after the next move
     (moved.parent / "train_summary.json").write_text(json.dumps({**summary, "run_dir": "run"}))
@@ -297,7 +300,7 @@ def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
     losses = []
     for _ in range(2):
         module = TCVAELitModule.load_from_checkpoint(ckpt, map_location="cpu")
-        assert module.dataset_size == 4 and module.hparams.beta_tc_target == 1e4
+        assert module.dataset_size == 4 and module.cfg.loss.beta_tc_target == 1e4
         torch.manual_seed(123)  # same reparameterisation noise
         trainer = L.Trainer(
             accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -309,9 +312,7 @@ def test_checkpoint_reloads_to_the_same_validation_loss(exp2_run, demo_splits):
 
 
 def test_non_finite_loss_stops_with_term_epoch_and_step():
-    module = TCVAELitModule(
-        {"base_filters": 16}, dataset_size=10, lr=1e-4, beta_tc_target=6.0, beta_tc_annealing_epochs=40
-    )
+    module = exp2_module()
     x = torch.rand(2, 4, 128, 128, 128)
     x[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"recon=nan.*epoch 0, global step 0") as info:
@@ -426,7 +427,7 @@ def test_a_trained_run_loads_its_chosen_checkpoint_as_the_bare_model(exp2_run, t
 def test_evaluation_and_encoding_import_no_lightning():
     code = (
         "import sys, vae_dynamics.evaluation.evaluate, vae_dynamics.evaluation.encode\n"
-        "import vae_dynamics.workflow.plan, vae_dynamics.workflow.steps\n"
+        "import vae_dynamics.pipeline.plan, vae_dynamics.pipeline.steps\n"
         "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

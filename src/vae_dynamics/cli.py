@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -178,20 +177,22 @@ def cmd_factors(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation import printed
     from vae_dynamics.evaluation.evaluate import evaluate_run
 
     metrics = evaluate_run(
         args.summary, args.latents, args.factors, args.out, args.device, args.traversed_dims, args.force
     )
-    print(json.dumps({k: metrics[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
+    print(printed(metrics))
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation import printed
     from vae_dynamics.evaluation.metrics import metrics_from_files
 
     columns = args.factors_columns.split(",") if args.factors_columns else None
     result = metrics_from_files(args.latents, args.factors, Path(args.out), columns)
-    print(json.dumps({k: result[k] for k in ("mig", "dci_disentanglement", "sap", "active_units")}))
+    print(printed(result))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -218,7 +219,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from vae_dynamics.workflow.plan import load_workflow_config, sweep_runs
+    from vae_dynamics.pipeline.plan import load_workflow_config, sweep_runs
 
     config = load_workflow_config(*args.configfile)
     runs = sweep_runs(config)

@@ -191,7 +191,7 @@ class TrainedRun:
         import torch
 
         if isinstance(codes, pd.DataFrame):
-            codes = codes[mu_columns(codes)].to_numpy(dtype=np.float32)
+            codes = codes[latent_columns(codes)].to_numpy(dtype=np.float32)
         if isinstance(codes, torch.Tensor):
             z = codes.detach().float().cpu()
         else:  # a copy: the caller's array stays as it is
@@ -296,9 +296,11 @@ def with_rejections(rejected: pd.DataFrame, late: list[dict[str, str]]) -> pd.Da
     return pd.concat([rejected, pd.DataFrame(late, columns=rejected.columns)], ignore_index=True)
 
 
-def mu_columns(table: pd.DataFrame, prefix: str = "mu_") -> list[str]:
-    """mu_0, mu_1, ... of a latents table, in dimension order."""
+def latent_columns(table: pd.DataFrame, prefix: str = "mu_") -> list[str]:
+    """mu_0, mu_1, ... (or logvar_0, ...) of a codes table (`code_rows`), in dimension order."""
     cols = [c for c in table.columns if c.startswith(prefix) and c[len(prefix) :].isdigit()]
+    if not cols:
+        raise ValueError(f"no {prefix}* columns (expected {prefix}0, {prefix}1, ...)")
     return sorted(cols, key=lambda c: int(c[len(prefix) :]))
 
 
@@ -424,7 +426,9 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
         ) from None
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    model = experiment.model_cls()(**experiment.model_kwargs(cfg))
+    from vae_dynamics import models
+
+    model = models.build(cfg)
     try:
         model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
     except RuntimeError as exc:

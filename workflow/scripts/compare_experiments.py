@@ -2,7 +2,7 @@
 
 from vae_dynamics.evaluation.compare import compare_experiments
 from vae_dynamics.io import write_text
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     i = snakemake.input

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from vae_dynamics.io import write_text
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     summary = json.loads(Path(snakemake.input.summary).read_text())

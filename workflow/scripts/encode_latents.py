@@ -4,7 +4,7 @@ import torch
 
 from vae_dynamics.evaluation.encode import encode_latents
 from vae_dynamics.gpus import claim_gpus
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]), claim_gpus(1):
     torch.set_num_threads(snakemake.threads)

@@ -3,7 +3,7 @@
 import torch
 
 from vae_dynamics.gpus import claim_gpus
-from vae_dynamics.workflow.steps import encode_step, log_to
+from vae_dynamics.pipeline.steps import encode_step, log_to
 
 with log_to(snakemake.log[0]), claim_gpus(1):  # on CUDA when present
     torch.set_num_threads(snakemake.threads)

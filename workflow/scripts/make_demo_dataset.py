@@ -1,7 +1,7 @@
 """Rule make_demo_dataset: BraTS-MEN-format demo subjects from the MNI152 anatomy."""
 
 from vae_dynamics.data.demo import generate
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     p = snakemake.params

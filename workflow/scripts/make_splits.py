@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from vae_dynamics.data.splits import make_splits
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     out_dir = Path(snakemake.output.train).parent

@@ -1,7 +1,7 @@
 """Rule subject_factors: tumour volumes and centroid per subject (+ the demo's ground truth)."""
 
 from vae_dynamics.evaluation.factors import subject_factors
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     demo = snakemake.input.demo[0] if snakemake.input.demo else None

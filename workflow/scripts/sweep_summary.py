@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vae_dynamics.evaluation.sweep import summarize_sweep
 from vae_dynamics.io import write_text
-from vae_dynamics.workflow.steps import log_to
+from vae_dynamics.pipeline.steps import log_to
 
 with log_to(snakemake.log[0]):
     out_dir = Path(snakemake.output.md).parent

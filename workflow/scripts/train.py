@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 
 from vae_dynamics.gpus import claim_gpus
-from vae_dynamics.workflow.plan import experiment_config
-from vae_dynamics.workflow.steps import log_to, train_step
+from vae_dynamics.pipeline.plan import experiment_config
+from vae_dynamics.pipeline.steps import log_to, train_step
 
 # The run's experiment and dotted keys come from the rule (the sweep is not planned again per job).
 cfg = experiment_config(snakemake.config, snakemake.params.experiment, snakemake.params.point)

@@ -1,7 +1,7 @@
 """Which config keys define what: the cached data, the run (its directory), and what a resume may change.
 
 One place for these lists; the cache (data/cache.py), the resume check (training/run.py) and the
-workflow's run directory (workflow/plan.py) read them. Light: no torch, so that `snakemake -n` stays fast.
+workflow's run directory (pipeline/plan.py) read them. Light: no torch, so that `snakemake -n` stays fast.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import yaml
 
 from vae_dynamics.config.schema import ConfigError, ExperimentConfig, config_adapter, validate_sections
 from vae_dynamics.io import write_text
-from vae_dynamics.plugins import load_plugins
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -40,9 +39,7 @@ def validate_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     typed config with defaults filled in.
 
     All problems are reported in one ConfigError, one line each, naming the dotted key and value.
-    Experiment plugins (vae_dynamics/plugins.py) are imported first: their variants are valid too.
     """
-    load_plugins()
     return validate_sections(cfg)
 
 

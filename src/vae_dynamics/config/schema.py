@@ -125,16 +125,16 @@ class ModelConfig(Section):
     """model: the architecture (the variant selects the experiment)."""
 
     variant: StrictStr = Field(description="the experiment: baseline_vae (Exp1) or tcvae_sbd (Exp2)")
-    z_dim: Annotated[StrictInt, check(lambda v: v == 128, "is fixed to 128")]
-    input_channels: Annotated[StrictInt, check(lambda v: v == 4, "must be 4 (t1c, t1n, t2f, t2w)")]
+    z_dim: Annotated[StrictInt, check(lambda v: v == 128, "is fixed to 128")] = 128
+    input_channels: Annotated[StrictInt, check(lambda v: v == 4, "must be 4 (t1c, t1n, t2f, t2w)")] = 4
     base_filters: Annotated[
         StrictInt,
         check(
             lambda v: v // 2 >= 8,
             "is too small: base_filters // 2 must be >= 8 (the last decoder stage), i.e. base_filters >= 16",
         ),
-    ] = Field(description="channels of the first encoder stage")
-    norm: Literal["GROUP"]
+    ] = Field(32, description="channels of the first encoder stage")
+    norm: Literal["GROUP"] = "GROUP"
 
 
 class TrainConfig(Section):
@@ -226,7 +226,7 @@ class Exp2Model(ModelConfig):
     variant: Literal["tcvae_sbd"]
     sbd_grid_size: Annotated[
         list[StrictInt], check(lambda v: v == [8, 8, 8], "is fixed to [8, 8, 8] (do not change)")
-    ]
+    ] = Field(default_factory=lambda: [8, 8, 8])
     # Not in the request's YAML: how the SBD starts (docs/LEARNING.md).
     sbd_z_gain: NonNegative = Field(
         0.1, description="initial gain of the z columns of the SBD's 1×1×1 projection"
@@ -276,7 +276,8 @@ class Exp2Config(ExperimentConfig):
 def default(section: type[Section], key: str) -> Any:
     """The schema's default of `key` in a section: the one home of a default that a class also needs
     (a model constructed directly gets the start a config would give it)."""
-    value = section.model_fields[key].default
+    field = section.model_fields[key]
+    value = field.get_default(call_default_factory=True)
     if value is PydanticUndefined:
         raise KeyError(f"{section.__name__}.{key} has no default in the schema")
     return value

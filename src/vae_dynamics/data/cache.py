@@ -1,4 +1,4 @@
-"""build_persistent_cache: preprocess every split subject once into a MONAI PersistentDataset cache.
+"""build_persistent_cache: preprocess every split subject once (MONAI transforms) into a persistent cache.
 
 The cache directory is named by a hash of the preprocessing contract (every parameter of
 `build_transforms` + the MONAI version + a code version): MONAI keys cache files by the input dict
@@ -23,7 +23,6 @@ from typing import Any
 
 import monai
 import torch
-from monai.data import PersistentDataset
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -83,33 +82,38 @@ def item_hash(item: Mapping[str, Any]) -> bytes:
     return hashlib.md5(pickle.dumps(stamp)).hexdigest().encode()
 
 
-class AtomicPersistentDataset(PersistentDataset):
-    """PersistentDataset whose cache files are written beside their final name and renamed into place.
+class CachedSubjects(Dataset):
+    """The subjects' preprocessed tensors, each computed once by the MONAI `transform` and kept in
+    `cache_dir` as one file named by `item_hash` (what MONAI's PersistentDataset does, with two
+    differences that need no private MONAI hook): a file is written beside its final name and renamed
+    into place (MONAI moves it from the system temporary folder, a copy when /tmp is another file
+    system), and an unreadable file is computed again. Images are stored as float16."""
 
-    MONAI writes into a system temporary directory and `shutil.move`s the file, which is a copy
-    (not atomic) when /tmp is another file system; an unreadable cache file is recomputed.
-    """
+    def __init__(self, records: Sequence[Mapping[str, str]], cache_dir: Path, transform: Callable) -> None:
+        self.data, self.cache_dir, self.transform = list(records), cache_dir, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
 
     def cache_file(self, item: Mapping[str, Any]) -> Path:
         """Where the preprocessed tensors of `item` are (or will be) cached."""
-        if self.cache_dir is None:
-            raise ValueError("AtomicPersistentDataset needs a cache_dir")
-        return self.cache_dir / f"{self.hash_func(item).decode()}.pt"
+        return self.cache_dir / f"{item_hash(item).decode()}.pt"
 
-    def _cachecheck(self, item_transformed: Mapping[str, Any]) -> Any:
-        hashfile = self.cache_file(item_transformed)
-        if hashfile.is_file():
+    def __getitem__(self, index: int) -> Any:
+        record = self.data[index]
+        path = self.cache_file(record)
+        if path.is_file():
             try:
-                return torch.load(hashfile, weights_only=True)
+                return torch.load(path, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable cache file is rebuilt
                 warnings.warn(
-                    f"cache file {hashfile} of subject {item_transformed.get('subject_id')} is unreadable "
+                    f"cache file {path} of subject {record.get('subject_id')} is unreadable "
                     f"({type(exc).__name__}); recomputing it",
                     stacklevel=2,
                 )
-        item = self._pre_transform(dict(item_transformed))
+        item = self.transform(dict(record))
         item["image"] = item["image"].to(CACHE_IMAGE_DTYPE)
-        with atomic_path(hashfile) as tmp:  # a failed save leaves neither a partial nor a temporary file
+        with atomic_path(path) as tmp:  # a failed save leaves neither a partial nor a temporary file
             torch.save(item, tmp)
         return item
 
@@ -127,11 +131,9 @@ def make_dataset(
     records: Sequence[Mapping[str, str]],
     cache_dir: str | os.PathLike[str],
     transform: Callable,
-) -> AtomicPersistentDataset:
-    """A PersistentDataset over `records` caching `transform`'s output in `cache_dir`."""
-    return AtomicPersistentDataset(
-        data=list(records), transform=transform, cache_dir=Path(cache_dir), hash_func=item_hash
-    )
+) -> CachedSubjects:
+    """The subjects of `records`, `transform`'s output cached in `cache_dir`."""
+    return CachedSubjects(records, Path(cache_dir), transform)
 
 
 def split_dataset(
@@ -139,7 +141,7 @@ def split_dataset(
     splits_dir: str | os.PathLike[str],
     split: str,
     cache_root: str | os.PathLike[str] | None = None,
-) -> AtomicPersistentDataset:
+) -> CachedSubjects:
     """The subjects of `<splits_dir>/<split>.csv` served from the persistent cache of `data_cfg`'s
     preprocessing under `cache_root` (default: data.cache_dir); computed and cached where missing."""
     cache_dir = prepare_cache_dir(cache_root or data_cfg.cache_dir, data_cfg)
@@ -150,7 +152,7 @@ def split_dataset(
 class RamCachedDataset(Dataset):
     """Serves the first `n_in_ram` items from memory (loaded from the disk cache once, at setup)."""
 
-    def __init__(self, base: AtomicPersistentDataset, n_in_ram: int, progress: bool = False) -> None:
+    def __init__(self, base: CachedSubjects, n_in_ram: int, progress: bool = False) -> None:
         self.base = base
         self.held = [base[i] for i in tqdm(range(n_in_ram), desc="cache -> RAM", disable=not progress)]
 
@@ -161,7 +163,7 @@ class RamCachedDataset(Dataset):
         return self.held[index] if index < len(self.held) else self.base[index]
 
 
-SubjectDataset = AtomicPersistentDataset | RamCachedDataset  # one item per subject, sized
+SubjectDataset = CachedSubjects | RamCachedDataset  # one item per subject, sized
 
 
 def available_memory_bytes() -> int:

@@ -1,4 +1,4 @@
-"""LightningDataModule over the cached train/val splits (MONAI PersistentDataset + DataLoader)."""
+"""LightningDataModule over the cached train/val splits (the persistent cache + MONAI DataLoader)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from monai.data import DataLoader
 from vae_dynamics.config.schema import DataConfig
 from vae_dynamics.data.cache import (
     CACHE_IMAGE_DTYPE,
-    AtomicPersistentDataset,
+    CachedSubjects,
     RamCachedDataset,
     SubjectDataset,
     ram_share,
@@ -258,7 +258,7 @@ class BraTSDataModule(L.LightningDataModule):
         """N of the MWS estimator: the number of training subjects."""
         return len(self.train_records)
 
-    def disk_dataset(self, split: str) -> AtomicPersistentDataset:
+    def disk_dataset(self, split: str) -> CachedSubjects:
         """The `split` ("train" or "val") subjects served from the persistent disk cache only."""
         return split_dataset(self.data_cfg, self.splits_dir, split, self.cache_root)
 

@@ -17,6 +17,15 @@ LATENT_SCALARS = (
     "kl_total",
 )
 RECON_SCALARS = ("val_mse_over_zero_predictor", "val_mse_over_mean_volume", "z_dependence")
+# What an evaluation prints when it has finished (the CLI, the workflow's log).
+PRINTED_SCALARS = ("mig", "dci_disentanglement", "sap", "active_units")
+
+
+def printed(metrics: dict) -> str:
+    """The one line an evaluation prints: its PRINTED_SCALARS as JSON."""
+    import json
+
+    return json.dumps({k: metrics[k] for k in PRINTED_SCALARS})
 
 
 def format_value(value: object, digits: int = 4) -> str:

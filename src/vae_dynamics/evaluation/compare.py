@@ -58,10 +58,6 @@ def _provenance_line(prov: Mapping[str, Any]) -> str:
     return f"commit {commit}; {packages}; CUDA {run.get('cuda')}; {gpus}; {run.get('host')}, {when}"
 
 
-def _fmt(value: Any) -> str:
-    return format_value(value, 4)
-
-
 def compare_experiments(
     runs: Mapping[str, Mapping[str, str | os.PathLike[str]]],
     out_md: str | os.PathLike[str],
@@ -110,7 +106,7 @@ def _comparison_markdown(
 
     def md_table(rows: list[str]) -> list[str]:
         lines = ["| quantity | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        lines += [f"| {k} | " + " | ".join(_fmt(table.at[k, n]) for n in names) + " |" for k in rows]
+        lines += [f"| {k} | " + " | ".join(format_value(table.at[k, n]) for n in names) + " |" for k in rows]
         return lines
 
     lines = [

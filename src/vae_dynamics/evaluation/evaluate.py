@@ -27,7 +27,7 @@ from vae_dynamics.data import read_subject_table
 from vae_dynamics.data.cache import SubjectDataset
 from vae_dynamics.evaluation import N_TRAVERSED
 from vae_dynamics.evaluation.encode import split_datasets
-from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical, latent_columns
+from vae_dynamics.evaluation.metrics import compute_metrics, is_categorical
 from vae_dynamics.evaluation.traversals import (
     TRAVERSAL_MODALITIES,
     TRAVERSAL_VALUES,
@@ -35,7 +35,7 @@ from vae_dynamics.evaluation.traversals import (
     traversal_overview,
     tumour_centre,
 )
-from vae_dynamics.inference import TrainedRun, load_run
+from vae_dynamics.inference import TrainedRun, latent_columns, load_run
 from vae_dynamics.io import Protected, output_dir, write_csv, write_json
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 from vae_dynamics.provenance import finish_provenance, provenance

@@ -32,20 +32,13 @@ import torch
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 from vae_dynamics.data import read_subject_table
+from vae_dynamics.inference import latent_columns
 from vae_dynamics.io import write_json
 from vae_dynamics.models import diagnostics
 from vae_dynamics.models.diagnostics import ACTIVE_UNIT_THRESHOLD
 
 N_BINS = 20
 MIN_SUBJECTS = 100  # below this the binned MI estimates are dominated by their bias
-
-
-def latent_columns(df: pd.DataFrame, prefix: str = "mu_") -> list[str]:
-    """`mu_0, mu_1, ...` in numeric order."""
-    cols = [c for c in df.columns if c.startswith(prefix) and c[len(prefix) :].isdigit()]
-    if not cols:
-        raise ValueError(f"no {prefix}* columns (expected {prefix}0, {prefix}1, ...)")
-    return sorted(cols, key=lambda c: int(c[len(prefix) :]))
 
 
 def is_categorical(values: pd.Series) -> bool:

@@ -20,7 +20,7 @@ from vae_dynamics.inference import (
     Scans,
     TrainedRun,
     code_rows,
-    mu_columns,
+    latent_columns,
     native_space,
     save_native,
     with_rejections,
@@ -145,8 +145,8 @@ def _reconstruct(
 
 def _traversals(run: TrainedRun, table: pd.DataFrame, kept: list[dict[str, Any]], k: int, out: Path) -> None:
     """One figure per scan: the k dimensions of largest mean KL over these scans, traversed around its μ."""
-    logvar = table[mu_columns(table, "logvar_")].to_numpy(dtype=float)
-    kl = kl_per_dimension(table[mu_columns(table)].to_numpy(dtype=float), logvar)
+    logvar = table[latent_columns(table, "logvar_")].to_numpy(dtype=float)
+    kl = kl_per_dimension(table[latent_columns(table)].to_numpy(dtype=float), logvar)
     top = [int(j) for j in np.argsort(-kl, kind="stable")[:k]]
     size = tuple(run.cfg.data.roi_size)
     for it in kept:

@@ -225,11 +225,11 @@ def _summary_markdown(table: pd.DataFrame, keys: list[str], n_runs: int, missing
     ]
     for values, frame in table.groupby(group, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        cells = [_fmt(v) for v in values] + [str(len(frame))] + [_mean_sd(frame[c]) for c in shown]
+        cells = [format_value(v, 3) for v in values] + [str(len(frame))] + [_mean_sd(frame[c]) for c in shown]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Every run", "", "| run | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for row in table.to_dict("records"):
-        lines.append(f"| `{row['run']}` | " + " | ".join(_fmt(row.get(c)) for c in shown) + " |")
+        lines.append(f"| `{row['run']}` | " + " | ".join(format_value(row.get(c), 3) for c in shown) + " |")
     lines += [
         "",
         "![trade-off](tradeoff.png)",
@@ -240,7 +240,3 @@ def _summary_markdown(table: pd.DataFrame, keys: list[str], n_runs: int, missing
         "`summary_by_point.csv`.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Any) -> str:
-    return format_value(value, 3)

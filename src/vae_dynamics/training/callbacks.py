@@ -68,20 +68,24 @@ class EpochMetricsLogger(L.Callback):
 
 
 class TargetBetaCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint on val/loss that ranks only epochs at the target β; last.ckpt after every epoch.
+    """ModelCheckpoint on val/loss that ranks only epochs at the target β.
 
     val/loss contains β·TC (Exp2) or β·KL (Exp1) with the epoch's β. Under the MWS estimator TC carries
     an offset of about (d-1)·ln(N·M) per sample that no parameter can reduce, so during the warm-up
     val/loss grows with β whatever the model learns: epochs with different β are not comparable, and
-    "best" would favour the first, β ≈ 0 epochs. Epochs before `first_epoch` are therefore never
-    ranked; until then last.ckpt is the checkpoint to use.
+    "best" would favour the first, β ≈ 0 epochs. Lightning ranks in its public `on_validation_end`
+    hook, which this callback passes on only from `first_epoch`; until then `resume_checkpoint()`'s
+    last.ckpt is the checkpoint to use.
     """
 
     def __init__(self, *, first_epoch: int, **kwargs: Any) -> None:
         # Rank and save when validation ends (val/loss is known then), not at the train epoch's end.
-        # No version counter: last.ckpt is overwritten, never joined by a last-v1.ckpt that no resume reads.
         super().__init__(save_on_train_epoch_end=False, enable_version_counter=False, **kwargs)
         self.first_epoch = first_epoch
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.first_epoch:
+            super().on_validation_end(trainer, pl_module)
 
     def chosen(self, last_checkpoint: Path) -> tuple[Path, str]:
         """The checkpoint to export and evaluate, and why it was chosen."""
@@ -122,16 +126,17 @@ class TargetBetaCheckpoint(ModelCheckpoint):
             }
         super().load_state_dict(state_dict)
 
-    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        if trainer.current_epoch >= self.first_epoch:
-            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        # Lightning writes last.ckpt only when a top-k checkpoint was written at this step; a resumable
-        # run needs it after every epoch (warm-up epochs and epochs that did not improve included).
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+def resume_checkpoint(dirpath: Path) -> ModelCheckpoint:
+    """last.ckpt after every validation, warm-up epochs and epochs that did not improve included: the
+    point a resume starts from. Overwritten in place (no last-v1.ckpt that no resume would read)."""
+    return ModelCheckpoint(
+        dirpath=dirpath,
+        filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+        save_top_k=1,  # without a monitor: the latest, under one name
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
 
 
 class CompileTimer(L.Callback):

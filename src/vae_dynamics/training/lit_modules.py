@@ -1,21 +1,21 @@
 """LightningModules: step logic and logging only (models know nothing of training).
 
-One module for every experiment, wired by its registry record; the request's `VAELitModule` (Exp1) and
+One module for every experiment, built from its whole config; the request's `VAELitModule` (Exp1) and
 `TCVAELitModule` (Exp2) are that module with the experiment fixed."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 
-from vae_dynamics import experiments
-from vae_dynamics.config.schema import ExperimentConfig
-from vae_dynamics.losses import NonFiniteLossError
-from vae_dynamics.losses.common import Objective
+from vae_dynamics import experiments, models
+from vae_dynamics.config import validate_config
+from vae_dynamics.config.schema import Exp1Config, Exp2Config, ExperimentConfig, TrainConfig, variant_of
+from vae_dynamics.losses import OBJECTIVES, NonFiniteLossError, Objective
 from vae_dynamics.models import VAE3d
 from vae_dynamics.models.diagnostics import latent_summary, spatial_share, z_dependence
 from vae_dynamics.provenance import code_version
@@ -41,8 +41,8 @@ def code_use_problems(stats: dict[str, float]) -> list[str]:
     return problems
 
 
-def param_groups(model: VAE3d, lr: float, encoder_head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: every parameter at lr, the encoder's last Linear at lr · encoder_head_lr_scale.
+def param_groups(model: VAE3d, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: every parameter, then the encoder's last Linear (its own lr schedule: lr_factors).
 
     That Linear reads all 32·8³ head features; Adam moves each weight by about lr per step, so its
     outputs (μ, log σ²) can move by lr · Σ|h| ≈ thousands of times lr in one step, whatever the
@@ -51,104 +51,76 @@ def param_groups(model: VAE3d, lr: float, encoder_head_lr_scale: float = 1.0) ->
     head = list(model.encoder.head.parameters())
     ids = {id(p) for p in head}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * encoder_head_lr_scale}]
+    return [{"params": rest, "lr": lr}, {"params": head, "lr": lr}]
 
 
 def build_optimizer(
-    model: VAE3d,
-    lr: float,
-    *,
-    encoder_head_lr_scale: float = 1.0,
-    lr_warmup_steps: int = 0,
-    encoder_head_lr_ramp_steps: int = 0,
+    model: VAE3d, train: TrainConfig
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over `param_groups` and the per-step schedule of the start (training/schedules.lr_factors).
 
-    The scheduler steps once per optimizer step; both groups' base lr is `lr`, their multipliers are
+    The scheduler steps once per optimizer step; both groups' base lr is train.lr, their multipliers are
     (warm-up, warm-up · head scale). Training and bench/ build the optimizer here and only here.
     """
-    opt = torch.optim.AdamW(param_groups(model, lr, 1.0))
+    opt = torch.optim.AdamW(param_groups(model, train.lr))
 
     def factor(group: int) -> Callable[[int], float]:
-        return lambda step: lr_factors(
-            step, lr_warmup_steps, encoder_head_lr_scale, encoder_head_lr_ramp_steps
-        )[group]
+        return lambda step: lr_factors(step, train)[group]
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, [factor(0), factor(1)])
 
 
 class ExperimentLitModule(L.LightningModule):
-    """The training step of every experiment: forward, the record's objective with the epoch's β, logging
-    of every returned term, and the code-use diagnostics. What differs between experiments (the model,
-    the objective, the warmed-up β) comes from the registry record (experiments.py) named `experiment`.
+    """The training step of every experiment: forward, its objective with the epoch's β, logging of
+    every returned term, and the code-use diagnostics. It takes the whole typed config (saved as the
+    hyperparameters, so `load_from_checkpoint` rebuilds it); the model and the objective are those the
+    config's model.variant names (models.MODELS, losses.OBJECTIVES), the warmed-up β its experiment's.
 
     Under DDP the logged terms are those of the global batch (summed over processes), and the loss
     that is backpropagated is scaled by the world size: DDP averages gradients over processes, and
     the sum-reduced loss of the global batch is the sum, not the mean, of the per-process losses.
     """
 
-    EXPERIMENT: str | None = None  # fixed by the request's named modules below
-    LOSS_DEFAULTS: dict[str, Any] = {}  # loss.* keys a caller of the constructor may leave out
+    VARIANT: str | None = None  # the model.variant a named module trains (the request's modules below)
     model: VAE3d
 
     def __init__(
-        self,
-        model_kwargs: dict[str, Any],
-        *,
-        dataset_size: int,
-        lr: float,
-        experiment: str | None = None,
-        channels_last: bool = False,
-        encoder_head_lr_scale: float = 1.0,
-        lr_warmup_steps: int = 0,
-        encoder_head_lr_ramp_steps: int = 0,
-        diagnostics_every_n_epochs: int = 1,
-        **loss: Any,  # the experiment's loss.* keys
+        self, config: ExperimentConfig | Mapping[str, Any], dataset_size: int, channels_last_3d: bool = False
     ) -> None:
+        """`channels_last_3d`: train.channels_last as this machine resolves it (trainer.Hardware)."""
         super().__init__()
-        key = experiment or self.EXPERIMENT
-        if key is None or (self.EXPERIMENT and key != self.EXPERIMENT):
-            raise ValueError(f"{type(self).__name__} trains {self.EXPERIMENT}, not experiment={experiment!r}")
-        self.experiment = experiments.get(key)
-        loss = {**self.LOSS_DEFAULTS, **loss}  # before save_hyperparameters: the checkpoint holds them all
-        self.save_hyperparameters()
-        self.model = self.experiment.model_cls()(**model_kwargs)
-        if channels_last:
+        cfg = config if isinstance(config, ExperimentConfig) else validate_config(config)
+        if self.VARIANT and cfg.model.variant != self.VARIANT:
+            raise ValueError(f"{type(self).__name__} trains {self.VARIANT}, not {cfg.model.variant!r}")
+        # plain data in the checkpoint: it loads with weights_only=True
+        self.save_hyperparameters(
+            {"config": cfg.to_dict(), "dataset_size": dataset_size, "channels_last_3d": channels_last_3d}
+        )
+        self.cfg, self.experiment = cfg, experiments.of(cfg)
+        self.model = models.build(cfg)
+        if channels_last_3d:
             self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.dataset_size = dataset_size  # N of the MWS estimator: number of TRAIN subjects
-        self.loss_cfg = self.experiment.loss_config(loss)
-        self.objective: Objective = self.experiment.objective_cls()(self.loss_cfg, dataset_size)
+        self.objective: Objective = OBJECTIVES[cfg.model.variant](cfg.loss, dataset_size)  # type: ignore[call-arg]
         self._val_posteriors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._probe: dict[str, float] = {}
 
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig, n_train: int, channels_last: bool) -> ExperimentLitModule:
-        """The module of the experiment `cfg` selects (model.variant), with N = number of train subjects."""
-        experiment = experiments.of(cfg)
-        lit_cls: type[ExperimentLitModule] = experiment.lit_cls()
-        train = cfg.train
-        return lit_cls(
-            experiment.model_kwargs(cfg),
-            experiment=experiment.key,
-            dataset_size=n_train,
-            lr=train.lr,
-            channels_last=channels_last,
-            encoder_head_lr_scale=train.encoder_head_lr_scale,
-            lr_warmup_steps=train.lr_warmup_steps,
-            encoder_head_lr_ramp_steps=train.encoder_head_lr_ramp_steps,
-            diagnostics_every_n_epochs=cfg.logging.diagnostics_every_n_epochs,
-            **cfg.loss.model_dump(),
-        )
+    @staticmethod
+    def for_config(
+        cfg: ExperimentConfig, n_train: int, channels_last_3d: bool = False
+    ) -> ExperimentLitModule:
+        """The module of the experiment `cfg` selects (LIT_MODULES), with N = number of train subjects."""
+        return LIT_MODULES.get(cfg.model.variant, ExperimentLitModule)(cfg, n_train, channels_last_3d)
 
     @property
     def beta(self) -> float:
         """β of the current epoch: linear from 0 to its target over the warm-up (training/schedules)."""
-        target = self.experiment.beta_target(self.loss_cfg)
+        target = self.experiment.beta_target(self.cfg.loss)
         return linear_warmup(self.current_epoch, target, self.warmup_epochs)
 
     @property
     def warmup_epochs(self) -> int:
-        return self.experiment.warmup_epochs(self.loss_cfg)
+        return self.experiment.warmup_epochs(self.cfg.loss)
 
     def compute_loss(
         self, x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
@@ -166,7 +138,7 @@ class ExperimentLitModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         x = batch["image"]
-        if self.hparams["channels_last"]:
+        if self.hparams["channels_last_3d"]:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         x_hat, mu, logvar, z = self.model(x)
         if stage == "val":
@@ -223,7 +195,7 @@ class ExperimentLitModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "val")
-        every = self.hparams.get("diagnostics_every_n_epochs", 1)
+        every = self.cfg.logging.diagnostics_every_n_epochs
         if batch_idx == 0 and batch["image"].shape[0] >= 2 and (self.current_epoch + 1) % every == 0:
             self._probe_decoder(batch["image"], self._val_posteriors[-1][0])
         return loss
@@ -260,25 +232,24 @@ class ExperimentLitModule(L.LightningModule):
         checkpoint["vae_dynamics"] = code_version()
 
     def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]
-        hp = self.hparams  # keys absent in checkpoints saved before them take the old behaviour
-        opt, schedule = build_optimizer(
-            self.model,
-            hp["lr"],
-            encoder_head_lr_scale=hp.get("encoder_head_lr_scale", 1.0),
-            lr_warmup_steps=hp.get("lr_warmup_steps", 0),
-            encoder_head_lr_ramp_steps=hp.get("encoder_head_lr_ramp_steps", 0),
-        )
+        opt, schedule = build_optimizer(self.model, self.cfg.train)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class VAELitModule(ExperimentLitModule):
     """Exp1: BaselineVAE with recon + β_kl·KL; logs {train,val}/{loss,recon,kl,beta_kl}."""
 
-    EXPERIMENT = "exp1"
+    VARIANT = variant_of(Exp1Config)
 
 
 class TCVAELitModule(ExperimentLitModule):
     """Exp2: TCVAESBD with the β-TCVAE (MWS) loss; logs {train,val}/{loss,recon,mi,tc,dwkl,beta_tc}."""
 
-    EXPERIMENT = "exp2"
-    LOSS_DEFAULTS = {"alpha": 1.0, "gamma": 1.0, "compute_in_fp32": True}  # the β-TCVAE paper's weights
+    VARIANT = variant_of(Exp2Config)
+
+
+# model.variant -> its LightningModule; an experiment not listed trains with ExperimentLitModule.
+LIT_MODULES: dict[str, type[ExperimentLitModule]] = {
+    VAELitModule.VARIANT: VAELitModule,
+    TCVAELitModule.VARIANT: TCVAELitModule,
+}

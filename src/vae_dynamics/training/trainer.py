@@ -27,6 +27,7 @@ from vae_dynamics.training.callbacks import (
     EpochMetricsLogger,
     ReconSnapshotCallback,
     TargetBetaCheckpoint,
+    resume_checkpoint,
 )
 from vae_dynamics.training.checkpointing import AtomicCheckpointIO, Preempted, PreemptionCheckpoint
 from vae_dynamics.training.distributed import resolve_strategy, world_size
@@ -87,7 +88,7 @@ def build_module(
 ) -> ExperimentLitModule:
     """The experiment's LightningModule (selected by model.variant) with N = number of train subjects."""
     hardware = hardware or Hardware.of(cfg.train)
-    module = ExperimentLitModule.from_config(cfg, n_train, hardware.channels_last)
+    module = ExperimentLitModule.for_config(cfg, n_train, hardware.channels_last)
     if hardware.compile:
         # nn.Module.compile() compiles in place: the state_dict keeps its keys (no `_orig_mod.`), so
         # checkpoints load into an uncompiled model; dynamic=False: the batch shape is fixed (drop_last).
@@ -110,7 +111,6 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, hardware: Hardware | Non
         monitor="val/loss",
         mode="min",
         save_top_k=1,
-        save_last=True,
     )
     recon = ReconSnapshotCallback(
         layout.recon, logging_cfg.recon_every_n_epochs, logging_cfg.num_recon_samples, cfg.data.modalities
@@ -123,6 +123,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, hardware: Hardware | Non
         plugins.append(LightningEnvironment())
     callbacks = [
         checkpoint,
+        resume_checkpoint(layout.checkpoints),  # after the ranking: last.ckpt holds this epoch's
         recon,
         EpochMetricsLogger(),
         *progress,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
 
+from vae_dynamics.config.schema import ModelConfig
 from vae_dynamics.models.components.blocks import reparameterize
 from vae_dynamics.models.components.decoder import UpsamplingDecoder
 from vae_dynamics.models.components.resnet3d import ResNet3dEncoder
@@ -33,6 +35,11 @@ class VAE3d(nn.Module):
             input_channels, base_filters, z_dim, gradient_checkpointing=gradient_checkpointing
         )
         self.decoder = UpsamplingDecoder(base_filters, input_channels, gradient_checkpointing)
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, gradient_checkpointing: bool = False) -> Any:
+        """The model its config's `model` section describes (its fields are the constructor's arguments)."""
+        return cls(**model.model_dump(exclude={"variant"}), gradient_checkpointing=gradient_checkpointing)
 
     @abstractmethod
     def decoder_input(self, z: torch.Tensor) -> torch.Tensor:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vae_dynamics.config.schema import Exp1Model, default
 from vae_dynamics.models.components.blocks import group_norm
 from vae_dynamics.models.components.decoder import decoder_widths
 from vae_dynamics.models.vae.base import VAE3d
 
 
 class BaselineVAE(VAE3d):
-    """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z])."""
+    """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z]).
+
+    The defaults are the schema's (config/schema.py, Exp1Model); gradient checkpointing is train.*."""
 
     def __init__(
         self,
-        z_dim: int = 128,
-        input_channels: int = 4,
-        base_filters: int = 32,
-        norm: str = "GROUP",
+        z_dim: int = default(Exp1Model, "z_dim"),
+        input_channels: int = default(Exp1Model, "input_channels"),
+        base_filters: int = default(Exp1Model, "base_filters"),
+        norm: str = default(Exp1Model, "norm"),
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__(z_dim, input_channels, base_filters, norm, gradient_checkpointing)

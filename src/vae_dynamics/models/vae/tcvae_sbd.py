@@ -15,15 +15,17 @@ from vae_dynamics.models.vae.base import VAE3d
 
 
 class TCVAESBD(VAE3d):
-    """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z])."""
+    """forward(x [B,4,128³]) -> (x_hat [B,4,128³], mu [B,z], logvar [B,z], z [B,z]).
+
+    The defaults are the schema's (config/schema.py, Exp2Model); gradient checkpointing is train.*."""
 
     def __init__(
         self,
-        z_dim: int = 128,
-        input_channels: int = 4,
-        base_filters: int = 32,
-        norm: str = "GROUP",
-        sbd_grid_size: Sequence[int] = (8, 8, 8),
+        z_dim: int = default(Exp2Model, "z_dim"),
+        input_channels: int = default(Exp2Model, "input_channels"),
+        base_filters: int = default(Exp2Model, "base_filters"),
+        norm: str = default(Exp2Model, "norm"),
+        sbd_grid_size: Sequence[int] = default(Exp2Model, "sbd_grid_size"),
         gradient_checkpointing: bool = False,
         sbd_z_gain: float = default(Exp2Model, "sbd_z_gain"),
         sbd_coord_gain: float = default(Exp2Model, "sbd_coord_gain"),

@@ -3,7 +3,7 @@
 (the main runs of the registry and the sweep's), its validated experiment config and identity, the
 shared data section, the scans to encode.
 
-The rules read it as `wf` (rules/common.smk); the steps the jobs run are workflow/steps.py.
+The rules read it as `wf` (rules/common.smk); the steps the jobs run are pipeline/steps.py.
 """
 
 from __future__ import annotations
@@ -50,11 +50,15 @@ def experiment_keys() -> list[str]:
     return list(experiments.EXPERIMENTS)
 
 
+def compared_experiments() -> list[str]:
+    """The experiments compare_experiments puts side by side: the baseline first, then the others."""
+    return sorted(experiments.EXPERIMENTS, key=lambda k: not experiments.EXPERIMENTS[k].baseline)
+
+
 def experiment_overrides(overrides: Mapping[str, Any] | str | None, experiment: str | None) -> dict[str, Any]:
-    """Shared dotted overrides plus those under `overrides[experiment]` (which win)."""
-    if isinstance(overrides, str):  # `--config 'overrides={...}'` arrives as a string
-        overrides = yaml.safe_load(overrides) or {}
-    overrides = dict(overrides or {})
+    """Shared dotted overrides plus those under `overrides[experiment]` (which win); `--config
+    'overrides={...}'` arrives as text (config_block reads it)."""
+    overrides = config_block({"overrides": overrides}, "overrides")
     keys = experiment_keys()
     shared = {k: v for k, v in overrides.items() if k not in keys}
     specific = overrides.get(experiment) or {} if experiment else {}
