@@ -1,5 +1,6 @@
 # vae_dynamics — the commands a user types.
-#   make install   create .venv and install the project (editable) with its dev tools
+#   make install   create .venv and install the project (editable) with all its extras and the dev tools
+#   make docs      build the documentation site -> site/ (mkdocs --strict)
 #   make test      run the whole test suite (installs first if needed)
 #   make lint      ruff check + ruff format --check + snakemake --lint
 #   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
@@ -13,27 +14,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# On a machine without an NVIDIA driver, install the CPU build of torch first so that
-# `torch>=2.4` is already satisfied and pip does not pull a multi-GB CUDA build.
-CPU_TORCH ?= torch==2.13.0
+# On a machine without an NVIDIA driver, install the CPU build of torch first, from PyTorch's CPU index,
+# so that `torch>=2.4` is already satisfied and pip does not pull a multi-GB CUDA build. The index is an
+# extra one: where pip is configured with local wheels, those still serve.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install lock test test-fast lint format demo bench bench-gpu bench-learning bench-code-use bench-ladder clean
+.PHONY: install lock docs test test-fast lint format demo bench bench-gpu bench-learning bench-code-use bench-ladder clean
 
-# LOCK=1 (default): the exact versions of requirements/lock.txt, then the package without dependencies;
-# LOCK=0: the open ranges of pyproject.toml. .venv/.lock records which (tests/test_packaging.py checks it).
+# LOCK=1 (default): the exact versions of requirements/dev.txt (which includes requirements/runtime.txt),
+# then the package without dependencies; LOCK=0: the open ranges of pyproject.toml. .venv/.lock records
+# which (tests/test_packaging.py checks it).
 LOCK ?= 1
 
-$(BIN)/vae-dynamics: pyproject.toml requirements/lock.txt
+$(BIN)/vae-dynamics: pyproject.toml requirements/runtime.txt requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(HAS_GPU),1)
-	$(BIN)/python -m pip install --quiet "$(CPU_TORCH)"
+	$(BIN)/python -m pip install --quiet --extra-index-url "$(TORCH_INDEX)" "torch==$(TORCH_VERSION)"
 endif
 ifeq ($(LOCK),1)
-	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
-	cp requirements/lock.txt $(VENV)/.lock
+	cat requirements/runtime.txt requirements/dev.txt > $(VENV)/.lock
 else
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.lock
@@ -42,11 +46,15 @@ endif
 
 install: $(BIN)/vae-dynamics
 
-# Rewrite requirements/lock.txt from this venv (install it with LOCK=0 first to resolve the open ranges).
+# Rewrite requirements/runtime.txt and dev.txt from this venv (install it with LOCK=0 first to resolve the
+# open ranges): the package's runtime closure (with its workflow, demo and slurm extras), and the rest.
 lock:
-	{ sed -n '1,/^# Regenerate/p' requirements/lock.txt; \
-	  $(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > requirements/lock.new
-	mv requirements/lock.new requirements/lock.txt
+	$(BIN)/python scripts/lock.py
+
+# The documentation site (mkdocs-material, the API reference from the docstrings) -> site/; --strict: a
+# broken link or reference fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # In parallel: one single-threaded pytest process per core and one more (the SLURM and Snakemake
 # tests spend part of their time waiting for their jobs to be scheduled), each test file in one

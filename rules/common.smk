@@ -56,15 +56,12 @@ def index_inputs(wildcards):
         return [DATA_SHEET]  # a changed sheet re-indexes
     if DEMO:
         return [f"{wf.DEMO_DATA}/factors.csv"]
-    root = data_config().root_dir
-    if not Path(root).is_dir() and not Path("results/index/subjects.csv").exists():
+    data = data_config()
+    if not Path("results/index/subjects.csv").exists():
         # found while the jobs are planned (a dry run too), not inside the first job's log
-        raise WorkflowError(
-            f"the data folder {root} does not exist. Point the workflow at your BraTS-MEN folder with "
-            "`--config data_root=/path/to/BraTS_Men_Train` (or data_root: in config/config.yaml), list "
-            "your scans in a sample sheet (data_sheet:), or try the demo: "
-            "`snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done`"
-        )
+        problem = wf.data_root_problem(data.root_dir, data.modalities)
+        if problem:
+            raise WorkflowError(problem)
     return []
 
 

@@ -58,29 +58,53 @@ def test_the_sdist_carries_the_workflow_and_the_type_marker(tmp_path, monkeypatc
     assert expected <= files, expected - files
 
 
-def _lock() -> dict[str, str]:
-    """requirements/lock.txt: normalised name -> exact version."""
+def _lock(*files: str) -> dict[str, str]:
+    """requirements/<files>: normalised name -> exact version."""
     pins = {}
-    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for file in files or ("runtime.txt", "dev.txt"):
+        for line in (REPO / "requirements" / file).read_text().splitlines():
+            if line and not line.startswith(("#", "-r")):
+                name, version = line.split("==")
+                pins[re.sub(r"[-_.]+", "-", name).lower()] = version
     return pins
 
 
-def test_the_lock_pins_every_dependency_exactly_and_satisfies_pyproject():
+def test_the_locks_pin_every_dependency_exactly_and_satisfy_pyproject():
+    """The runtime lock holds the package's dependencies and its workflow, demo and slurm extras, and
+    no dev tool; the dev lock adds the rest."""
     from packaging.requirements import Requirement
 
-    pins = _lock()
-    assert pins["torch"] == "2.13.0" and "snakemake" in pins and "vae-dynamics" not in pins
+    runtime, dev = _lock("runtime.txt"), _lock("dev.txt")
+    assert runtime["torch"] == "2.13.0" and "snakemake" in runtime and "vae-dynamics" not in runtime
+    assert not {"pytest", "mypy", "ruff", "mkdocs"} & runtime.keys() and not runtime.keys() & dev.keys()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
-        req = Requirement(spec)
-        name = re.sub(r"[-_.]+", "-", req.name).lower()
-        assert name in pins, f"{spec}: not in requirements/lock.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), (
-            f"lock {name}=={pins[name]} breaks {spec}"
-        )
+    extras = project["optional-dependencies"]
+    shipped = [*project["dependencies"], *extras["workflow"], *extras["demo"], *extras["slurm"]]
+    tools = [s for s in [*extras["dev"], *extras["docs"]] if not s.startswith("vae_dynamics")]
+    for specs, pins, where in [(shipped, runtime, "runtime"), (tools, {**runtime, **dev}, "runtime or dev")]:
+        for spec in specs:
+            req = Requirement(spec)
+            name = re.sub(r"[-_.]+", "-", req.name).lower()
+            assert name in pins, f"{spec}: not in requirements/{where}.txt"
+            assert req.specifier.contains(pins[name], prereleases=True), (
+                f"lock {name}=={pins[name]} breaks {spec}"
+            )
+
+
+def test_the_library_alone_needs_no_workflow_engine():
+    """`pip install vae_dynamics` (no extras) gives a library that loads runs and encodes scans: its core
+    dependencies hold neither Snakemake nor nilearn, and the modules a library user imports do not import
+    them."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[ ]", spec)[0].lower() for spec in project["dependencies"]}
+    assert not core & {"snakemake", "nilearn", "configargparse", "jsonschema", "pytest"}
+    code = (
+        "import sys\nimport vae_dynamics.inference, vae_dynamics.evaluation.new_scans, vae_dynamics.cli\n"
+        "import vae_dynamics.training.run, vae_dynamics.pipeline.plan\n"
+        "print(sorted(m for m in ('snakemake', 'nilearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_an_install_from_the_lock_has_exactly_the_locks_versions():
@@ -91,29 +115,28 @@ def test_an_install_from_the_lock_has_exactly_the_locks_versions():
     marker = Path(sys.prefix) / ".lock"
     if not marker.is_file():
         pytest.skip("this environment was not installed from the lock (make install LOCK=0, or another venv)")
-    assert marker.read_text() == (REPO / "requirements" / "lock.txt").read_text(), (
-        "lock changed: make install"
-    )
+    locks = [(REPO / "requirements" / f).read_text() for f in ("runtime.txt", "dev.txt")]
+    assert marker.read_text() == "".join(locks), "lock changed: make install"
     wrong = {n: (v, md.version(n)) for n, v in _lock().items() if md.version(n).split("+")[0] != v}
     assert wrong == {}
 
 
 def test_the_conda_env_and_the_apptainer_image_install_exactly_the_lock():
-    """Neither adds an unpinned package: both install requirements/lock.txt, then the package itself
-    without resolving anything else (Apptainer cannot be installed here to build the image)."""
+    """Neither adds an unpinned package nor a dev tool: both install requirements/runtime.txt, then the
+    package itself without resolving anything else (Apptainer cannot be installed here to build it)."""
     env = yaml.safe_load((REPO / "workflow" / "envs" / "vae_dynamics.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["-r ../../requirements/lock.txt", "-e ../.."]
+    assert pip == ["-r ../../requirements/runtime.txt", "-e ../.."]
     assert "python=3.11" in env["dependencies"]  # the python the lock was made with
     definition = (REPO / "containers" / "vae_dynamics.def").read_text()
     post = definition.split("%post", 1)[1].split("%environment", 1)[0]
     installs = [line.strip() for line in post.splitlines() if "pip install" in line]
     assert installs == [
         "/opt/venv/bin/python -m pip install --no-cache-dir --upgrade pip",
-        "/opt/venv/bin/python -m pip install --no-cache-dir -r /opt/vae_dynamics/requirements/lock.txt",
+        "/opt/venv/bin/python -m pip install --no-cache-dir -r /opt/vae_dynamics/requirements/runtime.txt",
         "/opt/venv/bin/python -m pip install --no-cache-dir --no-deps /opt/vae_dynamics",
     ]
-    assert "requirements/lock.txt /opt/vae_dynamics/requirements/lock.txt" in definition
+    assert "requirements/runtime.txt /opt/vae_dynamics/requirements/runtime.txt" in definition
     assert "python3.11 -m venv" in post
 
 

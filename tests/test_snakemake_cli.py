@@ -64,3 +64,28 @@ def test_a_missing_data_folder_is_named_before_any_job_runs(tmp_path):
     said = out.stdout + out.stderr  # Snakemake prints a planning error on stdout
     assert out.returncode != 0
     assert f"the data folder {missing} does not exist" in said and "--config data_root=" in said
+
+
+def test_a_data_folder_without_complete_subjects_is_named_before_any_job_runs_and_fast(tmp_path):
+    """A folder of subject folders that lack a modality (here: t2w renamed) fails the dry run in one line
+    naming the folder and the files looked for, within seconds."""
+    import time
+
+    from conftest import make_workdir, snakemake
+
+    root = tmp_path / "BraTS_Men_Train"
+    for sid in ("BraTS-MEN-00001-000", "BraTS-MEN-00002-000"):
+        (root / sid).mkdir(parents=True)
+        for key in ("t1c", "t1n", "t2f", "T2W", "seg"):
+            (root / sid / f"{sid}-{key}.nii.gz").write_bytes(b"")
+    work = make_workdir(tmp_path, root)
+    start = time.perf_counter()
+    out = snakemake(work, "-n", "--", "results/exp2/done", check=False)
+    took = time.perf_counter() - start
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and took < 10, took
+    assert f"none of the 2 subject folders of {root} holds all of" in said and "<subject>-t2w.nii.gz" in said
+    (root / "BraTS-MEN-00001-000" / "BraTS-MEN-00001-000-T2W.nii.gz").rename(
+        root / "BraTS-MEN-00001-000" / "BraTS-MEN-00001-000-t2w.nii.gz"
+    )
+    assert snakemake(work, "-n", "--", "results/exp2/done").returncode == 0  # one complete subject: planned

@@ -219,6 +219,37 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
     assert any(re.search(r"z\d{3}\.png$", n) for n in names)  # the per-dimension traversals
 
 
+def test_any_evaluated_runs_compare_and_export_panels_through_the_cli(interrupted_then_finished, tmp_path):
+    """`vae-dynamics compare RUN...` puts any evaluated runs side by side (here in the reverse order of the
+    workflow's comparison, with the same numbers); `export-panels` draws a run's validation panels."""
+    work = interrupted_then_finished["work"]
+    vae = str(Path(sys.executable).with_name("vae-dynamics"))
+    if not (work / "results/exp1/evaluation/metrics.json").is_file():
+        snakemake(work, "--", "results/compare/done")
+    runs = [str(work / "results/exp2"), str(work / "results/exp1")]
+    out = subprocess.run(
+        [vae, "compare", *runs, "--out", str(tmp_path / "cmp")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    mine = pd.read_csv(tmp_path / "cmp/summary.csv").set_index("quantity")
+    theirs = pd.read_csv(work / "results/compare/summary.csv").set_index("quantity")
+    assert list(mine.columns) == ["exp2", "exp1"]
+    assert mine.at["mig", "exp2"] == theirs.at["mig", "exp2"]
+    assert "exp2 vs exp1" in (tmp_path / "cmp/summary.md").read_text()
+    missing = subprocess.run(
+        [vae, "compare", str(work / "results/index"), "--out", str(tmp_path / "cmp2")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "not an evaluated run, missing" in missing.stderr
+    assert not (tmp_path / "cmp2").exists()
+    panels = tmp_path / "panels"
+    args = [vae, "export-panels", "--run", str(work / "results/exp2"), "--out", str(panels)]
+    out = subprocess.run([*args, "--curves", str(tmp_path / "curves.png")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(list(panels.glob("*.png"))) == 1 and (tmp_path / "curves.png").stat().st_size > 10_000
+
+
 SWEEP_4 = {"seeds": [1, 2], "overrides": {"train.max_epochs": 1}, "exp2": {"loss.beta_tc_target": [2.0, 4.0]}}
 
 

@@ -52,9 +52,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+def _config_file(value: str) -> str:
+    """--config: a YAML file, or a shipped experiment by name (exp1, exp2, exp2_tcvae_sbd)."""
+    if Path(value).exists() or value.endswith((".yaml", ".yml")) or "/" in value:
+        return value
+    from vae_dynamics.config import ConfigError, config_path
+
+    try:
+        return str(config_path(value))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
-        "--config", required=required, help="experiment YAML (model.variant selects the experiment)"
+        "--config",
+        required=required,
+        type=_config_file,
+        help="experiment YAML, or a shipped experiment by name (exp2, exp1); model.variant selects it",
     )
     p.add_argument(
         "--set",
@@ -199,13 +214,13 @@ def cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
     from vae_dynamics.config import load_config
-    from vae_dynamics.config.loader import json_schema_text
+    from vae_dynamics.config.loader import json_schema_text, schema_markdown
 
     if args.action == "schema":
-        text = json_schema_text()
+        text = schema_markdown() if args.format == "markdown" else json_schema_text()
         if args.out:
             Path(args.out).write_text(text)
-            print(f"JSON schema of the experiment config -> {args.out}")
+            print(f"{args.format} schema of the experiment config -> {args.out}")
         else:
             sys.stdout.write(text)
         return
@@ -239,6 +254,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         f"{len(table)} of {len(runs)} runs summarised -> {args.results}/sweep/summary.md"
         + (f" ({missing} missing, listed there)" if missing else "")
     )
+
+
+def cmd_export_panels(args: argparse.Namespace) -> None:
+    from vae_dynamics.pipeline.steps import export_step
+
+    panels = export_step(args.run, args.out, args.curves, args.device, force=args.force)
+    print(f"{len(panels)} panels -> {args.out}" + (f"; loss curves -> {args.curves}" if args.curves else ""))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from vae_dynamics.evaluation.compare import compare_runs
+
+    table = compare_runs(args.runs, args.out, force=args.force)
+    print(f"{len(table.columns)} runs compared -> {Path(args.out) / 'summary.md'}")
 
 
 def cmd_experiments(args: argparse.Namespace) -> None:
@@ -284,9 +313,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
-    p.add_argument("--n-subjects", type=_count(1), default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=_count(1), default=1)
+    p.add_argument("--n-subjects", type=_count(1), default=8, help="subjects to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anatomy, tumour and noise draws")
+    p.add_argument("--workers", type=_count(1), default=1, help="subjects generated in parallel")
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -294,15 +323,17 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--root", help="BraTS-MEN training folder")
     source.add_argument("--sheet", help="sample sheet (.csv/.tsv): subject_id, t1c, t1n, t2f, t2w, seg")
     p.add_argument("--out-dir", required=True, help="where subjects.csv and rejected.csv are written")
-    p.add_argument("--workers", type=_count(1), default=1)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=_count(1), default=1, help="subjects validated in parallel")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
 
 
 def _splits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", required=True, help="subjects.csv from `vae-dynamics index`")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out-dir", required=True, help="where train.csv and val.csv are written")
+    p.add_argument(
+        "--val-split", type=float, default=0.1, help="share of the subjects held out for validation"
+    )
+    p.add_argument("--seed", type=int, default=42, help="seed of the split")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -340,7 +371,7 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="also draw the K dimensions of largest KL around each scan's code",
     )
-    p.add_argument("--batch-size", type=_count(1), default=8)
+    p.add_argument("--batch-size", type=_count(1), default=8, help="scans encoded at once")
     p.add_argument("--workers", type=_count(0), default=0, help="data loader worker processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument(
@@ -354,7 +385,7 @@ def _factors_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", required=True, help="subjects.csv written by `vae-dynamics index`")
     p.add_argument("--out", required=True, help="factors CSV to write")
     p.add_argument("--demo-factors", help="the demo generator's factors.csv (ground truth)")
-    p.add_argument("--workers", type=_count(1), default=1)
+    p.add_argument("--workers", type=_count(1), default=1, help="subjects measured in parallel")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -388,6 +419,12 @@ def _config_command_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("show", "validate", "schema"))
     _config_args(p, required=False)
     p.add_argument("--out", help="schema: write to this file instead of stdout")
+    p.add_argument(
+        "--format",
+        choices=("json", "markdown"),
+        default="json",
+        help="schema: JSON schema, or the Markdown key reference of the documentation",
+    )
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -396,6 +433,36 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         "--configfile", action="append", default=[], help="workflow config merged over config/config.yaml"
     )
     p.add_argument("--results", default="results", help="the workflow's results folder")
+
+
+def _export_panels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run", required=True, help="a trained run (experiment folder, run dir, summary or .ckpt)"
+    )
+    p.add_argument("--out", required=True, help="folder of the panels (one PNG per validation subject)")
+    p.add_argument("--curves", help="also draw the loss curves into this PNG")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never an input folder)",
+    )
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="evaluated runs: folders holding train_summary.json, metrics.csv and evaluation/ "
+        "(results/exp1, results/exp2, a sweep run's folder); named by their folder",
+    )
+    p.add_argument("--out", required=True, help="folder for summary.md and summary.csv")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never an input folder)",
+    )
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:
@@ -429,6 +496,13 @@ SUBCOMMANDS: list[Subcommand] = [
         _evaluate_args,
     ),
     ("metrics", cmd_metrics, "MIG, DCI, SAP and active units of latents against factors", _metrics_args),
+    (
+        "export-panels",
+        cmd_export_panels,
+        "reconstruction panels of a run's validation subjects (and its loss curves)",
+        _export_panels_args,
+    ),
+    ("compare", cmd_compare, "evaluated runs side by side -> summary.md, summary.csv", _compare_args),
     (
         "config",
         cmd_config,

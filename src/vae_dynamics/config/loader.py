@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic_core import PydanticUndefined
 
-from vae_dynamics.config.schema import ConfigError, ExperimentConfig, config_adapter, validate_sections
+from vae_dynamics.config.schema import (
+    CONFIG_MODELS,
+    ConfigError,
+    ExperimentConfig,
+    config_adapter,
+    validate_sections,
+)
 from vae_dynamics.io import write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -58,6 +65,46 @@ def json_schema() -> dict[str, Any]:
 
 def json_schema_text() -> str:
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _json_type(prop: Mapping[str, Any]) -> str:
+    """A JSON-schema property's type in a few characters: int, list[float], "auto" | bool, ..."""
+    if "const" in prop:
+        return json.dumps(prop["const"])
+    if "enum" in prop:
+        return " | ".join(json.dumps(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " | ".join(_json_type(p) for p in prop["anyOf"])
+    kind = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(prop.get("type", ""))
+    if prop.get("type") == "array":
+        return f"list[{_json_type(prop.get('items', {}))}]"
+    return kind or str(prop.get("type", "any"))
+
+
+def schema_markdown() -> str:
+    """Every key of every experiment's config as Markdown tables (the documentation's configuration
+    reference), section by section: type, default (blank: the YAML must set it) and description."""
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from the config schema (`vae-dynamics config schema --format markdown`). A key without a",
+        "default must be set in the experiment's YAML; `model.variant` selects the experiment.",
+    ]
+    for variant, model in CONFIG_MODELS.items():
+        lines += ["", f"## model.variant: {variant} ({model.__name__})"]
+        for section, field in model.model_fields.items():
+            lines += ["", f"### {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
+            section_model = field.annotation
+            props = section_model.model_json_schema()["properties"]  # type: ignore[union-attr]
+            for key, f in section_model.model_fields.items():  # type: ignore[union-attr]
+                if f.exclude:
+                    continue
+                default = f.get_default(call_default_factory=True)
+                shown = "" if default is PydanticUndefined else f"`{json.dumps(default)}`"
+                kind = _json_type(props[key]).replace("|", "\\|")
+                text = (f.description or "").replace("|", "\\|")
+                lines.append(f"| `{section}.{key}` | `{kind}` | {shown} | {text} |")
+    return "\n".join(lines) + "\n"
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

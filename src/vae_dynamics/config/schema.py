@@ -176,7 +176,7 @@ class LoggingConfig(Section):
         check(
             lambda v: "csv" in v and len(set(v)) == len(v), "must list csv (metrics.csv) and each logger once"
         ),
-    ] = Field(["csv", "tensorboard"], description="csv is the request's metrics.csv and always kept")
+    ] = Field(["csv", "tensorboard"], description="csv writes metrics.csv and is always kept")
     progress_every_n_steps: PositiveInt = Field(
         50, description="progress lines in train.log without a terminal"
     )

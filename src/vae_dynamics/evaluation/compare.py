@@ -1,17 +1,18 @@
-"""compare_experiments: Exp1 and Exp2 side by side (metrics, final loss terms, epochs, parameters)."""
+"""Evaluated runs side by side (metrics, final loss terms, epochs, parameters): the workflow's
+compare_experiments (Exp1 and Exp2), and `vae-dynamics compare RUN...` (any runs)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from vae_dynamics.evaluation import LATENT_SCALARS, RECON_SCALARS, format_value
-from vae_dynamics.io import write_csv, write_text
+from vae_dynamics.io import output_dir, write_csv, write_text
 
 SCALARS = (*LATENT_SCALARS, "n_subjects", "parameters", "epochs")
 
@@ -86,6 +87,32 @@ def compare_experiments(
     )
     write_text(text, out_md)
     return table
+
+
+# What an evaluated run's folder (results/<run>/) holds for the comparison.
+RUN_FILES = {
+    "metrics": "evaluation/metrics.json",
+    "summary": "train_summary.json",
+    "epochs": "metrics.csv",
+    "traversals": "evaluation/traversals.png",
+}
+
+
+def compare_runs(
+    folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], force: bool = False
+) -> pd.DataFrame:
+    """Any evaluated runs (folders like results/exp2, each named by its folder) side by side in
+    `out`/summary.md and summary.csv; a missing file is named before anything is written."""
+    runs: dict[str, dict[str, Path]] = {}
+    for folder in map(Path, folders):
+        files = {key: folder / rel for key, rel in RUN_FILES.items()}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: not an evaluated run, missing {', '.join(missing)}")
+        name = folder.resolve().name if folder.resolve().name not in runs else str(folder)
+        runs[name] = files
+    with output_dir(out, "compare", {"a compared run": list(folders)}, force=force) as tmp:
+        return compare_experiments(runs, tmp / "summary.md", tmp / "summary.csv")
 
 
 def _comparison_markdown(

@@ -11,12 +11,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from snakemake.utils import update_config
 
 from vae_dynamics import experiments
 from vae_dynamics.config import ConfigError, load_config
@@ -142,6 +141,42 @@ def encode_sets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "traverse": traverse,
         }
     return sets
+
+
+def data_root_problem(root: str | os.PathLike[str], modalities: Sequence[str]) -> str | None:
+    """Why a BraTS-layout data folder cannot be indexed, found from file names alone (fast enough for a
+    dry run): it does not exist, holds no subject folder, or no subject folder holds every modality."""
+    from vae_dynamics.data.index import find_subject_dirs, subject_files
+
+    fix = (
+        "Point the workflow at your BraTS-MEN folder with `--config data_root=/path/to/BraTS_Men_Train` "
+        "(or data_root: in config/config.yaml), list your scans in a sample sheet (data_sheet:), or try the "
+        "demo: `snakemake --cores 2 --configfile config/demo.yaml -- results/exp2/done`"
+    )
+    folder = Path(root)
+    if not folder.is_dir():
+        return f"the data folder {folder} does not exist. {fix}"
+    dirs = find_subject_dirs(folder)
+    if not dirs:
+        return f"the data folder {folder} holds no subject folder (named like BraTS-MEN-00000-000). {fix}"
+    if not any(all(subject_files(d, modalities).values()) for d in dirs):
+        names = ", ".join(f"<subject>-{m}.nii.gz" for m in modalities)
+        return (
+            f"none of the {len(dirs)} subject folders of {folder} holds all of {names} "
+            f"(e.g. {dirs[0]}: {sorted(p.name for p in dirs[0].iterdir())[:6]}). {fix}"
+        )
+    return None
+
+
+def update_config(config: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `overlay` into `config` in place, mappings key by key, as Snakemake merges config files."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            base = config.get(key)
+            config[key] = update_config(dict(base) if isinstance(base, Mapping) else {}, value)
+        else:
+            config[key] = value
+    return config
 
 
 def load_workflow_config(*configfiles: str | os.PathLike[str], root: str | os.PathLike[str] = ".") -> dict:

@@ -105,7 +105,13 @@ def train_step(
     return summary
 
 
-def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str | None = None) -> list[Path]:
+def export_step(
+    summary_path: str,
+    panels_dir: str,
+    curves_png: str | None,
+    device: str | None = None,
+    force: bool = False,
+) -> list[Path]:
     """Recon panels of every validation subject from the chosen checkpoint, and the loss curves."""
     import torch
 
@@ -118,7 +124,7 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
     run = load_run(summary_path, device)
     val = split_datasets(run)["val"]
     inputs = {"the run directory": [run.run_dir]}
-    with output_dir(panels_dir, "export-panels", inputs) as tmp, torch.no_grad():
+    with output_dir(panels_dir, "export-panels", inputs, force=force) as tmp, torch.no_grad():
         for i in range(len(val)):
             item = val[i]
             mu, _ = run.model.encoder(item["image"][None].to(run.device).float())
@@ -131,5 +137,6 @@ def export_step(summary_path: str, panels_dir: str, curves_png: str, device: str
                 run.cfg.data.modalities,
                 title=f"{item['subject_id']} — chosen checkpoint ({run.summary['experiment']})",
             )
-    plot_loss_curves(RunDir(run.run_dir).logs, curves_png)
+    if curves_png:
+        plot_loss_curves(RunDir(run.run_dir).logs, curves_png)
     return sorted(Path(panels_dir).glob("*.png"))
