@@ -79,7 +79,10 @@ def test_the_locks_pin_every_dependency_exactly_and_satisfy_pyproject():
     assert not {"pytest", "mypy", "ruff", "mkdocs"} & runtime.keys() and not runtime.keys() & dev.keys()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    shipped = [*project["dependencies"], *extras["workflow"], *extras["demo"], *extras["slurm"]]
+    shipped = [
+        *project["dependencies"],
+        *(s for e in ("workflow", "demo", "export", "slurm") for s in extras[e]),
+    ]
     tools = [s for s in [*extras["dev"], *extras["docs"]] if not s.startswith("vae_dynamics")]
     for specs, pins, where in [(shipped, runtime, "runtime"), (tools, {**runtime, **dev}, "runtime or dev")]:
         for spec in specs:

@@ -263,6 +263,13 @@ def cmd_export_panels(args: argparse.Namespace) -> None:
     print(f"{len(panels)} panels -> {args.out}" + (f"; loss curves -> {args.curves}" if args.curves else ""))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from vae_dynamics.bundle import export_bundle
+
+    out = export_bundle(args.run, args.out, args.format, args.force)
+    print(f"MONAI bundle -> {out}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from vae_dynamics.evaluation.compare import compare_runs
 
@@ -449,6 +456,17 @@ def _export_panels_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="a trained run (experiment folder, run dir, summary, .ckpt)")
+    p.add_argument("--out", required=True, help="the bundle folder (or, with --format zip, a .zip file)")
+    p.add_argument("--format", choices=("bundle", "zip"), default="bundle", help="a folder, or one zip file")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never the run)",
+    )
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "runs",
@@ -502,6 +520,12 @@ SUBCOMMANDS: list[Subcommand] = [
         "reconstruction panels of a run's validation subjects (and its loss curves)",
         _export_panels_args,
     ),
+    (
+        "export",
+        cmd_export,
+        "the run's model as a MONAI bundle: TorchScript, ONNX, model card, inference config",
+        _export_args,
+    ),
     ("compare", cmd_compare, "evaluated runs side by side -> summary.md, summary.csv", _compare_args),
     (
         "config",
@@ -538,9 +562,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
         errors += [NoValidSubjectsError, SheetError]
     if "vae_dynamics.inference" in sys.modules:
+        from vae_dynamics.bundle import BundleError
         from vae_dynamics.inference import ContractMismatchError, DamagedCheckpointFileError
 
-        errors += [ContractMismatchError, DamagedCheckpointFileError]
+        errors += [ContractMismatchError, DamagedCheckpointFileError, BundleError]
     return tuple(errors)
 
 

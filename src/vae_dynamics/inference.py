@@ -102,9 +102,12 @@ class TrainedRun:
         from vae_dynamics.data.cache import preprocessing_contract
 
         current = json.loads(json.dumps(preprocessing_contract(self.cfg.data)))
+        from vae_dynamics.bundle.export import BUNDLE_FILES
         from vae_dynamics.training.run_dir import RunDir
 
         record = RunDir(self.run_dir).preprocessing
+        if not record.is_file():  # an exported bundle keeps it among its configs
+            record = self.run_dir / BUNDLE_FILES["contract"]
         if record.is_file():
             saved = json.loads(record.read_text())
         else:
@@ -397,16 +400,22 @@ def _locate(path: Path) -> tuple[Path, Path, dict[str, Any]]:
 
 def load_run(path: str | os.PathLike[str], device: str | torch.device | None = None) -> TrainedRun:
     """A finished run, ready to use: the experiment folder (results/exp2), the run directory, its
-    train_summary.json or a checkpoint. The model is in eval mode on `device` (CUDA when present).
-    The summary's checkpoint is the one training chose (`checkpoint_choice`); a run directory without
-    a summary gives its last.ckpt."""
+    train_summary.json, a checkpoint, or an exported MONAI bundle (folder or zip). The model is in eval
+    mode on `device` (CUDA when present). The summary's checkpoint is the one training chose
+    (`checkpoint_choice`); a run directory without a summary gives its last.ckpt."""
     import torch
 
-    device = torch.device(device) if device is not None else default_device()
-    from vae_dynamics.training.run_dir import RunDir
+    from vae_dynamics.bundle import is_bundle, read_bundle
 
-    run_dir, checkpoint, summary = _locate(Path(path))
-    config = RunDir(run_dir).config
+    device = torch.device(device) if device is not None else default_device()
+    if is_bundle(Path(path)):
+        run_dir, config, checkpoint, summary = read_bundle(Path(path))
+        prefix = ""  # a bundle's models/model.pt is the model's own state dict
+    else:
+        from vae_dynamics.training.run_dir import RunDir
+
+        run_dir, checkpoint, summary = _locate(Path(path))
+        config, prefix = RunDir(run_dir).config, "model."
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir}: no config_resolved.yaml beside the checkpoint {checkpoint}")
     cfg = load_config(config)
@@ -418,13 +427,13 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
     }
     # The model alone, without its LightningModule: export, encoding and evaluation need no Lightning.
     try:
-        state_dict = torch.load(checkpoint, map_location=device, weights_only=True)["state_dict"]
+        loaded = torch.load(checkpoint, map_location=device, weights_only=True)
+        state_dict = loaded["state_dict"] if prefix else loaded
     except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as exc:
         raise DamagedCheckpointFileError(
             f"{checkpoint}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); it may be "
             "truncated or not a checkpoint of this package"
         ) from None
-    prefix = "model."
     state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     from vae_dynamics import models
 
@@ -432,7 +441,7 @@ def load_run(path: str | os.PathLike[str], device: str | torch.device | None = N
     try:
         model.load_state_dict(state)  # strict: a checkpoint of another architecture fails here, by key
     except RuntimeError as exc:
-        raise RuntimeError(
+        raise DamagedCheckpointFileError(
             f"{checkpoint}: does not fit the {experiment.name} model of {config}: {exc}"
         ) from None
     return TrainedRun(cfg, model.to(device).eval(), run_dir, summary, device, checkpoint)

@@ -1,10 +1,13 @@
-"""The deterministic MONAI preprocessing of SPEC §3, in one readable pipeline."""
+"""The deterministic MONAI preprocessing of SPEC §3, in one readable pipeline.
+
+Portable: it imports only torch and MONAI at run time, so that an exported model (a MONAI bundle,
+vae_dynamics/bundle) carries this very file as its preprocessing."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.config import KeysCollection
@@ -23,10 +26,14 @@ from monai.transforms import (
     Spacingd,
 )
 
-from vae_dynamics.config.schema import DataConfig
-from vae_dynamics.data import SEG_KEY
+if TYPE_CHECKING:
+    from vae_dynamics.config.schema import DataConfig
 
 log = logging.getLogger(__name__)
+
+SEG_KEY = (
+    "seg"  # vae_dynamics.data.SEG_KEY (a test holds them equal): this file imports nothing of the package
+)
 
 FOREGROUND_MARGIN_MM = 2
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world convention
