@@ -19,6 +19,10 @@ BIN := $(VENV)/bin
 # extra one: where pip is configured with local wheels, those still serve.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The index is passed only when it answers (evaluated in the install recipe only): offline, pip would
+# retry it for every package.
+TORCH_INDEX_ARG = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=10)" \
+	>/dev/null 2>&1 && echo --extra-index-url "$(TORCH_INDEX)")
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 .PHONY: install lock docs test test-fast lint format demo bench bench-gpu bench-learning bench-code-use bench-ladder clean
@@ -32,7 +36,7 @@ $(BIN)/vae-dynamics: pyproject.toml requirements/runtime.txt requirements/dev.tx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(HAS_GPU),1)
-	$(BIN)/python -m pip install --quiet --extra-index-url "$(TORCH_INDEX)" "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARG) "torch==$(TORCH_VERSION)"
 endif
 ifeq ($(LOCK),1)
 	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
