@@ -434,9 +434,15 @@ def run_job(job: Job) -> None:
     state["torch_rng"] = torch.random.get_rng_state()
     if result and ckpt.exists():
         saved = torch.load(ckpt, weights_only=True)
+        base = [g["initial_lr"] for g in opt.param_groups]  # each group's base lr, as this code builds it
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         schedule.load_state_dict(saved["schedule"])
+        # Checkpoints written before the head's lr scale moved into lr_factors hold a scaled base lr for
+        # the head: the saved current lrs are right, the base lrs of the next steps are this code's.
+        for group, lr in zip(opt.param_groups, base):
+            group["initial_lr"] = lr
+        schedule.base_lrs = base
         state = saved["state"]
         result["rows"] = [r for r in result["rows"] if r["step"] <= state["step"]]
         print(f"{job.name}: resumed at step {state['step']}", flush=True)
