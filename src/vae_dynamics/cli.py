@@ -318,6 +318,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", help="folder with train.csv/val.csv (default: index data.root_dir)")
 
 
+def _force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it holds files this command did not write (never an input or the run)",
+    )
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run",
+        required=True,
+        help="a trained run (experiment folder, run dir, summary, .ckpt) or an exported bundle",
+    )
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (BraTS-MEN layout)")
     p.add_argument("--n-subjects", type=_count(1), default=8, help="subjects to generate")
@@ -381,11 +397,7 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_count(1), default=8, help="scans encoded at once")
     p.add_argument("--workers", type=_count(0), default=0, help="data loader worker processes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even when it holds files this command did not write (never an input folder)",
-    )
+    _force_arg(p)
 
 
 def _factors_args(p: argparse.ArgumentParser) -> None:
@@ -401,11 +413,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factors", required=True, help="factors.csv (`vae-dynamics factors`)")
     p.add_argument("--out", required=True, help="evaluation folder to write")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even when it holds files this command did not write (never an input folder)",
-    )
+    _force_arg(p)
     p.add_argument(
         "--traversed-dims",
         type=_count(1),
@@ -443,28 +451,18 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export_panels_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--run", required=True, help="a trained run (experiment folder, run dir, summary or .ckpt)"
-    )
+    _run_arg(p)
     p.add_argument("--out", required=True, help="folder of the panels (one PNG per validation subject)")
     p.add_argument("--curves", help="also draw the loss curves into this PNG")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even when it holds files this command did not write (never an input folder)",
-    )
+    _force_arg(p)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="a trained run (experiment folder, run dir, summary, .ckpt)")
+    _run_arg(p)
     p.add_argument("--out", required=True, help="the bundle folder (or, with --format zip, a .zip file)")
     p.add_argument("--format", choices=("bundle", "zip"), default="bundle", help="a folder, or one zip file")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even when it holds files this command did not write (never the run)",
-    )
+    _force_arg(p)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -476,11 +474,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         "(results/exp1, results/exp2, a sweep run's folder); named by their folder",
     )
     p.add_argument("--out", required=True, help="folder for summary.md and summary.csv")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even when it holds files this command did not write (never an input folder)",
-    )
+    _force_arg(p)
 
 
 def _no_args(p: argparse.ArgumentParser) -> None:
