@@ -112,6 +112,9 @@ def test_the_torchscript_and_onnx_models_match_the_eager_model(trained, scans):
     (decoded,) = session.run(None, {"z": mu.numpy()})
     assert decoded.shape == (1, 4, 128, 128, 128)
     assert float(np.abs(decoded - x_hat.numpy()).max()) <= TOLERANCE["onnx"]
+    # the decoder's files hold the decoder only (the encoder's 32·8³ -> 2·128 head is most of the weights)
+    for ext in ("ts", "onnx"):
+        assert (models / f"decoder.{ext}").stat().st_size < (models / f"encoder.{ext}").stat().st_size / 4
     measured = json.loads((trained["bundle"] / "configs/metadata.json").read_text())["export_tolerance"]
     assert measured["measured"]["sample"].startswith("validation subject")
 

@@ -92,6 +92,8 @@ def read_bundle(path: Path) -> tuple[Path, Path, Path, dict[str, Any]]:
 
 
 def _wrappers(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    import copy
+
     import torch
 
     class Encoder(torch.nn.Module):
@@ -105,12 +107,16 @@ def _wrappers(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
             mu, logvar = self.encoder(image)
             return mu, logvar
 
+    # decode() without the encoder: a shallow copy that shares every other submodule (and its weights)
+    decoding = copy.copy(model)
+    decoding._modules = {k: m for k, m in model._modules.items() if k != "encoder"}
+
     class Decoder(torch.nn.Module):
         """codes [n, d] -> images [n, 4, 128³]"""
 
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            self.model = decoding
 
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return self.model.decode(z)
