@@ -61,6 +61,9 @@ def test_exp2_run_produces_every_artifact(exp2_run):
         assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
     log = (run_dir / "train.log").read_text()
     assert "epoch 0" in log and "resuming from" in log and "4 train, 1 val" in log
+    # TensorBoard continues the run's one version on resume: an event file per start, in version_0
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["version_0"]
+    assert len(list((run_dir / "tensorboard" / "version_0").glob("events.out.tfevents.*"))) == 2
 
 
 def test_every_key_is_logged_for_both_prefixes(exp2_run):

@@ -79,7 +79,10 @@ def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logg
         elif name == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", default_hp_metric=False))
+            # one version for the whole run: a resume adds an event file beside the earlier ones, and
+            # TensorBoard shows the run as one continued curve
+            tb = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=0, default_hp_metric=False)
+            loggers.append(tb)
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
