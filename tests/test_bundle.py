@@ -78,6 +78,35 @@ def test_monai_verifies_the_metadata_and_it_says_what_the_networks_take(trained)
     for heading in ("Intended use", "Data and its terms", "Known limits", "Use", "Citation"):
         assert f"## {heading}" in card, heading
     assert "exported before it was evaluated" in card  # the run has no evaluation/metrics.json
+    # the shared metadata and summary carry no path of this machine (the resolved config keeps the
+    # training's data.root_dir and data.cache_dir: it is the record of how the model was trained)
+    for name in ("metadata.json", "train_summary.json"):
+        assert str(trained["tmp"]) not in (bundle / "configs" / name).read_text(), name
+
+
+def test_the_model_card_reports_the_evaluation_of_the_exported_checkpoint_only(trained, tmp_path):
+    """An experiment folder (train_summary.json + evaluation/metrics.json): the card shows the evaluation
+    when it evaluated the exported checkpoint, and says the decoder ignores z when z-dependence is 1;
+    an evaluation of another checkpoint of the run is not this model's, and is left out."""
+    folder = tmp_path / "exp2"
+    (folder / "evaluation").mkdir(parents=True)
+    (folder / "train_summary.json").write_text(json.dumps(trained["summary"]))
+    metrics = {
+        "checkpoint": trained["summary"]["best_checkpoint"],
+        "mig": 0.0123,
+        "n_subjects": 5,
+        "reconstruction": {"z_dependence": 1.0, "val_mse_over_mean_volume": 1.2},
+    }
+    (folder / "evaluation/metrics.json").write_text(json.dumps(metrics))
+    card = (export_bundle(folder, tmp_path / "b1") / "docs/README.md").read_text()
+    assert "| MIG | 0.0123 |" in card and "decoder ignores the code" in card
+    meta = json.loads((tmp_path / "b1/configs/metadata.json").read_text())
+    assert meta["eval_metrics"] == {"mig": 0.0123}
+    (folder / "evaluation/metrics.json").write_text(
+        json.dumps({**metrics, "checkpoint": "checkpoints/other.ckpt"})
+    )
+    card = (export_bundle(folder, tmp_path / "b2") / "docs/README.md").read_text()
+    assert "exported before it was evaluated" in card and "0.0123" not in card
 
 
 def test_monai_runs_the_bundle_without_this_package_and_the_codes_are_encodes(trained, scans, tmp_path):
@@ -161,7 +190,7 @@ def test_an_export_never_replaces_a_foreign_folder_or_the_run(trained, tmp_path)
     with pytest.raises(OutputError, match="notes.txt"):
         export_bundle(trained["run"], mine)
     assert (mine / "notes.txt").read_text() == "keep"
-    with pytest.raises(OutputError):
+    with pytest.raises(OutputError, match="the run directory"):
         export_bundle(trained["run"], trained["run"])
     assert (trained["run"] / "checkpoints").is_dir()
     export_bundle(trained["run"], trained["bundle"])  # its own earlier export is replaced

@@ -89,8 +89,15 @@ def test_leftovers_of_killed_writers_are_found_by_name_and_nothing_else(tmp_path
     kept = [run / "checkpoints" / "last.ckpt", run / ".hidden_notes", run / ".last.ckpt.short.partial"]
     for path in kept:
         path.write_text("keep")
+    # a link in the run directory to a user's folder is not followed: nothing outside the run is removed
+    outside = tmp_path / "users_data"
+    outside.mkdir()
+    theirs = outside / ".notes.0123456789ab.tmp"
+    theirs.write_text("keep")
+    (run / "data_link").symlink_to(outside, target_is_directory=True)
     assert sorted(io.remove_leftovers(run)) == sorted(leftovers)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in leftovers)
+    assert theirs.read_text() == "keep"
 
 
 # ---- output folders the user names (encode --out, evaluate --out, the panels) -------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vae_dynamics.evaluation import PRINTED_SCALARS
 from vae_dynamics.io import OUTPUT_MARKER, OutputError, atomic_path, output_dir, write_json, write_text
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ def read_bundle(path: Path) -> tuple[Path, Path, Path, dict[str, Any]]:
                 if len(top) != 1 or any(n.startswith("/") or ".." in n.split("/") for n in names):
                     raise BundleError(f"{path}: not a bundle zip (one top-level folder expected)")
                 folder = Path(tempfile.mkdtemp(prefix="vae_dynamics-bundle-"))
+                atexit.register(shutil.rmtree, folder, ignore_errors=True)  # our own folder, at exit
                 archive.extractall(folder)
         except zipfile.BadZipFile as exc:
             raise BundleError(f"{path}: not a zip file ({exc})") from None
@@ -78,14 +81,20 @@ def read_bundle(path: Path) -> tuple[Path, Path, Path, dict[str, Any]]:
     for key, file in files.items():
         if not file.is_file():
             raise BundleError(f"{path}: not a bundle of vae_dynamics, {BUNDLE_FILES[key]} is missing")
-    try:
-        metadata = json.loads(files["metadata"].read_text())
-        summary = json.loads(files["summary"].read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{files['metadata']} or {files['summary']}: not valid JSON ({exc})") from None
+    metadata, summary = (_json(files[key]) for key in ("metadata", "summary"))
     if "vae_dynamics" not in metadata:
         raise BundleError(f"{files['metadata']}: not a bundle of vae_dynamics (no 'vae_dynamics' entry)")
     return path, files["config"], files["weights"], summary
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return value
 
 
 # ---- writing ------------------------------------------------------------------------------------------
@@ -126,14 +135,14 @@ def _wrappers(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def _sample_image(run: TrainedRun) -> tuple[torch.Tensor, str]:
     """One preprocessed validation scan of the run (where its files are at hand), else a seeded volume."""
-    import pandas as pd
     import torch
 
+    from vae_dynamics.data import read_subject_table
     from vae_dynamics.training.run_dir import RunDir
 
     val = RunDir(run.run_dir).splits / "val.csv"
     if val.is_file():
-        row = pd.read_csv(val).iloc[0]
+        row = read_subject_table(val).iloc[0]
         item = {k: row[k] for k in run.modalities}
         if all(Path(p).is_file() for p in item.values()):
             image = run.preprocessing()({**item, "subject_id": row["subject_id"]})["image"]
@@ -150,13 +159,7 @@ def _export_models(run: TrainedRun, models_dir: Path) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from vae_dynamics import models
-
-    cfg = run.cfg.model_copy(
-        update={"train": run.cfg.train.model_copy(update={"gradient_checkpointing": False})}
-    )
-    model = models.build(cfg).eval()
-    model.load_state_dict({k: v.cpu() for k, v in run.model.state_dict().items()})
+    model = run.model  # eval mode on the CPU (export_bundle loads it so)
     torch.save(model.state_dict(), models_dir / "model.pt")
     encoder, decoder = _wrappers(model)
     x, source = _sample_image(run)
@@ -164,7 +167,9 @@ def _export_models(run: TrainedRun, models_dir: Path) -> dict[str, Any]:
         mu, logvar = encoder(x)
         x_hat = decoder(mu)
     measured: dict[str, Any] = {"sample": source, "torchscript": {}, "onnx": {}}
-    with warnings.catch_warnings():  # TorchScript and the TorchScript-based ONNX exporter are deprecated
+    # TorchScript and the TorchScript-based ONNX exporter are deprecated (warnings silenced); without
+    # gradients, gradient checkpointing is off and the traced graph is the plain forward
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         for name, module, example, expected, inputs, outputs in [
             ("encoder", encoder, x, (mu, logvar), ["image"], ["mu", "logvar"]),
@@ -255,9 +260,7 @@ def _metadata(run: TrainedRun, evaluation: dict[str, Any], measured: dict[str, A
         "image_classes": f"MR contrasts {', '.join(data.modalities)}, each scaled to [0, 1]",
         "intended_use": INTENDED_USE,
         "data_terms": DATA_TERMS,
-        "eval_metrics": {
-            k: evaluation[k] for k in ("mig", "dci_disentanglement", "sap", "active_units") if k in evaluation
-        },
+        "eval_metrics": {k: evaluation[k] for k in PRINTED_SCALARS if k in evaluation},
         "references": [
             "Chen et al., Isolating Sources of Disentanglement in VAEs, NeurIPS 2018 (arXiv:1802.04942)",
             "Watters et al., Spatial Broadcast Decoder, 2019 (arXiv:1901.07017)",
@@ -344,9 +347,11 @@ def _model_card(run: TrainedRun, metadata: dict[str, Any], evaluation: dict[str,
     shown = [
         f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None
     ]
+    from vae_dynamics.models.diagnostics import Z_IGNORED_BELOW
+
     warnings = evaluation.get("warnings") or []
     z_dep = rec.get("z_dependence")
-    ignores = isinstance(z_dep, float) and z_dep < 1.05
+    ignores = isinstance(z_dep, float) and z_dep < Z_IGNORED_BELOW
     vd = metadata["vae_dynamics"]
     return "\n".join(
         [
@@ -384,8 +389,8 @@ def _model_card(run: TrainedRun, metadata: dict[str, Any], evaluation: dict[str,
             *(f"- {w}" for w in warnings),
             *(
                 [
-                    "- The decoder ignores the code (z-dependence below 1.05): codes do not describe the "
-                    "subjects yet; train longer before using them."
+                    f"- The decoder ignores the code (z-dependence below {Z_IGNORED_BELOW}): codes do not "
+                    "describe the subjects yet; train longer before using them."
                 ]
                 if ignores
                 else []
@@ -442,7 +447,8 @@ def _write_bundle(run: TrainedRun, folder: Path, evaluation: dict[str, Any]) -> 
     write_json(_inference_config(run), folder / "configs" / "inference.json")
     save_config(run.cfg, folder / BUNDLE_FILES["config"])
     write_json(preprocessing_contract(run.cfg.data), folder / BUNDLE_FILES["contract"])
-    write_json({**run.summary, "exported_from": str(run.run_dir)}, folder / BUNDLE_FILES["summary"])
+    # the run's summary without its local folder (a bundle is shared: no paths of this machine)
+    write_json({k: v for k, v in run.summary.items() if k != "run_dir"}, folder / BUNDLE_FILES["summary"])
     shutil.copyfile(transforms.__file__, folder / "scripts" / "transforms.py")
     shutil.copyfile(encode.__file__, folder / "scripts" / "encode.py")
     write_text("", folder / "scripts" / "__init__.py")
@@ -451,12 +457,15 @@ def _write_bundle(run: TrainedRun, folder: Path, evaluation: dict[str, Any]) -> 
 
 
 def _evaluation(path: Path, run: TrainedRun) -> dict[str, Any]:
-    """metrics.json of the run's evaluation (results/<run>/evaluation/), when the run was evaluated."""
-    for folder in (path if path.is_dir() else path.parent, run.run_dir.parent):
-        metrics = folder / "evaluation" / "metrics.json"
-        if metrics.is_file():
-            return dict(json.loads(metrics.read_text()))
-    return {}
+    """metrics.json of the run's evaluation (results/<run>/evaluation/, beside train_summary.json) when it
+    evaluated the checkpoint being exported; {} otherwise (the card then says it has no numbers)."""
+    metrics = (path if path.is_dir() else path.parent) / "evaluation" / "metrics.json"
+    if not metrics.is_file():
+        return {}
+    evaluation = dict(json.loads(metrics.read_text()))
+    if evaluation.get("checkpoint") != run.summary.get("best_checkpoint"):
+        return {}  # an evaluation of another checkpoint of this run: its numbers are not this model's
+    return evaluation
 
 
 def export_bundle(
@@ -479,8 +488,10 @@ def export_bundle(
         raise ValueError(f"format {fmt!r}: bundle or zip")
     if out.suffix != ".zip":
         raise OutputError(f"{out}: a zip export is written to a .zip file")
-    if out.exists() and not force:
-        raise OutputError(f"{out} exists: remove it or pass --force")
+    if out.is_dir() or (out.exists() and not force):
+        raise OutputError(
+            f"{out} exists{' and is a folder' if out.is_dir() else ''}: remove it or pass --force"
+        )
     with tempfile.TemporaryDirectory(prefix="vae_dynamics-export-") as work:
         folder = Path(work) / out.stem
         folder.mkdir()

@@ -254,8 +254,10 @@ def subject_id(index: int) -> str:
     return f"BraTS-MEN-{index:05d}-000"
 
 
-def write_subject(out_dir: str | os.PathLike[str], index: int, seed: int) -> dict:
-    """Write one subject folder (atomically: built under a temporary name, then renamed)."""
+def _write_subject(out_dir: str | os.PathLike[str], index: int, seed: int) -> dict:
+    """Write one subject folder (atomically: built under a temporary name, then renamed). Only `generate`
+    calls it, after it has checked that `out_dir` is empty or a demo folder: it replaces a subject folder
+    of the same name."""
     out_dir = Path(out_dir)
     sid = subject_id(index)
     volumes, affine, factors = make_subject(index, seed)
@@ -292,7 +294,7 @@ def generate(
     marker.touch()  # first: an interrupted or changed generation may rewrite this folder
     load_anatomy()  # load once before forking workers
     rows = map_in_processes(
-        write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects, workers=workers
+        _write_subject, [out_dir] * n_subjects, range(n_subjects), [seed] * n_subjects, workers=workers
     )
     factors = pd.DataFrame(rows)
     write_csv(factors, out_dir / "factors.csv")

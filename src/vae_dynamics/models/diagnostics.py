@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # Active unit: between-subject variance of μ_k above this (Burda et al. 2016's criterion).
 ACTIVE_UNIT_THRESHOLD = 0.01
+# A decoder whose output changes by less than this when handed another subject's code (z_dependence)
+# ignores z: the training log warns after the β warm-up, and an exported model card says so.
+Z_IGNORED_BELOW = 1.05
 
 
 def spatial_share(h: torch.Tensor) -> float:

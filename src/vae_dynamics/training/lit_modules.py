@@ -17,16 +17,12 @@ from vae_dynamics.config import validate_config
 from vae_dynamics.config.schema import Exp1Config, Exp2Config, ExperimentConfig, TrainConfig, variant_of
 from vae_dynamics.losses import OBJECTIVES, NonFiniteLossError, Objective
 from vae_dynamics.models import VAE3d
-from vae_dynamics.models.diagnostics import latent_summary, spatial_share, z_dependence
+from vae_dynamics.models.diagnostics import Z_IGNORED_BELOW, latent_summary, spatial_share, z_dependence
 from vae_dynamics.provenance import code_version
 from vae_dynamics.training.distributed import distributed_world, gather_batch
 from vae_dynamics.training.schedules import linear_warmup, lr_factors
 
 log = logging.getLogger("vae_dynamics.train")
-
-# After the β warm-up, a run whose decoder changes its output by less than this when handed another
-# subject's code (z_dependence) is reported as ignoring z.
-Z_IGNORED_BELOW = 1.05
 
 
 def code_use_problems(stats: dict[str, float]) -> list[str]:
