@@ -56,13 +56,19 @@ def index_inputs(wildcards):
         return [DATA_SHEET]  # a changed sheet re-indexes
     if DEMO:
         return [f"{wf.DEMO_DATA}/factors.csv"]
-    data = data_config()
     if not Path("results/index/subjects.csv").exists():
         # found while the jobs are planned (a dry run too), not inside the first job's log
-        problem = wf.data_root_problem(data.root_dir, data.modalities)
+        problem = data_root_problem()
         if problem:
             raise WorkflowError(problem)
     return []
+
+
+@functools.cache
+def data_root_problem():
+    """The data folder checked once per planning (two rules ask for index_inputs)."""
+    data = data_config()
+    return wf.data_root_problem(data.root_dir, data.modalities)
 
 
 def job_run(run, wildcards):
