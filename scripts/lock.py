@@ -1,9 +1,9 @@
 """Write requirements/runtime.txt and requirements/dev.txt from the installed environment (`make lock`).
 
-runtime.txt: every installed distribution that vae_dynamics and its workflow, demo, export and slurm
-extras need, followed through their own requirements (with their environment markers); dev.txt: every
-other installed distribution, after `-r runtime.txt`. Run it in a venv installed with
-`make install LOCK=0`."""
+runtime.txt: every installed distribution that vae_dynamics and its workflow, demo, export, slurm,
+wandb and mlflow extras need, followed through their own requirements (with their environment
+markers); dev.txt: every other installed distribution, after `-r runtime.txt`. Run it in a venv
+installed with `make install LOCK=0`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-RUNTIME_EXTRAS = ("workflow", "demo", "export", "slurm")
+RUNTIME_EXTRAS = ("workflow", "demo", "export", "slurm", "wandb", "mlflow")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -182,8 +182,9 @@ def test_two_process_training_through_the_script_and_resume(demo_splits, tmp_pat
     assert again.returncode == 0, again.stderr[-4000:]
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 4 and state["epoch"] == 1
-    metrics = pd.read_csv(run_dir / "logs" / "version_1" / "metrics.csv")
-    assert metrics["val/tc"].notna().sum() == 1 and metrics["train/loss"].notna().sum() == 1
+    metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")  # the run's one file, continued
+    assert metrics["val/tc"].notna().sum() == 2 and metrics["train/loss"].notna().sum() == 2
+    assert metrics["step"].is_monotonic_increasing
 
     refused = subprocess.run(
         [*common, "--resume", "--set", "train.max_epochs=3", "--set", "train.devices=1"],

@@ -33,12 +33,21 @@ def exp2_run(demo_splits, tmp_path_factory):
     """
     tmp = tmp_path_factory.mktemp("exp2")
     loss = {"loss.beta_tc_annealing_epochs": 2, "loss.beta_tc_target": 1e4}
-    cfg = small_exp_config("exp2_tcvae_sbd", tmp, **loss)
+    # every logger, MLflow in a real SQLite store and W&B in its offline mode
+    trackers = {
+        "logging.loggers": ["csv", "tensorboard", "mlflow", "wandb"],
+        "logging.mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "logging.wandb.project": "vae-dynamics-tests",
+    }
+    cfg = small_exp_config("exp2_tcvae_sbd", tmp, **loss, **trackers)
     run_dir = tmp / "run"
-    first = train(cfg, run_dir, splits_dir=demo_splits)
-    metrics_after_two = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
-    cfg3 = small_exp_config("exp2_tcvae_sbd", tmp, **loss, **{"train.max_epochs": 3})
-    resumed = train(cfg3, run_dir, resume=True, splits_dir=demo_splits)  # same splits: accepted
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        first = train(cfg, run_dir, splits_dir=demo_splits)
+        metrics_after_two = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+        cfg3 = small_exp_config("exp2_tcvae_sbd", tmp, **loss, **trackers, **{"train.max_epochs": 3})
+        resumed = train(cfg3, run_dir, resume=True, splits_dir=demo_splits)  # same splits: accepted
     return dict(cfg=cfg, run_dir=run_dir, first=first, resumed=resumed, metrics_after_two=metrics_after_two)
 
 
@@ -64,6 +73,33 @@ def test_exp2_run_produces_every_artifact(exp2_run):
     # TensorBoard continues the run's one version on resume: an event file per start, in version_0
     assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["version_0"]
     assert len(list((run_dir / "tensorboard" / "version_0").glob("events.out.tfevents.*"))) == 2
+
+
+def test_a_resume_continues_the_runs_csv_file(exp2_run):
+    run_dir, before = exp2_run["run_dir"], exp2_run["metrics_after_two"]
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["version_0"]
+    metrics = pd.read_csv(run_dir / "logs" / "version_0" / "metrics.csv")
+    # the first start's rows as they were, then the resume's: each step once, in order
+    pd.testing.assert_frame_equal(metrics.iloc[: len(before)][before.columns], before, check_dtype=False)
+    assert metrics["step"].is_monotonic_increasing
+    assert metrics.dropna(subset=["val/loss"])["epoch"].tolist() == [0, 1, 2]
+    assert metrics.dropna(subset=["train_step/loss"])["step"].tolist() == list(range(6))
+
+
+def test_a_resume_continues_the_mlflow_and_wandb_runs(exp2_run):
+    import mlflow
+
+    run_dir = exp2_run["run_dir"]
+    kept = json.loads((run_dir / "trackers.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=kept["mlflow"]["place"]["tracking_uri"])
+    experiment = client.get_experiment_by_name(kept["mlflow"]["place"]["experiment"])
+    (run,) = client.search_runs([experiment.experiment_id])  # one MLflow run for both starts
+    assert run.info.run_id == kept["mlflow"]["id"] and run.info.run_name == "run"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [1, 3, 5]
+    # W&B offline: one folder per start, both of the same W&B run (`wandb sync` joins them)
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and {p.name.rsplit("-", 1)[1] for p in offline} == {kept["wandb"]["id"]}
+    assert kept["wandb"]["place"] == {"project": "vae-dynamics-tests", "entity": None}
 
 
 def test_every_key_is_logged_for_both_prefixes(exp2_run):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from vae_dynamics.config.schema import (
@@ -94,17 +95,26 @@ def schema_markdown() -> str:
         lines += ["", f"## model.variant: {variant} ({model.__name__})"]
         for section, field in model.model_fields.items():
             lines += ["", f"### {section}", "", "| key | type | default | description |", "|---|---|---|---|"]
-            section_model = field.annotation
-            props = section_model.model_json_schema()["properties"]  # type: ignore[union-attr]
-            for key, f in section_model.model_fields.items():  # type: ignore[union-attr]
-                if f.exclude:
-                    continue
-                default = f.get_default(call_default_factory=True)
-                shown = "" if default is PydanticUndefined else f"`{json.dumps(default)}`"
-                kind = _json_type(props[key]).replace("|", "\\|")
-                text = (f.description or "").replace("|", "\\|")
-                lines.append(f"| `{section}.{key}` | `{kind}` | {shown} | {text} |")
+            lines += _key_rows(section, field.annotation)  # type: ignore[arg-type]
     return "\n".join(lines) + "\n"
+
+
+def _key_rows(prefix: str, section_model: type[BaseModel]) -> list[str]:
+    """The table rows of one section's keys; a nested section (logging.mlflow) as dotted keys."""
+    rows = []
+    props = section_model.model_json_schema()["properties"]
+    for key, f in section_model.model_fields.items():
+        if f.exclude:
+            continue
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            rows += _key_rows(f"{prefix}.{key}", f.annotation)
+            continue
+        default = f.get_default(call_default_factory=True)
+        shown = "" if default is PydanticUndefined else f"`{json.dumps(default)}`"
+        kind = _json_type(props[key]).replace("|", "\\|")
+        text = (f.description or "").replace("|", "\\|")
+        rows.append(f"| `{prefix}.{key}` | `{kind}` | {shown} | {text} |")
+    return rows
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

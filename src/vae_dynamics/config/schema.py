@@ -164,6 +164,24 @@ class TrainConfig(Section):
     )
 
 
+class MLflowConfig(Section):
+    """logging.mlflow: where the mlflow logger sends a run (one store for many runs, to compare them)."""
+
+    tracking_uri: StrictStr | None = Field(
+        None,
+        description="MLflow store or server; null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
+        "working directory",
+    )
+    experiment: StrictStr | None = Field(None, description="MLflow experiment; null: the experiment's name")
+
+
+class WandbConfig(Section):
+    """logging.wandb: where the wandb logger sends a run."""
+
+    project: StrictStr | None = Field(None, description="W&B project; null: the experiment's name")
+    entity: StrictStr | None = Field(None, description="W&B team or user; null: your default entity")
+
+
 class LoggingConfig(Section):
     """logging: where runs go and what is recorded."""
 
@@ -182,6 +200,12 @@ class LoggingConfig(Section):
     )
     diagnostics_every_n_epochs: PositiveInt = Field(
         1, description="val/z_dependence and val/spatial_share (two extra decodes) every n epochs"
+    )
+    mlflow: MLflowConfig = Field(
+        default_factory=MLflowConfig, description="used when logging.loggers lists mlflow"
+    )
+    wandb: WandbConfig = Field(
+        default_factory=WandbConfig, description="used when logging.loggers lists wandb"
     )
 
 

@@ -8,7 +8,9 @@
   splits/{train,val}.csv the subjects of this run (kept on resume)
   index/                 subjects.csv / rejected.csv when the run indexed root_dir itself
   checkpoints/           last.ckpt (resume) and the chosen epoch*.ckpt
-  logs/                  metrics.csv (csv logger), TensorBoard events
+  logs/version_0/        metrics.csv (csv logger; one file for the whole run, resumes included)
+  tensorboard/version_0/ TensorBoard events (one version for the whole run)
+  trackers.json          the MLflow / W&B run ids, so that a resume continues the same tracker run
   recon/                 reconstruction snapshots every logging.recon_every_n_epochs
 """
 
@@ -94,6 +96,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.ckpt")
     logs = property(lambda self: self.path / "logs")
+    trackers = property(lambda self: self.path / "trackers.json")
     recon = property(lambda self: self.path / "recon")
 
     def relative(self, path: Path) -> str:

@@ -1,8 +1,8 @@
 """What a researcher watches around a run: experiment loggers, progress lines, provenance.
 
-- build_loggers: `logging.loggers` -> Lightning loggers, all writing into the run directory
-  (csv: logs/version_*/metrics.csv, as the request requires; tensorboard: tensorboard/; wandb and
-  mlflow when their packages are installed: `pip install -e ".[wandb]"` / `".[mlflow]"`).
+- build_loggers: `logging.loggers` -> Lightning loggers (csv: logs/version_0/metrics.csv; tensorboard:
+  tensorboard/; wandb: logging.wandb's project; mlflow: logging.mlflow's store). A resume continues the
+  same CSV file, TensorBoard version and MLflow/W&B runs (TrackerRuns keeps their ids).
 - progress_callbacks: a TQDM bar on a terminal; in a log file (Snakemake, SLURM) one line every
   `logging.progress_every_n_steps` steps and one per epoch, with samples/s, ETA and the loss terms.
 - provenance (vae_dynamics.provenance, free of Lightning: evaluation records it too) -> provenance.json
@@ -12,20 +12,28 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import importlib.util
+import json
 import logging
+import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
-from vae_dynamics.io import LOG_FORMAT
+from vae_dynamics.config.schema import LoggingConfig
+from vae_dynamics.io import LOG_FORMAT, write_json
+from vae_dynamics.training.run_dir import RunDir
+from vae_dynamics.viz.curves import METRICS_ASIDE
 
 log = logging.getLogger("vae_dynamics.train")
 # The loggers whose records a run's train.log holds.
@@ -63,10 +71,88 @@ class LoggerUnavailableError(RuntimeError):
     """A logger named in logging.loggers needs a package that is not installed."""
 
 
-def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logger]:
-    """Lightning loggers for `logging.loggers`, in that order (CSV first: the request's metrics.csv)."""
+class RunCSVLogger(CSVLogger):
+    """The CSV logger of a run: one logs/version_0/metrics.csv for the whole run, resumes included.
+
+    Lightning's CSV writer deletes the metrics.csv of a folder it reopens. So before it opens one, the
+    earlier rows are moved aside (METRICS_ASIDE), and when the resumed run logs its first
+    step they are written back, without the steps it logs again (those after its checkpoint).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(save_dir=run_dir, name="logs", version=0)
+        self._earlier = self._set_aside() if getattr(rank_zero_only, "rank", 0) == 0 else None
+
+    def _set_aside(self) -> list[dict[str, str]] | None:
+        folder = Path(self.log_dir)
+        metrics, aside = folder / "metrics.csv", folder / METRICS_ASIDE
+        if metrics.is_file():
+            if aside.is_file():  # a resume stopped after writing metrics.csv back: it is complete
+                aside.unlink()
+            metrics.rename(aside)
+        if not aside.is_file():
+            return None
+        with open(aside, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    @property
+    def experiment(self) -> Any:
+        with warnings.catch_warnings():  # "Previous log files ... will be deleted": they were set aside
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            return super().experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._earlier is not None and step is not None:
+            for row in self._earlier:
+                if row.get("step") and int(row["step"]) < step:
+                    values = {k: _number(v) for k, v in row.items() if v != "" and k != "step"}
+                    self.experiment.log_metrics(values, int(row["step"]))
+            super().log_metrics(metrics, step)
+            self.save()
+            (Path(self.log_dir) / METRICS_ASIDE).unlink(missing_ok=True)
+            self._earlier = None
+            return
+        super().log_metrics(metrics, step)
+
+
+class RunMLFlowLogger(MLFlowLogger):
+    """The MLflow logger of a run. A resume continues the MLflow run and keeps the params of its first
+    start: MLflow never changes a logged param (config_resolved.yaml holds the current config, e.g. a
+    raised train.max_epochs)."""
+
+    def __init__(self, *, run_id: str | None, **kwargs: Any) -> None:
+        super().__init__(run_id=run_id, **kwargs)
+        self.continued = run_id is not None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        if not self.continued:
+            super().log_hyperparams(params)
+
+
+def _number(text: str) -> int | float:
+    """A metrics.csv cell as it was logged (epoch 3, not 3.0)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _saved_runs(run_dir: Path) -> dict[str, Any]:
+    path = RunDir(run_dir).trackers
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_loggers(cfg: LoggingConfig, run_dir: Path, experiment: str) -> list[Logger]:
+    """Lightning loggers for `logging.loggers`, in that order (CSV first: metrics.csv).
+
+    A resumed run continues its TensorBoard version and its MLflow and W&B runs (their ids are kept in
+    trackers.json by TrackerRuns) when it logs to the same store and project.
+    """
     loggers: list[Logger] = []
-    for name in names:
+    saved = _saved_runs(run_dir)
+    for name in cfg.loggers:
         if name in LOGGER_PACKAGES:
             module, extra = LOGGER_PACKAGES[name]
             if importlib.util.find_spec(module) is None:
@@ -75,7 +161,7 @@ def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logg
                     f"(or remove {name!r} from logging.loggers)"
                 )
         if name == "csv":
-            loggers.append(CSVLogger(save_dir=run_dir, name="logs"))
+            loggers.append(RunCSVLogger(run_dir))
         elif name == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -84,20 +170,78 @@ def build_loggers(names: list[str], run_dir: Path, experiment: str) -> list[Logg
             tb = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=0, default_hp_metric=False)
             loggers.append(tb)
         elif name == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
-            loggers.append(WandbLogger(save_dir=str(run_dir), name=run_dir.name, project=experiment))
-        elif name == "mlflow":
-            from lightning.pytorch.loggers import MLFlowLogger
-
+            place = tracker_places(cfg, experiment)["wandb"]
             loggers.append(
-                MLFlowLogger(
-                    experiment_name=experiment,
+                WandbLogger(
+                    save_dir=str(run_dir),
+                    name=run_dir.name,
+                    project=place["project"],
+                    entity=place["entity"],
+                    id=_kept_id(saved, "wandb", place),
+                    resume="allow",
+                )
+            )
+        elif name == "mlflow":
+            place = tracker_places(cfg, experiment)["mlflow"]
+            loggers.append(
+                RunMLFlowLogger(
+                    experiment_name=str(place["experiment"]),
                     run_name=run_dir.name,
-                    tracking_uri=f"file:{run_dir / 'mlruns'}",
+                    tracking_uri=place["tracking_uri"],
+                    run_id=_kept_id(saved, "mlflow", place),
                 )
             )
     return loggers
+
+
+def tracker_places(cfg: LoggingConfig, experiment: str) -> dict[str, dict[str, str | None]]:
+    """Where the MLflow and W&B loggers send a run; a kept run id is reused only for the same place.
+
+    MLflow: logging.mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db
+    (the store `mlflow ui` opens there; recent MLflow refuses its old ./mlruns file store by default).
+    """
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return {
+        "mlflow": {
+            "tracking_uri": uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+            "experiment": cfg.mlflow.experiment or experiment,
+        },
+        "wandb": {"project": cfg.wandb.project or experiment, "entity": cfg.wandb.entity},
+    }
+
+
+def _kept_id(saved: dict[str, Any], tracker: str, place: dict[str, str | None]) -> str | None:
+    """The run id trackers.json keeps for `tracker`, when it was logged to the same place."""
+    kept = saved.get(tracker, {})
+    return kept.get("id") if kept.get("place") == place else None
+
+
+class TrackerRuns(Callback):
+    """Keeps the MLflow and W&B run ids of a run in trackers.json, with the store and project they live
+    in, so that a resume continues those runs (build_loggers) instead of starting new ones."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, experiment: str) -> None:
+        self.path = RunDir(run_dir).trackers
+        self.places = tracker_places(cfg, experiment)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        runs = _saved_runs(self.path.parent)
+        for lg in trainer.loggers:
+            name = (
+                "mlflow" if isinstance(lg, MLFlowLogger) else "wandb" if isinstance(lg, WandbLogger) else None
+            )
+            if name:
+                runs[name] = {"id": str(lg.version), "place": self.places[name]}
+        if runs:
+            write_json(runs, self.path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """End the W&B run with the fit, so that a next training in the same process starts its own."""
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+                lg.experiment.finish()
 
 
 def log_image(trainer: L.Trainer, tag: str, png: Path, step: int) -> None:

@@ -33,7 +33,7 @@ from vae_dynamics.training.checkpointing import AtomicCheckpointIO, Preempted, P
 from vae_dynamics.training.distributed import resolve_strategy, world_size
 from vae_dynamics.training.lit_modules import ExperimentLitModule
 from vae_dynamics.training.run_dir import RunDir
-from vae_dynamics.training.tracking import build_loggers, progress_callbacks
+from vae_dynamics.training.tracking import TrackerRuns, build_loggers, progress_callbacks
 
 # Sending step values to the loggers reads them back from the device (a sync): every step on CPU,
 # every STEP_LOG_EVERY_CUDA steps on CUDA so that the GPU queue stays full.
@@ -128,6 +128,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, hardware: Hardware | Non
         EpochMetricsLogger(),
         *progress,
         PreemptionCheckpoint(layout.last_checkpoint),
+        TrackerRuns(run_dir, logging_cfg, experiment.name),
     ]
     return L.Trainer(
         default_root_dir=run_dir,
@@ -138,7 +139,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, hardware: Hardware | Non
         strategy=resolve_strategy(cfg),
         precision=hardware.precision,  # type: ignore[arg-type]  # one of config.schema's PRECISIONS
         max_epochs=cfg.train.max_epochs,
-        logger=build_loggers(logging_cfg.loggers, run_dir, experiment.name),
+        logger=build_loggers(logging_cfg, run_dir, experiment.name),
         callbacks=callbacks + ([CompileTimer()] if hardware.compile else []),
         enable_progress_bar=any(isinstance(c, TQDMProgressBar) for c in progress),
         log_every_n_steps=STEP_LOG_EVERY_CUDA if hardware.cuda else 1,

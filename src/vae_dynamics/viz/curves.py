@@ -1,4 +1,5 @@
-"""Loss curves from the CSVLogger files of a run (all versions: a resumed run adds a version)."""
+"""Loss curves from the CSV logger's files of a run (logs/version_0/metrics.csv; runs trained with
+earlier versions of this package hold one version per start, joined in order)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,23 @@ import pandas as pd
 from vae_dynamics.viz import figure_file
 
 STEP_PREFIX = "train_step/"  # per-step training terms (logged beside the per-epoch train/ means)
+# A resume moves the run's metrics.csv aside until it writes it back with its first step
+# (training.tracking.RunCSVLogger): a resume stopped before that leaves only this file.
+METRICS_ASIDE = "metrics-before-resume.csv"
+
+
+def metrics_files(logs_dir: str | os.PathLike[str]) -> list[Path]:
+    """The metrics files under a run's logs/, oldest version first."""
+    folders = sorted(
+        {p.parent for p in Path(logs_dir).glob("**/metrics*.csv")}, key=lambda p: (len(str(p)), str(p))
+    )
+    files = [f / "metrics.csv" if (f / "metrics.csv").is_file() else f / METRICS_ASIDE for f in folders]
+    return [f for f in files if f.is_file()]
 
 
 def read_metrics(logs_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per epoch with every logged epoch metric; later versions (resumes) override earlier."""
-    files = sorted(Path(logs_dir).glob("**/metrics.csv"), key=lambda p: (len(str(p)), str(p)))
+    files = metrics_files(logs_dir)
     if not files:
         raise FileNotFoundError(f"no metrics.csv under {logs_dir}")
     frames = [pd.read_csv(f) for f in files]
@@ -26,7 +39,7 @@ def read_metrics(logs_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
 def read_step_metrics(logs_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per training step with its train_step/* terms (later versions override earlier)."""
-    files = sorted(Path(logs_dir).glob("**/metrics.csv"), key=lambda p: (len(str(p)), str(p)))
+    files = metrics_files(logs_dir)
     frames = [pd.read_csv(f) for f in files]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     columns = [c for c in df.columns if c.startswith(STEP_PREFIX)]
