@@ -15,6 +15,9 @@
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"  # the report's front page (snakemake --report, after a run)
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/training.smk"

@@ -2,6 +2,7 @@
 # light (no torch): `snakemake -n` runs on a login node.
 import functools
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -17,6 +18,10 @@ except ImportError as exc:  # a bare Snakemake: the package plans the runs, so i
     ) from None
 
 min_version("8.0")
+
+report_problem = wf.report_problem(sys.argv)  # `--report` before a run: one line, not a missing file
+if report_problem:
+    raise WorkflowError(report_problem)
 
 validate(config, "../workflow/schemas/config.schema.yaml")
 wf.check_experiment_keys(config)  # experiments:, overrides.<exp>, sweep.<exp> name registered ones

@@ -89,3 +89,16 @@ def test_a_data_folder_without_complete_subjects_is_named_before_any_job_runs_an
         root / "BraTS-MEN-00001-000" / "BraTS-MEN-00001-000-t2w.nii.gz"
     )
     assert snakemake(work, "-n", "--", "results/exp2/done").returncode == 0  # one complete subject: planned
+
+
+def test_a_report_before_the_run_says_to_run_first(tmp_path):
+    """`--report` collects finished runs' figures: before a run it fails in one line that says what to do,
+    not on the first missing figure."""
+    from conftest import make_workdir, snakemake
+
+    work = make_workdir(tmp_path, tmp_path / "data")
+    out = snakemake(work, "--report", "report.zip", "--", "results/exp2/done", check=False)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and not (work / "report.zip").exists()
+    assert "results/exp2/done does not exist yet: run the same command without --report first" in said
+    assert "marked for report but does not exist" not in said

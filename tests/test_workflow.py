@@ -214,6 +214,9 @@ def test_compare_target_trains_exp1_and_summarises_both_with_a_report(interrupte
     import zipfile
 
     names = zipfile.ZipFile(work / "report.zip").namelist()
+    (page,) = [n for n in names if n.endswith("report.html")]
+    html = zipfile.ZipFile(work / "report.zip").read(page).decode()
+    assert "This report collects the figures of the finished runs" in html  # the front page
     for figure in ("factor_correlations.png", "traversals.png", "summary.md"):
         assert any(n.endswith(figure) for n in names), figure
     assert any(re.search(r"z\d{3}\.png$", n) for n in names)  # the per-dimension traversals

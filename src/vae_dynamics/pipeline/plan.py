@@ -168,6 +168,27 @@ def data_root_problem(root: str | os.PathLike[str], modalities: Sequence[str]) -
     return None
 
 
+DEFAULT_TARGET = "results/exp2/done"  # the Snakefile's `rule all`
+
+
+def report_problem(argv: Sequence[str]) -> str | None:
+    """Why `snakemake --report` cannot build its report yet: it collects the figures of finished runs,
+    and a target it was asked for does not exist. None for any other command, or when all exist."""
+    if not any(a == "--report" or a.startswith("--report=") for a in argv):
+        return None
+    if "--" in argv:
+        targets = list(argv[argv.index("--") + 1 :])
+    else:  # targets without `--` (snakemake --report r.zip results/exp2/done)
+        targets = [a for a in argv if a.startswith("results/")]
+    missing = [t for t in targets or [DEFAULT_TARGET] if not Path(t).exists()]
+    if not missing:
+        return None
+    return (
+        f"--report collects the figures of finished runs, and {', '.join(missing)} does not exist yet: run "
+        "the same command without --report first (it trains and evaluates), then build the report"
+    )
+
+
 def update_config(config: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     """Merge `overlay` into `config` in place, mappings key by key, as Snakemake merges config files."""
     for key, value in overlay.items():
