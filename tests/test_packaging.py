@@ -70,8 +70,8 @@ def _lock(*files: str) -> dict[str, str]:
 
 
 def test_the_locks_pin_every_dependency_exactly_and_satisfy_pyproject():
-    """The runtime lock holds the package's dependencies and its workflow, demo and slurm extras, and
-    no dev tool; the dev lock adds the rest."""
+    """The runtime lock holds the package's dependencies and its workflow, demo, export, slurm and tracker
+    extras, and no dev tool; the dev lock adds the rest."""
     from packaging.requirements import Requirement
 
     runtime, dev = _lock("runtime.txt"), _lock("dev.txt")
@@ -81,7 +81,7 @@ def test_the_locks_pin_every_dependency_exactly_and_satisfy_pyproject():
     extras = project["optional-dependencies"]
     shipped = [
         *project["dependencies"],
-        *(s for e in ("workflow", "demo", "export", "slurm") for s in extras[e]),
+        *(s for e in ("workflow", "demo", "export", "slurm", "wandb", "mlflow") for s in extras[e]),
     ]
     tools = [s for s in [*extras["dev"], *extras["docs"]] if not s.startswith("vae_dynamics")]
     for specs, pins, where in [(shipped, runtime, "runtime"), (tools, {**runtime, **dev}, "runtime or dev")]:
