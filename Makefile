@@ -5,6 +5,8 @@
 #   make lint      ruff check + ruff format --check + snakemake --lint
 #   make demo      run the whole Snakemake workflow on the embedded demo dataset (CPU, < 10 min)
 #   make bench     CPU benchmarks -> bench/results/cpu.json
+#   make bench-gpu-learning  the real 128³ Exp2 for thousands of steps on one GPU, the shipped start and
+#                        the ladder's best -> bench/results/gpu_learning.json (~8 min on an H200)
 #   make bench-learning  the Exp2 learning study -> bench/results/learning.json, docs/LEARNING.md (~25 min)
 #   make bench-ladder    does Exp2 use its code? 32³/64³ proxies for thousands of steps, resumable
 #                        -> bench/results/ladder/, bench/results/ladder.json, docs/LEARNING.md (hours)
@@ -25,7 +27,7 @@ TORCH_INDEX_ARG = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$
 	>/dev/null 2>&1 && echo --extra-index-url "$(TORCH_INDEX)")
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install lock docs test test-fast lint format demo bench bench-gpu bench-learning bench-code-use bench-ladder clean
+.PHONY: install lock docs test test-fast lint format demo bench bench-gpu bench-gpu-learning bench-learning bench-code-use bench-ladder clean
 
 # LOCK=1 (default): the exact versions of requirements/dev.txt (which includes requirements/runtime.txt),
 # then the package without dependencies; LOCK=0: the open ranges of pyproject.toml. .venv/.lock records
@@ -97,6 +99,9 @@ bench: install
 
 bench-gpu: install
 	$(BIN)/python bench/run_gpu.py --out bench/results/gpu.json
+
+bench-gpu-learning: install
+	$(BIN)/python bench/gpu_learning.py --out bench/results/gpu_learning.json
 
 bench-learning: install
 	$(BIN)/python bench/learning.py --out bench/results/learning.json

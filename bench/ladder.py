@@ -124,6 +124,7 @@ class Job:
     eval_every: int = 250
     warmup: str = "steps"  # "steps": β over 20 % of the steps; "epochs8": over 8 epochs (the old study)
     kind: str = "arm"
+    base: int = 16  # model.base_filters (the GPU run, bench/gpu_learning.py: the shipped 32)
 
     @property
     def name(self) -> str:
@@ -148,46 +149,61 @@ JOBS: list[Job] = [
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def _preprocess(row: dict[str, str]) -> dict[str, np.ndarray]:
+def _preprocess(row: dict[str, str], sizes: tuple[int, ...] = (32, 64)) -> dict[str, np.ndarray]:
     from vae_dynamics.config import config_path, load_config
     from vae_dynamics.data.transforms import transforms_from_config
 
     data_cfg = load_config(config_path("exp2")).data
     image = transforms_from_config(data_cfg)({k: row[k] for k in (*data_cfg.modalities, "seg")})["image"]
     x = torch.as_tensor(image).float()[None]
-    return {str(s): nn.functional.avg_pool3d(x, 128 // s)[0].half().numpy() for s in (32, 64)}
+    return {str(s): nn.functional.avg_pool3d(x, 128 // s)[0].half().numpy() for s in sizes}
 
 
-def prepare_data(workers: int) -> None:
-    """Generate, index and preprocess the demo subjects once; keep them average-pooled to 32³ and 64³."""
-    if all((WORK / f"data_{s}.pt").exists() for s in (32, 64)):
+def prepare_data(
+    workers: int,
+    sizes: tuple[int, ...] = (32, 64),
+    work: Path = WORK,
+    n_subjects: int = N_SUBJECTS,
+    val_slots: int = N_VAL,
+) -> None:
+    """Generate, index and preprocess the demo subjects once; keep them average-pooled to each s³ in
+    `sizes` (128: as preprocessed), in work/data_<s>.pt. The first `val_slots` subjects validate."""
+    if all((work / f"data_{s}.pt").exists() for s in sizes):
         return
+    import functools
     import tempfile
 
     from vae_dynamics.data.demo import generate
     from vae_dynamics.data.index import index_subjects
     from vae_dynamics.parallel import map_in_processes
 
-    WORK.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-        factors = generate(Path(tmp) / "data", N_SUBJECTS, seed=0, workers=workers)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        factors = generate(Path(tmp) / "data", n_subjects, seed=0, workers=workers)
         subjects, _ = index_subjects(Path(tmp) / "data", Path(tmp) / "index", workers=workers, progress=False)
         rows = subjects.sort_values("subject_id").to_dict("records")
-        pooled = map_in_processes(_preprocess, rows, workers=workers, progress=True, desc="preprocess")
+        pool = functools.partial(_preprocess, sizes=sizes)
+        pooled = map_in_processes(pool, rows, workers=workers, progress=True, desc="preprocess")
     ids = [r["subject_id"] for r in rows]
     table = factors.set_index("subject_id").loc[ids, list(FACTORS)].astype(float)
-    for s in (32, 64):
+    for s in sizes:
         images = torch.stack([torch.from_numpy(p[str(s)]) for p in pooled])
-        tmp_path = WORK / f"data_{s}.pt.tmp"
-        torch.save({"images": images, "ids": ids, "factors": table.to_dict("list")}, tmp_path)
-        os.replace(tmp_path, WORK / f"data_{s}.pt")
+        tmp_path = work / f"data_{s}.pt.tmp"
+        blob = {"images": images, "ids": ids, "factors": table.to_dict("list"), "val_slots": val_slots}
+        torch.save(blob, tmp_path)
+        os.replace(tmp_path, work / f"data_{s}.pt")
     print(f"data: {len(ids)} subjects in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def load_data(size: int) -> dict[str, Any]:
-    blob = torch.load(WORK / f"data_{size}.pt", weights_only=True)
-    return {"images": blob["images"].float(), "ids": blob["ids"], "factors": blob["factors"]}
+def load_data(size: int, work: Path = WORK) -> dict[str, Any]:
+    blob = torch.load(work / f"data_{size}.pt", weights_only=True)
+    return {
+        "images": blob["images"].float(),
+        "ids": blob["ids"],
+        "factors": blob["factors"],
+        "val_slots": blob.get("val_slots", N_VAL),
+    }
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -227,7 +243,7 @@ def build(job: Job, arm: Start, train_images: torch.Tensor):
     cfg = load_config(
         config_path(arm.experiment),
         {
-            "model.base_filters": 16,
+            "model.base_filters": job.base,
             "train.lr": job.lr,
             "train.gradient_checkpointing": False,
             **arm.overrides,
@@ -288,12 +304,13 @@ def evaluate(model, job: Job, data: dict[str, Any], mean_volume: torch.Tensor, f
     from vae_dynamics.evaluation.metrics import compute_metrics
     from vae_dynamics.models.diagnostics import kl_per_dimension, z_dependence
 
-    images, n_val, n_train = data["images"], job.n_val, job.n_train
-    subjects = torch.cat([images[:n_val], images[N_VAL : N_VAL + n_train]])  # val first, then train
+    images, n_val, n_train, slots = data["images"], job.n_val, job.n_train, data["val_slots"]
+    subjects = torch.cat([images[:n_val], images[slots : slots + n_train]])  # val first, then train
     feats: list[torch.Tensor] = []
     hook = model.encoder.head.register_forward_hook(lambda m, i, o: feats.append(i[0].float()))
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    device = subjects.device.type  # CPU: bfloat16 autocast, as the study trains; CUDA: float16
+    with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
         post = [model.encoder(x) for x in subjects.split(16)]
         hook.remove()
         mu = torch.cat([m.float() for m, _ in post])
@@ -313,7 +330,7 @@ def evaluate(model, job: Job, data: dict[str, Any], mean_volume: torch.Tensor, f
             "train_z_dependence": z_dependence(model, train_x, train_mu),
         }
     model.train()
-    h = torch.cat(feats)
+    h, mu, logvar = torch.cat(feats).cpu(), mu.cpu(), logvar.cpu()
     sigma2 = logvar.exp()
     kl = kl_per_dimension(mu, logvar)
     snr = mu.var(0, unbiased=False) / sigma2.mean(0)
@@ -332,8 +349,8 @@ def evaluate(model, job: Job, data: dict[str, Any], mean_volume: torch.Tensor, f
         head_between_share=float(h.var(0, unbiased=False).sum() / h.square().mean(0).sum().clamp_min(1e-12)),
     )
     if full:
-        ids = data["ids"][:n_val] + data["ids"][N_VAL : N_VAL + n_train]
-        rows = list(range(n_val)) + list(range(N_VAL, N_VAL + n_train))
+        ids = data["ids"][:n_val] + data["ids"][slots : slots + n_train]
+        rows = list(range(n_val)) + list(range(slots, slots + n_train))
         factors = {k: [v[i] for i in rows] for k, v in data["factors"].items()}
         latents = pd.DataFrame(mu.numpy(), columns=[f"mu_{k}" for k in range(mu.shape[1])])
         latents.insert(0, "subject_id", ids)
@@ -418,7 +435,7 @@ def run_job(job: Job) -> None:
     torch.set_num_threads(1)
     data = load_data(job.size)
     images = data["images"]
-    train = images[N_VAL : N_VAL + job.n_train]
+    train = images[data["val_slots"] : data["val_slots"] + job.n_train]
     experiment, model, cfg, opt, schedule = build(job, arm, train)
     objective = OBJECTIVES[cfg.model.variant](cfg.loss, job.n_train)
     target = experiment.beta_target(cfg.loss)
