@@ -142,7 +142,8 @@ JOBS: list[Job] = [
     *[Job(arm, 32, 0, 3000) for arm in ("exp2_shipped", "exp1", *NEW_STARTS)],
     # the transfer check completed before the long seed repeats (four jobs of about 10 minutes)
     *[_transfer(arm, 64, seed) for seed in (0, 1) for arm in ("exp2_shipped", "exp1")],
-    *[Job(arm, 32, seed, 3000) for seed in (1, 2) for arm in ("exp2_shipped", "exp1", "best")],
+    # the shipping decision first (the shipped and the best start), then Exp1 beside them
+    *[Job(arm, 32, seed, 3000) for seed in (1, 2) for arm in ("exp2_shipped", "best", "exp1")],
     *[Job(arm, 64, 0, 1000) for arm in ("exp2_shipped", "best")],
 ]
 
