@@ -75,8 +75,9 @@ class RunCSVLogger(CSVLogger):
     """The CSV logger of a run: one logs/version_0/metrics.csv for the whole run, resumes included.
 
     Lightning's CSV writer deletes the metrics.csv of a folder it reopens. So before it opens one, the
-    earlier rows are moved aside (METRICS_ASIDE), and when the resumed run logs its first
-    step they are written back, without the steps it logs again (those after its checkpoint).
+    earlier rows are moved aside (METRICS_ASIDE), and when the resumed run logs its first step they are
+    written back, without the steps it logs again (those after its checkpoint). A fresh start in the
+    folder logs from step 0, so it keeps none.
     """
 
     def __init__(self, run_dir: Path) -> None:
