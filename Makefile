@@ -53,7 +53,8 @@ endif
 install: $(BIN)/vae-dynamics
 
 # Rewrite requirements/runtime.txt and dev.txt from this venv (install it with LOCK=0 first to resolve the
-# open ranges): the package's runtime closure (with its workflow, demo and slurm extras), and the rest.
+# open ranges): the package's runtime closure (with its workflow, demo, export, slurm and tracker
+# extras), and the rest.
 lock:
 	$(BIN)/python scripts/lock.py
 
