@@ -52,13 +52,13 @@ WHEELS = ("monai", "nibabel", "nilearn", "pydantic", "pydantic_core", "annotated
 
 
 def wheel_pins() -> list[str]:
-    """WHEELS as name==version from the runtime lock."""
+    """WHEELS as the runtime lock pins them (name==version, spelt as there)."""
     pins = {}
     for line in (REPO / "requirements" / "runtime.txt").read_text().splitlines():
         if "==" in line and not line.startswith("#"):
-            name, version = line.split(";")[0].strip().split("==")
-            pins[name.lower().replace("_", "-")] = version
-    return [f"{w}=={pins[w.lower().replace('_', '-')]}" for w in WHEELS]
+            pin = line.split(";")[0].strip()
+            pins[pin.split("==")[0].lower().replace("_", "-")] = pin
+    return [pins[w.lower().replace("_", "-")] for w in WHEELS]
 
 
 def arm_job(arm: str, steps: int, smoke: bool) -> ladder.Job:

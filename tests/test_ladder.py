@@ -70,3 +70,14 @@ def test_the_proxies_keep_the_broadcast_and_the_encoder_head_of_the_real_model()
         assert x_hat.shape == (1, 4, size, size, size) and mu.shape == (1, 128)
         strided = [b for b in model.encoder.blocks if getattr(b.conv1, "stride", (1,))[0] == 2]
         assert len(strided) == len(model.decoder.stages) == {32: 2, 64: 3}[size]
+
+
+def test_the_gpu_learning_run_carries_the_locked_version_of_each_wheel_it_needs():
+    """bench/gpu_learning.py --list-wheels: what a GPU machine with only torch and the scientific stack
+    lacks, each pinned to the runtime lock (a wheel the lock no longer holds fails here, not there)."""
+    import gpu_learning
+
+    pins = dict(p.split("==") for p in gpu_learning.wheel_pins())
+    assert {"monai", "nibabel", "nilearn", "pydantic", "pydantic_core"} <= pins.keys()
+    lock = (REPO / "requirements" / "runtime.txt").read_text()
+    assert all(f"{name}=={version}" in lock for name, version in pins.items())
