@@ -28,7 +28,8 @@ WORKING = {
 def dry(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(
-        [SNAKEMAKE, "--configfile", "config/demo.yaml", *args],
+        # --forceall: the plan shows every job also in a checkout where `make demo` has run
+        [SNAKEMAKE, "--configfile", "config/demo.yaml", "--forceall", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
