@@ -152,7 +152,7 @@ def build_loggers(cfg: LoggingConfig, run_dir: Path, experiment: str) -> list[Lo
     trackers.json by TrackerRuns) when it logs to the same store and project.
     """
     loggers: list[Logger] = []
-    saved = _saved_runs(run_dir)
+    saved, places = _saved_runs(run_dir), tracker_places(cfg, experiment)
     for name in cfg.loggers:
         if name in LOGGER_PACKAGES:
             module, extra = LOGGER_PACKAGES[name]
@@ -171,7 +171,7 @@ def build_loggers(cfg: LoggingConfig, run_dir: Path, experiment: str) -> list[Lo
             tb = TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=0, default_hp_metric=False)
             loggers.append(tb)
         elif name == "wandb":
-            place = tracker_places(cfg, experiment)["wandb"]
+            place = places["wandb"]
             loggers.append(
                 WandbLogger(
                     save_dir=str(run_dir),
@@ -183,7 +183,7 @@ def build_loggers(cfg: LoggingConfig, run_dir: Path, experiment: str) -> list[Lo
                 )
             )
         elif name == "mlflow":
-            place = tracker_places(cfg, experiment)["mlflow"]
+            place = places["mlflow"]
             loggers.append(
                 RunMLFlowLogger(
                     experiment_name=str(place["experiment"]),
@@ -240,9 +240,10 @@ class TrackerRuns(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """End the W&B run with the fit, so that a next training in the same process starts its own."""
-        for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
-                lg.experiment.finish()
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                if isinstance(lg, WandbLogger):
+                    lg.experiment.finish()
 
 
 def log_image(trainer: L.Trainer, tag: str, png: Path, step: int) -> None:
