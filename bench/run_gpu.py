@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -34,7 +37,7 @@ from vae_dynamics.data.datamodule import BraTSDataModule  # noqa: E402
 from vae_dynamics.data.demo import generate  # noqa: E402
 from vae_dynamics.data.index import index_subjects  # noqa: E402
 from vae_dynamics.data.splits import make_splits  # noqa: E402
-from vae_dynamics.losses import compute_tcvae_loss, compute_vae_loss  # noqa: E402
+from vae_dynamics.losses import compute_tcvae_loss  # noqa: E402
 from vae_dynamics.training.trainer import build_module, build_trainer  # noqa: E402
 
 DTYPES = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -42,48 +45,120 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "PERFORMANCE.md"
 EPOCHS, EPOCH_SUBJECTS = 200, 900
 
-# (batch, precision, checkpointing, channels_last_3d, compile): the rows of the performance issue's table
+
+@dataclass(frozen=True)
+class Row:
+    """One model-only setting. The defaults are the shipped Exp2 step as the real loop runs it on a GPU:
+    B=8, 16-mixed, gradient checkpointing, channels_last_3d, torch.compile, AdamW (foreach), batches
+    drawn from a GPU-resident float16 set."""
+
+    batch: int = 8
+    precision: str = "16-mixed"
+    gradient_checkpointing: bool = True
+    channels_last_3d: bool = True
+    compile: bool = True
+    compile_mode: str = "default"
+    fused_adamw: bool = False
+    feed: str = "resident"  # or "pinned": a host-pinned set, copied ahead on a side stream
+
+    def label(self) -> str:
+        shipped = Row(batch=self.batch)
+        changes = [f"{k}={v}" for k, v in asdict(self).items() if v != getattr(shipped, k)]
+        return ", ".join(changes) or "shipped step"
+
+
+SHIPPED = Row()
+# The precision/checkpointing/layout/compile table, then the candidates for the shipped step, each
+# against SHIPPED in the same run: fused AdamW, a host-pinned set with asynchronous prefetch instead of
+# the GPU-resident one, and Inductor's autotuning (slowest to compile: last).
 MODEL_ONLY = [
-    (8, "32-true", False, False, False),
-    (8, "16-mixed", True, False, False),
-    (8, "bf16-mixed", False, False, False),
-    (8, "16-mixed", True, False, True),
-    (8, "bf16-mixed", False, True, True),
+    Row(precision="32-true", gradient_checkpointing=False, channels_last_3d=False, compile=False),
+    Row(channels_last_3d=False, compile=False),
+    Row(precision="bf16-mixed", gradient_checkpointing=False, channels_last_3d=False, compile=False),
+    Row(channels_last_3d=False),
+    Row(precision="bf16-mixed", gradient_checkpointing=False),
 ]
-# The row whose compiled step is profiled (torch.profiler, top kernels by CUDA time): the shipped config.
-PROFILED = (8, "16-mixed", True, False, True)
+CANDIDATES = [
+    SHIPPED,
+    Row(fused_adamw=True),
+    Row(feed="pinned"),
+    Row(compile_mode="max-autotune-no-cudagraphs"),
+]
+POOL = 64  # subjects in the set a step draws its batch from (1 GB in float16)
 
 
-def step_fn(
-    exp: str,
-    batch: int,
-    base_filters: int,
-    precision: str,
-    checkpointing: bool,
-    channels_last: bool,
-    compile_model: bool,
-    device: str = "cuda",
-):
-    """One optimizer step of the bare model (no Lightning, no data loading)."""
+class PinnedFeed:
+    """Batches from a host-pinned float16 set: a background thread gathers the next batch into one of
+    two pinned buffers and copies it to the GPU on a side stream while the current step runs."""
+
+    def __init__(self, pool: torch.Tensor, batch: int, device: str) -> None:
+        self.pool, self.batch, self.device = pool.pin_memory(), batch, device
+        self.buffers = [
+            torch.empty((batch, *pool.shape[1:]), dtype=pool.dtype).pin_memory() for _ in range(2)
+        ]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+        self.stream = torch.cuda.Stream(device)
+        self.generator = torch.Generator().manual_seed(0)
+        self.thread = ThreadPoolExecutor(1)
+        self.k = 0
+        self.pending = self.thread.submit(self._load, 0)
+
+    def _load(self, k: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+        if self.copied[k] is not None:  # the copy out of this buffer, two batches ago, has finished
+            self.copied[k].synchronize()
+        idx = torch.randint(len(self.pool), (self.batch,), generator=self.generator)
+        torch.index_select(self.pool, 0, idx, out=self.buffers[k])
+        with torch.cuda.stream(self.stream):
+            x = self.buffers[k].to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.copied[k] = event
+        return x, event
+
+    def __call__(self) -> torch.Tensor:
+        x, event = self.pending.result()
+        torch.cuda.current_stream().wait_event(event)
+        x.record_stream(torch.cuda.current_stream())
+        self.k ^= 1
+        self.pending = self.thread.submit(self._load, self.k)
+        return x
+
+
+def batches(row: Row, device: str):
+    """A callable giving the next float16 batch [B, 4, 128³] on `device`, as `row.feed` says."""
+    pool = torch.rand(POOL if device == "cuda" else row.batch, 4, 128, 128, 128).half()
+    if row.feed == "pinned":
+        return PinnedFeed(pool, row.batch, device)
+    pool = pool.to(device)
+    generator = torch.Generator(device).manual_seed(0)
+    return lambda: pool[torch.randint(len(pool), (row.batch,), device=device, generator=generator)]
+
+
+def build(row: Row, base_filters: int, device: str):
+    """The Exp2 model, its AdamW and GradScaler for `row`."""
     torch.manual_seed(0)
-    model = MODELS[exp](base_filters=base_filters, gradient_checkpointing=checkpointing).to(device)
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    if compile_model:
-        model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
-    x = torch.rand(batch, 4, 128, 128, 128, device=device).contiguous(memory_format=fmt)
-    dtype = DTYPES[precision]
+    model = MODELS["exp2"](base_filters=base_filters, gradient_checkpointing=row.gradient_checkpointing)
+    fmt = torch.channels_last_3d if row.channels_last_3d else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt)
+    if row.compile:
+        model.compile(dynamic=False, mode=None if row.compile_mode == "default" else row.compile_mode)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=row.fused_adamw or None)
+    scaler = torch.amp.GradScaler(device, enabled=row.precision == "16-mixed")
+    return model, opt, scaler, fmt
+
+
+def step_fn(row: Row, base_filters: int, device: str = "cuda"):
+    """One optimizer step of the bare model (no Lightning): draw a batch, forward, loss, backward, AdamW."""
+    model, opt, scaler, fmt = build(row, base_filters, device)
+    feed = batches(row, device)
+    dtype = DTYPES[row.precision]
 
     def step():
+        x = feed().float().contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
             x_hat, mu, logvar, z = model(x)
-            if exp == "exp2":
-                out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=900, beta_tc=6.0)
-            else:
-                out = compute_vae_loss(x_hat, x, mu, logvar, beta_kl=1.0)
+            out = compute_tcvae_loss(x_hat, x, mu, logvar, z, dataset_size=900, beta_tc=6.0)
         scaler.scale(out["loss"]).backward()
         scaler.step(opt)
         scaler.update()
@@ -120,41 +195,45 @@ def profile_step(step, config: dict, top: int = 12) -> list[dict]:
     return records
 
 
-def model_only(base_filters: int, rows, device: str, sink=None, profile: bool = False) -> list[dict]:
+def model_only(
+    base_filters: int,
+    rows: list[Row],
+    device: str,
+    sink=None,
+    profile: bool = False,
+    deadline: float = math.inf,
+) -> list[dict]:
     flops = train_flops_per_sample("exp2", base_filters)
     records = []
-    for batch, precision, ckpt, cl, comp in rows:
-        config = dict(
-            model="exp2",
-            batch=batch,
-            base_filters=base_filters,
-            precision=precision,
-            gradient_checkpointing=ckpt,
-            channels_last_3d=cl,
-            compile=comp,
-        )
+    for row in rows:
+        if time.time() > deadline:
+            print(f"model-only: out of time before {row.label()}", flush=True)
+            break
+        config = dict(model="exp2", base_filters=base_filters, label=row.label(), **asdict(row))
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
-            fn = step_fn("exp2", batch, base_filters, precision, ckpt, cl, comp, device)
-            seconds = timed(
-                fn, repeats=5 if device == "cuda" else 1, warmup=3 if comp else 2, sync=device == "cuda"
-            )
+            t0 = time.perf_counter()
+            fn = step_fn(row, base_filters, device)
+            fn()  # compiles
+            first = time.perf_counter() - t0
+            seconds = timed(fn, repeats=5 if device == "cuda" else 1, warmup=2, sync=device == "cuda")
         except torch.OutOfMemoryError:
             records.append(record("model_step_oom", 1, "bool", **config))
             continue
-        rate = batch / seconds
+        rate = row.batch / seconds
         records += [
             record("model_step_samples_per_s", rate, "samples/s", **config),
+            record("model_step_first_seconds", first, "s", **config),
             record("achieved_tflops", rate * flops / 1e12, "TFLOP/s", **config),
         ]
         if device == "cuda":
             records.append(
                 record("model_step_peak_memory_gb", torch.cuda.max_memory_allocated() / 1e9, "GB", **config)
             )
-        print(f"model-only {config}: {rate:.1f} samples/s", flush=True)
-        if profile and device == "cuda" and (batch, precision, ckpt, cl, comp) == PROFILED:
+        print(f"model-only {row.label()}: {rate:.1f} samples/s (first step {first:.0f} s)", flush=True)
+        if profile and device == "cuda" and row == SHIPPED:
             try:
                 records += profile_step(fn, config)
             except Exception as err:  # the profiler is diagnostics: the timings above stand without it
@@ -162,6 +241,68 @@ def model_only(base_filters: int, rows, device: str, sink=None, profile: bool = 
         del fn
         if sink:
             sink(records)
+    return records
+
+
+def layer_times(base_filters: int, device: str, row: Row = SHIPPED, repeats: int = 5) -> list[dict]:
+    """Where the shipped step's time goes, layer by layer: each block of the model (encoder stem and
+    stages, head, broadcast and projection, decoder stages, final conv) and the loss, compiled on its own
+    as `row` says, timed forward + backward on the input it gets in a real step. The rest of the whole
+    step (recomputation under gradient checkpointing, AdamW, the batch) is reported as unattributed."""
+    model, _, _, fmt = build(replace(row, compile=False), base_filters, device)
+    dtype = DTYPES[row.precision]
+    blocks = [
+        ("encoder.stem", model.encoder.stem),
+        *[(f"encoder.blocks.{i}", b) for i, b in enumerate(model.encoder.blocks)],
+        ("encoder.head_conv", model.encoder.head_conv),
+        ("encoder.head", model.encoder.head),
+        ("broadcast", model.broadcast),
+        ("project", model.project),
+        *[(f"decoder.stages.{i}", b) for i, b in enumerate(model.decoder.stages)],
+        ("decoder.final", model.decoder.final),
+    ]
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        block.register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, args[0].detach()))
+        for name, block in blocks
+    ]
+    x = torch.rand(row.batch, 4, 128, 128, 128, device=device).contiguous(memory_format=fmt)
+    with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        x_hat, mu, logvar, z = model(x)
+    for h in hooks:
+        h.remove()
+    sync = device == "cuda"
+
+    timings = {}
+    for name, block in blocks:
+        fn = torch.compile(block, dynamic=False) if row.compile else block
+
+        a = inputs[name]
+        a.requires_grad_(name != "encoder.stem")  # the image needs no gradient; every later input does
+
+        def once(fn=fn, a=a):
+            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = fn(a)
+            out.backward(torch.ones_like(out))
+
+        timings[name] = timed(once, repeats=repeats, warmup=2, sync=sync)
+
+    def loss_once():
+        xh = x_hat.float().requires_grad_()
+        m, lv, zz = (t.float().requires_grad_() for t in (mu, logvar, z))
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = compute_tcvae_loss(xh, x, m, lv, zz, dataset_size=900, beta_tc=6.0)
+        out["loss"].backward()
+
+    timings["loss"] = timed(loss_once, repeats=repeats, warmup=2, sync=sync)
+    whole = timed(step_fn(row, base_filters, device), repeats=repeats, warmup=2, sync=sync)
+    config = dict(model="exp2", base_filters=base_filters, label=row.label(), **asdict(row))
+    records = [record("layer_step_ms", 1e3 * whole, "ms", **config)]
+    for name, seconds in timings.items():
+        records.append(record("layer_ms", 1e3 * seconds, "ms", layer=name, **config))
+    records.append(record("layer_unattributed_ms", 1e3 * (whole - sum(timings.values())), "ms", **config))
+    for r in records:
+        print(f"{r['config'].get('layer', r['name']):<22} {r['value']:8.1f} ms", flush=True)
     return records
 
 
@@ -288,18 +429,35 @@ def markdown(records: list[dict]) -> str:
         )
     lines += [
         "",
-        "Model-only step (forward, loss, backward, AdamW), Exp2:",
+        "Model-only step (draw a batch, forward, loss, backward, AdamW), Exp2; each setting named by how it "
+        "differs from the shipped step (B=8, 16-mixed, checkpointing, channels_last_3d, compiled, AdamW "
+        "foreach, GPU-resident set):",
         "",
-        "| batch | precision | checkpointing | channels_last_3d | compile | samples/s | peak GB |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | samples/s | × shipped step | peak GB | first step s |",
+        "|---|---|---|---|---|",
     ]
-    mem = {str(r["config"]): r["value"] for r in by.get("model_step_peak_memory_gb", [])}
-    for r in by.get("model_step_samples_per_s", []):
-        c = r["config"]
+    mem = {r["config"]["label"]: r["value"] for r in by.get("model_step_peak_memory_gb", [])}
+    first = {r["config"]["label"]: r["value"] for r in by.get("model_step_first_seconds", [])}
+    rates = {r["config"]["label"]: r["value"] for r in by.get("model_step_samples_per_s", [])}
+    shipped = rates.get(SHIPPED.label(), float("nan"))
+    for label, rate in rates.items():
         lines.append(
-            f"| {c['batch']} | {c['precision']} | {c['gradient_checkpointing']} | {c['channels_last_3d']} | "
-            f"{c['compile']} | {r['value']:.1f} | {mem.get(str(c), float('nan')):.1f} |"
+            f"| {label} | {rate:.1f} | {rate / shipped:.2f} | {mem.get(label, float('nan')):.1f} | "
+            f"{first.get(label, float('nan')):.0f} |"
         )
+    if by.get("layer_ms"):
+        step = by["layer_step_ms"][0]["value"]
+        lines += [
+            "",
+            f"Where the shipped step's {step:.0f} ms go: each layer compiled on its own, forward + backward "
+            "on the input it gets in a real step:",
+            "",
+            "| layer | ms | share of the step |",
+            "|---|---|---|",
+        ]
+        for r in [*by["layer_ms"], *by.get("layer_unattributed_ms", [])]:
+            name = r["config"].get("layer", "unattributed (recomputation, AdamW, the batch)")
+            lines.append(f"| {name} | {r['value']:.1f} | {100 * r['value'] / step:.1f} % |")
     if by.get("profile_kernel_share"):
         total = by["profile_cuda_ms_per_step"][0]["value"]
         lines += [
@@ -341,6 +499,15 @@ def main(argv: list[str] | None = None) -> None:
         "--only", action="append", metavar="TEXT", help="loop settings whose label contains TEXT (repeatable)"
     )
     parser.add_argument(
+        "--session",
+        action="store_true",
+        help="what a short lent GPU session measures: the shipped loop, the shipped step against each "
+        "candidate (fused AdamW, a host-pinned set, max-autotune) and the per-layer times",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=math.inf, help="start no new measurement after this many minutes"
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         help="only rewrite the GPU section of docs/PERFORMANCE.md from a results file",
@@ -349,12 +516,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         update_doc(markdown(json.loads(Path(args.render).read_text())))
         return
+    deadline = time.time() + 60 * args.minutes
+    plain = dict(precision="32-true", gradient_checkpointing=False, channels_last_3d=False, compile=False)
     if args.smoke:
-        device, bf, rows = (
-            "cpu",
-            16,
-            [(2, "32-true", False, False, False), (2, "bf16-mixed", False, False, False)],
-        )
+        device, bf, repeats = "cpu", 16, 1
+        rows = [Row(batch=2, **plain), Row(batch=2, **{**plain, "precision": "bf16-mixed"})]
+        attribution = Row(batch=2, **{**plain, "precision": "bf16-mixed"})
         loop_common = {
             "model.base_filters": 16,
             "data.batch_size": 2,
@@ -372,21 +539,33 @@ def main(argv: list[str] | None = None) -> None:
             )
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-        device, bf, rows = "cuda", 32, MODEL_ONLY
+        device, bf, repeats = "cuda", 32, 5
+        rows = (
+            CANDIDATES if args.session else list(dict.fromkeys([*CANDIDATES[:1], *MODEL_ONLY, *CANDIDATES]))
+        )
+        attribution = SHIPPED
         loop_common = {}
         subjects, epoch_subjects, steps, warmup = args.subjects, EPOCH_SUBJECTS, args.steps, args.warmup
         # Most informative first: records are saved after each setting, so a run cut short keeps them.
         settings = {
-            "eager, loader (4 workers, RAM cache)": {"train.compile": False, "data.gpu_cache": False},
-            "compiled, GPU-resident": {"train.compile": True, "data.gpu_cache": True},
-            "compiled, loader (4 workers, RAM cache)": {"train.compile": True, "data.gpu_cache": False},
-            "eager, GPU-resident": {"train.compile": False, "data.gpu_cache": True},
-            "compiled, GPU-resident, channels_last_3d": {
-                "train.compile": True,
-                "data.gpu_cache": True,
-                "train.channels_last": True,
-            },
+            "shipped: compiled, GPU-resident, channels_last_3d": dict(train_compile=True, gpu=True, cl=True),
+            "eager, loader (4 workers, RAM cache)": dict(train_compile=False, gpu=False, cl=False),
+            "compiled, loader (4 workers, RAM cache), channels_last_3d": dict(
+                train_compile=True, gpu=False, cl=True
+            ),
+            "compiled, GPU-resident": dict(train_compile=True, gpu=True, cl=False),
+            "eager, GPU-resident": dict(train_compile=False, gpu=True, cl=False),
         }
+        settings = {
+            k: {
+                "train.compile": v["train_compile"],
+                "data.gpu_cache": v["gpu"],
+                "train.channels_last": v["cl"],
+            }
+            for k, v in settings.items()
+        }
+        if args.session:
+            settings = dict(list(settings.items())[:1])
         if args.only:
             settings = {k: v for k, v in settings.items() if any(o in k for o in args.only)}
     records = []
@@ -398,10 +577,14 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         splits = prepare_data(work, subjects, epoch_subjects, args.workers)
         for label, overrides in settings.items():
+            if time.time() > deadline:
+                break
             records += training_loop(work, splits, {**loop_common, **overrides}, steps, warmup, label)
             sink([])
     if not args.no_model_only:
-        records += model_only(bf, rows, device, sink, profile=not args.no_profile)
+        records += model_only(bf, rows, device, sink, profile=not args.no_profile, deadline=deadline)
+        if time.time() < deadline:
+            records += layer_times(bf, device, attribution, repeats=repeats)
     save_records(records, args.out)
     if not args.smoke and not args.no_doc:
         update_doc(markdown(records))

@@ -270,3 +270,29 @@ def test_a_mid_epoch_resume_trains_the_rest_of_the_epochs_order_each_subject_onc
     assert before + after == epoch1
     flat = [s for ids in before + after for s in ids]
     assert sorted(flat) == sorted(set(flat)) and len(flat) == 10
+
+
+def test_the_gpu_benchmark_times_the_shipped_step_and_changes_one_thing_per_candidate():
+    """bench/run_gpu.py: the step every candidate is compared with is the one the shipped Exp2 config
+    trains (batch, precision, checkpointing, channels_last_3d, compiled on CUDA), and each candidate
+    differs from it in one setting only, so its ratio says what that setting is worth."""
+    import sys
+    from pathlib import Path
+
+    from vae_dynamics.config import config_path, load_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import run_gpu
+
+    cfg = load_config(config_path("exp2"))
+    shipped = run_gpu.SHIPPED
+    assert (shipped.batch, shipped.precision, shipped.gradient_checkpointing, shipped.channels_last_3d) == (
+        cfg.data.batch_size,
+        cfg.train.precision,
+        cfg.train.gradient_checkpointing,
+        cfg.train.channels_last,
+    )
+    assert shipped.compile and cfg.train.compile in ("auto", True)
+    assert run_gpu.CANDIDATES[0] == shipped and shipped.label() == "shipped step"
+    changed = [c.label() for c in run_gpu.CANDIDATES[1:]]
+    assert changed == ["fused_adamw=True", "feed=pinned", "compile_mode=max-autotune-no-cudagraphs"]
