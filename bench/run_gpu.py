@@ -404,6 +404,11 @@ def training_loop(
     return records
 
 
+def table_head(caption: str, columns: list[str]) -> list[str]:
+    """A caption and a Markdown table's header lines, after a blank line."""
+    return ["", caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def markdown(records: list[dict]) -> str:
     """The GPU section of docs/PERFORMANCE.md from the records of one run."""
     by = {}
@@ -447,27 +452,21 @@ def markdown(records: list[dict]) -> str:
         )
     if by.get("layer_ms"):
         step = by["layer_step_ms"][0]["value"]
-        lines += [
-            "",
+        lines += table_head(
             f"Where the shipped step's {step:.0f} ms go: each layer compiled on its own, forward + backward "
             "on the input it gets in a real step:",
-            "",
-            "| layer | ms | share of the step |",
-            "|---|---|---|",
-        ]
+            ["layer", "ms", "share of the step"],
+        )
         for r in [*by["layer_ms"], *by.get("layer_unattributed_ms", [])]:
             name = r["config"].get("layer", "unattributed (recomputation, AdamW, the batch)")
             lines.append(f"| {name} | {r['value']:.1f} | {100 * r['value'] / step:.1f} % |")
     if by.get("profile_kernel_share"):
         total = by["profile_cuda_ms_per_step"][0]["value"]
-        lines += [
-            "",
+        lines += table_head(
             f"Profile of the compiled shipped step (torch.profiler, 3 steps; {total:.0f} ms of CUDA "
             "kernel time per step), top kernels by self CUDA time:",
-            "",
-            "| kernel | share | calls/step |",
-            "|---|---|---|",
-        ]
+            ["kernel", "share", "calls/step"],
+        )
         for r in by["profile_kernel_share"]:
             kernel = r["config"]["kernel"].replace("|", "/")
             lines.append(f"| `{kernel}` | {100 * r['value']:.1f} % | {r['config']['calls_per_step']:.0f} |")
