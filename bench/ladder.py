@@ -395,6 +395,17 @@ def first_use(rows: list[dict[str, Any]]) -> int | None:
     return None
 
 
+def thresholds_held_from(rows: list[dict[str, Any]]) -> int | None:
+    """The first step from which both thresholds of the rule (training MSE / mean volume < 0.9,
+    z-dependence ≥ 1.2) hold at every later evaluation, the trend clause left out: not the rule, a
+    reading of how much its first step owes to one evaluation's dip (None: they do not hold at the end)."""
+    held = None
+    for r in rows:
+        ok = r["train_mse_over_mean_volume"] < 0.9 and r["z_dependence"] >= 1.2
+        held = (held if held is not None else int(r["step"])) if ok else None
+    return held
+
+
 # ---- one job -------------------------------------------------------------------------------------
 
 

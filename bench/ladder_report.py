@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from common import replace_between_markers
-from ladder import DOC, FIGURE, JOBS, REPO, SUMMARY, decision, first_use, read_result
+from ladder import DOC, FIGURE, JOBS, REPO, SUMMARY, decision, first_use, read_result, thresholds_held_from
 
 from vae_dynamics.io import write_text
 
@@ -40,6 +40,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "done": r["done"],
                 "decision": decision(r["rows"]) if r["done"] else "running",
                 "first_use_step": first_use(r["rows"]),
+                "thresholds_held_from": thresholds_held_from(r["rows"]),
                 "seconds": r["seconds"],
                 **{
                     k: last.get(k)
@@ -82,21 +83,31 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 def markdown(s: dict[str, Any]) -> str:
     out = [
-        "| arm | start | size | seed | steps | decision | train MSE / mean vol. | val MSE / mean vol. | "
-        "val z-dep. | active units (KL > 0.1) | SNR > 1 | mean σ | spread / σ | head between-share | MIG |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | start | size | seed | steps | decision | first use (rule) | thresholds held from | "
+        "train MSE / mean vol. | val MSE / mean vol. | val z-dep. | active units (KL > 0.1) | SNR > 1 | "
+        "mean σ | spread / σ | head between-share | MIG |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s["runs"]:
         if r["kind"] != "arm":
             continue
         out.append(
             f"| {r['arm']} | {r['start']} | {r['size']}³ | {r['seed']} | {r['steps_done']}/{r['steps']} | "
-            f"**{r['decision']}** | {_fmt(r['train_mse_over_mean_volume'])} | "
+            f"**{r['decision']}** | {_fmt(r['first_use_step'], 'd')} | "
+            f"{_fmt(r['thresholds_held_from'], 'd')} | {_fmt(r['train_mse_over_mean_volume'])} | "
             f"{_fmt(r['val_mse_over_mean_volume'])} | {_fmt(r['z_dependence'])} | {r['active_units_kl']} | "
             f"{r['snr_above_1']} | {_fmt(r['mean_sigma'], '.3g')} | {_fmt(r['spread_over_sigma'], '.3g')} | "
             f"{_fmt(r['head_between_share'], '.3g')} | {_fmt(r['mig'])} |"
         )
-    out += ["", "Per arm (every seed must use its code):", ""]
+    out += [
+        "",
+        "*First use (rule)*: the step from which the rule holds at every later evaluation. *Thresholds "
+        "held from*: the same without the rule's trend clause (not the rule; it shows how much the first "
+        "step owes to one evaluation's dip).",
+        "",
+        "Per arm (every seed must use its code):",
+        "",
+    ]
     out += [f"- {a['arm']} at {a['size']}³: **{a['decision']}** ({a['seeds']})" for a in s["arms"]]
     out += ["", "![ladder curves](ladder.png)"]
     return "\n".join(out)

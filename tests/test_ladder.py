@@ -28,6 +28,10 @@ def test_the_decision_rule_is_the_one_written_down():
     assert ladder.decision(rows((0.8, 1.3), (0.95, 1.4))) == "undecided"  # training MSE not below 0.9
     assert ladder.decision(rows((0.9, 1.0), (0.8, 1.01))) == "collapsed"
     assert ladder.first_use(rows((2.0, 1.0), (0.8, 1.3), (0.7, 1.35), (0.6, 1.4))) == 250
+    # one dip in z-dependence moves the rule's first step, not the thresholds' (read beside it, not instead)
+    dip = rows((2.0, 1.0), (0.8, 1.5), (0.7, 1.4), (0.6, 1.6))
+    assert ladder.first_use(dip) == 500 and ladder.thresholds_held_from(dip) == 250
+    assert ladder.thresholds_held_from(rows((0.8, 1.3), (0.7, 1.1))) is None
 
 
 def test_the_shipped_start_is_not_beaten_in_every_seed():
