@@ -144,7 +144,9 @@ JOBS: list[Job] = [
     *[_transfer(arm, 64, seed) for seed in (0, 1) for arm in ("exp2_shipped", "exp1")],
     # the shipping decision first (the shipped and the best start), then Exp1 beside them
     *[Job(arm, 32, seed, 3000) for seed in (1, 2) for arm in ("exp2_shipped", "best", "exp1")],
-    *[Job(arm, 64, 0, 1000) for arm in ("exp2_shipped", "best")],
+    # 64³: the shipped start, then Exp1 (the rung whose 300-step Exp1 is nearest the real model's, so the
+    # one for the two models side by side), then the best start
+    *[Job(arm, 64, 0, 1000) for arm in ("exp2_shipped", "exp1", "best")],
 ]
 
 
