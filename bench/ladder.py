@@ -23,6 +23,7 @@ Decision rule (fixed before the runs; `decision`):
 The study is a queue of jobs (`JOBS`, most important first). Each job checkpoints under bench/.ladder/
 (git-ignored) at every evaluation and writes its rows to bench/results/ladder/<job>.json (tracked) as it
 goes, so an interrupted study continues where it stopped; a job whose checkpoint is gone restarts.
+Stopping `run` (Ctrl-C, or `kill` of its pid) stops its workers with it.
 
     .venv/bin/python bench/ladder.py run                 # one single-threaded worker per core
     .venv/bin/python bench/ladder.py run --only 'transfer-*' --procs 1
@@ -37,6 +38,7 @@ import fnmatch
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -666,7 +668,14 @@ def main(argv: list[str] | None = None) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         cmd = [sys.executable, __file__, "worker", *(["--only", *args.only] if args.only else [])]
         procs = [subprocess.Popen(cmd, env=env) for _ in range(args.procs)]
-        codes = [p.wait() for p in procs]
+        # Stopping the study stops its workers; each continues from its last evaluation next time.
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+        try:
+            codes = [p.wait() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
         if any(codes):
             raise SystemExit(f"a worker failed: exit codes {codes}")
     elif args.command == "worker":
