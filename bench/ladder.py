@@ -548,7 +548,7 @@ def run_job(job: Job) -> None:
             flush=True,
         )
 
-    if state["step"] == 0:
+    if not result["rows"]:  # a run resumed from its step-0 checkpoint has evaluated step 0 already
         log(0)
     first_norm = state.get("first_norm")
     for step in range(state["step"] + 1, job.steps + 1):
