@@ -85,3 +85,13 @@ def test_the_gpu_learning_run_carries_the_locked_version_of_each_wheel_it_needs(
     assert {"monai", "nibabel", "nilearn", "pydantic", "pydantic_core"} <= pins.keys()
     lock = (REPO / "requirements" / "runtime.txt").read_text()
     assert all(f"{name}=={version}" in lock for name, version in pins.items())
+
+
+def test_every_tracked_run_evaluates_each_step_once_in_order():
+    """A resumed run continues its rows: no step evaluated twice (a resume from the step-0 checkpoint
+    once logged step 0 again), none out of order."""
+    for job in ladder.JOBS:
+        result = ladder.read_result(job)
+        if result:
+            steps = [r["step"] for r in result["rows"]]
+            assert steps == sorted(set(steps)), (job.name, steps[:5])
